@@ -1,0 +1,38 @@
+# Every target creates .venv with pip when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+CONFIG ?= configs/sentiment_mr.yaml
+
+.PHONY: train test demo bench clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+train: $(STAMP)
+	$(PY) -m autogpt_jax.train --config_path $(CONFIG)
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	@test -f demo/app.py || { echo "The Gradio demo is not built yet (see issue 9); 'make train' and 'make test' work today."; exit 2; }
+	$(PY) demo/app.py
+
+bench: $(TEST_STAMP)
+	$(PY) scripts/bench_models.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

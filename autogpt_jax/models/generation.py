@@ -1,0 +1,88 @@
+"""Greedy and sampled generation for decoder models, jit-compiled with a fixed-size buffer.
+
+The model must provide ``init_cache(batch, max_len)``, ``__call__(ids, mask, cache=...) -> (h, cache)``
+and ``logits(h)``. Prompts are left-padded so every row's next token lands in the same slot.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def _pick(logits_BxV: Array, rng: Array, temperature: float, top_p: float) -> Array:
+    if temperature <= 0.0:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = logits_BxV / temperature
+    if top_p < 1.0:
+        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+        cum_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        cutoff_idx_B = jnp.sum(cum_BxV < top_p, axis=-1)
+        cutoff_B = jnp.take_along_axis(sorted_BxV, cutoff_idx_B[:, None], axis=-1)
+        logits_BxV = jnp.where(logits_BxV < cutoff_B, -jnp.inf, logits_BxV)
+    return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p", "use_cache"))
+def _generate(graphdef, state, ids_BxP, mask_BxP, rng, eos_id, *, max_new_tokens, temperature, top_p, use_cache):
+    model = nnx.merge(graphdef, state)
+    B, P = ids_BxP.shape
+    T = P + max_new_tokens
+    buf_BxT = jnp.zeros((B, T), jnp.int32).at[:, :P].set(ids_BxP)
+    bmask_BxT = jnp.zeros((B, T), jnp.int32).at[:, :P].set(mask_BxP)
+    done_B = jnp.zeros((B,), bool)
+
+    if use_cache:
+        cache = model.init_cache(B, T)
+        h_BxPxD, cache = model(ids_BxP, mask_BxP, cache=cache)
+        last_logits_BxV = model.logits(h_BxPxD[:, -1])
+    else:
+        cache = None
+        h_BxTxD, _ = model(buf_BxT, bmask_BxT)
+        last_logits_BxV = model.logits(h_BxTxD[:, P - 1])
+
+    def body(i, carry):
+        buf_BxT, bmask_BxT, done_B, cache, logits_BxV, rng = carry
+        rng, sub = jax.random.split(rng)
+        tok_B = _pick(logits_BxV, sub, temperature, top_p)
+        tok_B = jnp.where(done_B, eos_id, tok_B)
+        pos = P + i
+        buf_BxT = jax.lax.dynamic_update_slice_in_dim(buf_BxT, tok_B[:, None], pos, axis=1)
+        bmask_BxT = jax.lax.dynamic_update_slice_in_dim(bmask_BxT, jnp.ones((B, 1), jnp.int32), pos, axis=1)
+        done_B = done_B | (tok_B == eos_id)
+        if use_cache:
+            h_Bx1xD, cache = model(tok_B[:, None], jnp.ones((B, 1), jnp.int32), cache=cache)
+            logits_BxV = model.logits(h_Bx1xD[:, 0])
+        else:
+            h_BxTxD, _ = model(buf_BxT, bmask_BxT)
+            logits_BxV = model.logits(jax.lax.dynamic_index_in_dim(h_BxTxD, pos, axis=1, keepdims=False))
+        return buf_BxT, bmask_BxT, done_B, cache, logits_BxV, rng
+
+    carry = (buf_BxT, bmask_BxT, done_B, cache, last_logits_BxV, rng)
+    buf_BxT, *_ = jax.lax.fori_loop(0, max_new_tokens, body, carry)
+    return buf_BxT[:, P:]
+
+
+def generate(model: nnx.Module, input_ids_BxP, attention_mask_BxP=None, *, max_new_tokens: int = 32,
+             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | None = None, seed: int = 0,
+             use_cache: bool = True) -> Array:
+    """New tokens (B × max_new_tokens). ``temperature == 0`` is greedy. Rows that emit
+    ``eos_token_id`` are padded with it afterwards. Prompts must be left-padded."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    ids = jnp.asarray(input_ids_BxP, jnp.int32)
+    mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
+    if bool((mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
+    graphdef, state = nnx.split(model)
+    eos = jnp.int32(-1 if eos_token_id is None else eos_token_id)
+    return _generate(graphdef, state, ids, mask, jax.random.key(seed), eos, max_new_tokens=max_new_tokens,
+                     temperature=float(temperature), top_p=float(top_p), use_cache=use_cache)

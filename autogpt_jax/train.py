@@ -1,23 +1,47 @@
-"""``python -m autogpt_jax.train``: the pipeline entry point.
-
-The stages (pretrain, prompt, adapt, finetune, evaluate, export) are not built yet; until they
-are, this says so plainly instead of failing with a traceback.
-"""
+"""``python -m autogpt_jax.train --config_path configs/<name>.yaml [--section.key value ...]``."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 
+def _print_report(report: dict) -> None:
+    lines = [f"model: {report.get('model')} ({report.get('parameters', 0):,} parameters) on "
+             f"{report['devices']['count']} {report['devices']['platform']} device(s), mesh {report['devices']['mesh']}"]
+    pre = report.get("pretrain")
+    if pre:
+        first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")
+        lines.append(f"pretrain ({pre['objective']}): {pre['steps']} steps, final train loss {pre['final_loss']:.4f}"
+                     + (f", eval loss {first:.4f} -> {best:.4f}" if first is not None and best is not None else "")
+                     + f", {pre['tokens_per_s']:,.0f} tokens/s, {pre['wall_time_s']:.0f} s")
+    if report.get("export"):
+        lines.append(f"export: {report['export']['dir']}")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "autogpt_jax: the training pipeline is not built yet.\n"
-        "Available today: the Flax NNX BERT / GPT-2 models with Hugging Face weights in and out\n"
-        "(autogpt_jax.models.load_model / save_pretrained), tested by `make test`,\n"
-        "and the forward-speed benchmark `make bench`.",
-        file=sys.stderr,
-    )
-    return 2
+    from autogpt_jax.errors import AutoGPTJaxError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        from autogpt_jax.config import load_config
+        from autogpt_jax.pipeline import run_pipeline
+
+        cfg = load_config(argv)
+        report = run_pipeline(cfg)
+    except AutoGPTJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --checkpoint.resume true to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    import jax
+
+    if jax.process_index() == 0:
+        _print_report(report)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from autogpt_jax.models.layers import Attention, activation, dense, embed, layer_norm, padding_mask
+from autogpt_jax.models.layers import Attention, Dropout, activation, dense, embed, layer_norm, padding_mask
 
 Array = jax.Array
 
@@ -97,7 +97,7 @@ class BertEmbeddings(nnx.Module):
         self.position = embed(cfg.max_position_embeddings, cfg.hidden_size, ("position", "embed"), **kw)
         self.token_type = embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"), **kw)
         self.norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(self, input_ids_BxL, token_type_ids_BxL, *, inputs_embeds_BxLxD=None, rngs=None):
         L = input_ids_BxL.shape[1]
@@ -115,7 +115,7 @@ class BertLayer(nnx.Module):
         self.intermediate = dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), std=cfg.initializer_range, **kw)
         self.output = dense(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), std=cfg.initializer_range, **kw)
         self.output_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         self.act = activation(cfg.hidden_act)
 
     def __call__(self, x_BxLxD, mask_BxLxL, *, rngs=None):
@@ -164,7 +164,7 @@ class Bert(nnx.Module):
         if cfg.num_labels:
             self.classifier = dense(cfg.hidden_size, cfg.num_labels, ("embed", None), std=cfg.initializer_range, **kw)
             drop = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout
-            self.classifier_dropout = nnx.Dropout(drop)
+            self.classifier_dropout = Dropout(drop)
         else:
             self.classifier = None
 

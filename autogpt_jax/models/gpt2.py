@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from autogpt_jax.models.layers import Attention, LayerCache, activation, causal_mask, dense, embed, layer_norm
+from autogpt_jax.models.layers import Attention, Dropout, LayerCache, activation, causal_mask, dense, embed, layer_norm
 
 Array = jax.Array
 
@@ -108,7 +108,7 @@ class GPT2Block(nnx.Module):
         self.ln_2 = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.intermediate = dense(cfg.hidden_size, cfg.inner, ("embed", "mlp"), std=cfg.initializer_range, **kw)
         self.output = dense(cfg.inner, cfg.hidden_size, ("mlp", "embed"), std=out_std, **kw)
-        self.dropout = nnx.Dropout(cfg.resid_dropout)
+        self.dropout = Dropout(cfg.resid_dropout)
         self.act = activation(cfg.hidden_act)
 
     def __call__(self, x_BxLxD, mask_BxLxS, *, cache=None, cache_index=None, rngs=None):
@@ -126,7 +126,7 @@ class GPT2(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.wte = embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), std=cfg.initializer_range, **kw)
         self.wpe = embed(cfg.n_positions, cfg.hidden_size, ("position", "embed"), std=0.01, **kw)
-        self.dropout = nnx.Dropout(cfg.embd_dropout)
+        self.dropout = Dropout(cfg.embd_dropout)
         self.layers = nnx.List([GPT2Block(cfg, **kw) for _ in range(cfg.num_layers)])
         self.ln_f = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 

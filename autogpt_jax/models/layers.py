@@ -25,28 +25,44 @@ def partitioned(init, axes: tuple[str | None, ...]):
     return nnx.with_partitioning(init, axes)
 
 
+class Dense(nnx.Module):
+    """y = x W + b with W stored (in, out).
+
+    Inputs are flattened to 2-D before the matmul: XLA's CPU backend computes the weight gradient
+    of a 2-D matmul about 2x faster than one that contracts over two leading (batch, length) axes.
+    """
+
+    def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
+                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, std: float = 0.02,
+                 use_bias: bool = True):
+        self.kernel = nnx.Param(nnx.initializers.normal(std)(rngs.params(), (in_features, out_features), param_dtype),
+                                out_sharding=axes)
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype), out_sharding=(axes[1],)) if use_bias else None
+        self.dtype = dtype
+        self.in_features, self.out_features = in_features, out_features
+
+    def __call__(self, x: Array) -> Array:
+        lead = x.shape[:-1]
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y.reshape(*lead, self.out_features)
+
+
 def dense(
     in_features: int,
     out_features: int,
-    axes: tuple[str, str],
+    axes: tuple[str | None, str | None],
     *,
     rngs: nnx.Rngs,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     std: float = 0.02,
     use_bias: bool = True,
-) -> nnx.Linear:
-    """A Linear layer whose kernel is (in, out) with the given logical axes; bias on the out axis."""
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=partitioned(nnx.initializers.normal(std), axes),
-        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
+) -> Dense:
+    """A dense layer whose kernel is (in, out) with the given logical axes; bias on the out axis."""
+    return Dense(in_features, out_features, axes, rngs=rngs, dtype=dtype, param_dtype=param_dtype, std=std,
+                 use_bias=use_bias)
 
 
 def layer_norm(features: int, eps: float, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -91,6 +107,31 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}") from None
 
 
+class Dropout(nnx.Module):
+    """Inverted dropout, drawing 16 random bits per element (two elements per 32-bit word).
+
+    Random bits dominate dropout's cost on CPUs; halving them makes a BERT training step about 10%
+    faster. The drop rate is exact to 1/65536 and the kept values are rescaled by the exact keep rate.
+    Deterministic when ``rngs`` is None (evaluation).
+    """
+
+    def __init__(self, rate: float):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def __call__(self, x: Array, *, deterministic: bool | None = None, rngs: nnx.Rngs | None = None) -> Array:
+        threshold = int(round(self.rate * 65536))
+        if deterministic or rngs is None or threshold == 0:
+            return x
+        n = x.size
+        words = jax.random.bits(rngs.dropout(), ((n + 1) // 2,), jnp.uint32)
+        bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(x.shape)
+        keep = bits >= jnp.uint16(threshold)
+        scale = 65536.0 / (65536 - threshold)
+        return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+
+
 class LayerCache(NamedTuple):
     """Key/value cache of one attention layer, of fixed size S (the generation buffer)."""
 
@@ -117,7 +158,7 @@ class Attention(nnx.Module):
         self.value = dense(hidden, hidden, ("embed", "heads"), **kw)
         self.out = dense(hidden, hidden, ("heads", "embed"), rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                          std=std if out_std is None else out_std)
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.dtype = dtype
 
     def _heads(self, x_BxLxD: Array) -> Array:

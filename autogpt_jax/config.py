@@ -1,0 +1,275 @@
+"""Typed run configuration: one frozen dataclass per section, checks in ``__post_init__``.
+
+A YAML file (``--config_path``) overrides the defaults, and dotted flags (``--model.dtype bfloat16``)
+override the file, in draccus style. Unknown keys, in the file or on the command line, fail before
+anything runs, with the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from autogpt_jax.errors import AutoGPTJaxError
+
+STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "export")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(AutoGPTJaxError, ValueError):
+    """A configuration value or key is invalid."""
+
+
+def _check(cond: bool, msg: str):
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # A local directory, a packaged short name (minilm-l6, splade-tiny) or a hub id. Empty (null)
+    # means "from scratch": the architecture and sizes below are used.
+    name_or_path: Optional[str] = "minilm-l6"
+    # Tokenizer source when it differs from name_or_path (required from scratch).
+    tokenizer: Optional[str] = None
+    # Architecture for from-scratch models: bert | gpt2.
+    arch: str = "bert"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 512
+    max_positions: int = 512
+    # Compute dtype; parameters (master weights) stay float32.
+    dtype: str = "float32"
+    # Dropout override for hidden and attention dropout (null: the checkpoint's own).
+    dropout: Optional[float] = None
+
+    def __post_init__(self):
+        _check(self.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(self.arch in ("bert", "gpt2"), f"model.arch must be bert or gpt2, got {self.arch!r}")
+        if not self.name_or_path:
+            _check(bool(self.tokenizer), "model.name_or_path is empty (from scratch): set model.tokenizer to a "
+                                         "tokenizer directory or packaged short name, e.g. splade-tiny")
+            _check(self.hidden_size % self.num_heads == 0,
+                   f"model.hidden_size {self.hidden_size} must be divisible by model.num_heads {self.num_heads}")
+        if self.dropout is not None:
+            _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # Registered dataset name (see autogpt_jax.data.sources) for the labelled task.
+    dataset: Optional[str] = None
+    train_file: Optional[str] = None
+    dev_file: Optional[str] = None
+    test_file: Optional[str] = None
+    # Unlabelled text: a CSV/JSONL file with a `text` column, or a registered corpus name.
+    unlabeled_file: Optional[str] = None
+    unlabeled: Optional[str] = None
+    # Use at most this many unlabelled documents (null: all).
+    max_unlabeled: Optional[int] = None
+    # Fraction of unlabelled documents held out to measure the pretraining loss.
+    eval_fraction: float = 0.02
+    k_shot: int = 16
+    split_seed: int = 42
+
+    def __post_init__(self):
+        _check(self.k_shot >= 1, f"data.k_shot must be >= 1, got {self.k_shot}")
+        _check(0.0 <= self.eval_fraction < 0.5, f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
+        _check(self.max_unlabeled is None or self.max_unlabeled >= 1, "data.max_unlabeled must be >= 1 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    # Devices along each mesh axis; one axis may be -1 (all remaining devices).
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    # Multi-process (jax.distributed). Null values fall back to the environment
+    # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or to a single process.
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        _check(all(s == -1 or s >= 1 for s in sizes), f"mesh sizes must be >= 1 or -1, got {sizes}")
+        _check(sum(s == -1 for s in sizes) <= 1, f"at most one mesh axis may be -1, got {sizes}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 5e-4
+    # linear | cosine | constant (after warmup)
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    # Global-norm clipping (0 disables).
+    grad_clip: float = 1.0
+    # Micro-batches per update: the batch is split and gradients summed inside one step.
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.schedule in ("linear", "cosine", "constant"),
+               f"schedule must be linear, cosine or constant, got {self.schedule!r}")
+        _check(self.warmup_steps >= 0 and self.grad_accum >= 1 and self.grad_clip >= 0,
+               "warmup_steps >= 0, grad_accum >= 1 and grad_clip >= 0 are required")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    # mlm (BERT) or clm (GPT-2); auto picks by architecture.
+    objective: str = "auto"
+    steps: int = 200
+    batch_size: int = 32
+    seq_len: int = 128
+    mask_rate: float = 0.15
+    # random | whole_word
+    masking: str = "whole_word"
+    eval_every: int = 50
+    eval_batches: int = 4
+    log_every: int = 10
+    # Stop when the eval loss has not improved for this many evaluations (0: never).
+    early_stop_patience: int = 0
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=20))
+
+    def __post_init__(self):
+        _check(self.objective in ("auto", "mlm", "clm"), f"pretrain.objective must be auto, mlm or clm")
+        _check(self.masking in ("random", "whole_word"), f"pretrain.masking must be random or whole_word")
+        _check(0.0 < self.mask_rate < 1.0, f"pretrain.mask_rate must be in (0, 1), got {self.mask_rate}")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.seq_len >= 8,
+               "pretrain.steps >= 1, pretrain.batch_size >= 1 and pretrain.seq_len >= 8 are required")
+        _check(self.batch_size % self.optim.grad_accum == 0,
+               f"pretrain.batch_size {self.batch_size} must be divisible by optim.grad_accum {self.optim.grad_accum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    # Save every N steps (and always at the end of a stage).
+    every: int = 100
+    # Keep the newest K, plus the best by `best_metric`.
+    keep: int = 2
+    best_metric: str = "eval_loss"
+    best_mode: str = "min"
+    # Restore the latest checkpoint of each stage and continue from it.
+    resume: bool = False
+    async_save: bool = True
+
+    def __post_init__(self):
+        _check(self.every >= 1 and self.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1")
+        _check(self.best_mode in ("min", "max"), "checkpoint.best_mode must be min or max")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    progress: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "autogpt_jax"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    # Comma-separated subset of: pretrain,prompt,adapt,finetune,evaluate,export
+    stages: str = "pretrain"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        bad = [s for s in self.stage_list if s not in STAGES]
+        _check(not bad, f"unknown stage(s) {bad} in --stages; choose from {','.join(STAGES)}")
+        _check(bool(self.stage_list), "--stages is empty")
+
+    @property
+    def stage_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.stages.split(",") if s.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# parsing
+# --------------------------------------------------------------------------------------------
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        t = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307 - our own annotations
+        if dataclasses.is_dataclass(t):
+            keys += valid_keys(t, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(keys)}"
+    return ConfigError(f"unknown config key {key!r} {where}{hint}")
+
+
+def _check_yaml_keys(node: Any, prefix: str, path: Path):
+    if not isinstance(node, dict):
+        return
+    keys = set(valid_keys())
+    sections = {k.rsplit(".", 1)[0] for k in keys if "." in k}
+    sections |= {s.rsplit(".", 1)[0] for s in list(sections) if "." in s}
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        if full in sections:
+            _check_yaml_keys(v, full + ".", path)
+        elif full not in keys:
+            raise _unknown(full, f"in {path}")
+
+
+def load_config(argv: list[str] | None = None) -> Config:
+    """Parse ``--config_path FILE`` plus dotted overrides into a validated ``Config``."""
+    import draccus
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keys = set(valid_keys())
+    config_path = None
+    for i, a in enumerate(argv):
+        if a.startswith("--"):
+            key = a[2:].split("=", 1)[0]
+            if key == "config_path":
+                config_path = argv[i + 1] if "=" not in a and i + 1 < len(argv) else a.split("=", 1)[-1]
+            elif key not in keys and key not in ("help", "h"):
+                raise _unknown(key, "on the command line")
+    if config_path is not None:
+        p = Path(config_path)
+        if not p.is_file():
+            raise ConfigError(f"--config_path {config_path}: no such file")
+        try:
+            _check_yaml_keys(yaml.safe_load(p.read_text()) or {}, "", p)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML ({e})") from None
+    try:
+        return draccus.parse(Config, args=argv)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
+    except Exception as e:  # draccus decoding errors carry the offending field
+        if type(e).__name__ == "DecodingError":
+            raise ConfigError(f"invalid configuration: {e}") from None
+        raise
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

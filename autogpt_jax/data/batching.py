@@ -1,0 +1,155 @@
+"""Tokenisation, packing and deterministic, checkpointable batch iterators.
+
+An iterator's whole state is a small dict (epoch, index); the engine saves it with the model, and
+a restored iterator yields exactly the batches that would have come next. Per-batch randomness
+(masking) is seeded from (seed, epoch, index), so it resumes exactly too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from autogpt_jax.data import masking
+
+
+def tokenize(tokenizer, texts: list[str], *, batch_size: int = 2048) -> list[np.ndarray]:
+    """Token ids of each text without special tokens (fast tokenizer, batched)."""
+    out: list[np.ndarray] = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)
+        out.extend(np.asarray(ids, np.int32) for ids in enc["input_ids"])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    input_ids: np.ndarray  # N × L
+    attention_mask: np.ndarray  # N × L
+    maskable: np.ndarray  # N × L: real, non-special tokens
+
+
+def pack(docs: list[np.ndarray], seq_len: int, *, style: str, bos_id: int | None, eos_id: int | None,
+         pad_id: int = 0) -> Packed:
+    """Concatenate documents into one stream and cut it into full-length blocks (no padding waste).
+
+    ``style="bert"``: each block is [CLS] chunk [SEP] with documents separated by [SEP] inside the
+    stream. ``style="gpt"``: documents separated by EOS, blocks cut straight from the stream.
+    """
+    if style not in ("bert", "gpt"):
+        raise ValueError(f"pack style must be bert or gpt, got {style!r}")
+    sep = eos_id
+    parts = []
+    special_parts = []
+    for d in docs:
+        if d.size == 0:
+            continue
+        parts.append(d)
+        special_parts.append(np.zeros(d.size, bool))
+        if sep is not None:
+            parts.append(np.asarray([sep], np.int32))
+            special_parts.append(np.ones(1, bool))
+    if not parts:
+        raise ValueError("no text to pack: every document is empty after tokenisation")
+    stream = np.concatenate(parts)
+    special = np.concatenate(special_parts)
+    body = seq_len - 2 if style == "bert" else seq_len
+    n = max(1, stream.size // body)
+    if stream.size < body:  # a tiny corpus still gives one (padded) block
+        stream = np.pad(stream, (0, body - stream.size), constant_values=pad_id)
+        special = np.pad(special, (0, body - special.size), constant_values=True)
+        real = np.zeros(body, bool)
+        real[: sum(p.size for p in parts)] = True
+    else:
+        real = np.ones(n * body, bool)
+    ids = stream[: n * body].reshape(n, body)
+    spec = special[: n * body].reshape(n, body)
+    real = real[: n * body].reshape(n, body)
+    if style == "bert":
+        col = lambda v: np.full((n, 1), v, np.int32)  # noqa: E731
+        ids = np.concatenate([col(bos_id), ids, col(eos_id)], axis=1)
+        spec = np.concatenate([np.ones((n, 1), bool), spec, np.ones((n, 1), bool)], axis=1)
+        real = np.concatenate([np.ones((n, 1), bool), real, np.ones((n, 1), bool)], axis=1)
+    return Packed(ids.astype(np.int32), real.astype(np.int32), real & ~spec)
+
+
+class EpochIterator:
+    """Shuffled indices, epoch after epoch, in fixed-size batches; ``state()``/``restore()`` make it
+    resumable. Every process computes the same global order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, shuffle: bool = True, drop_last: bool = True):
+        if n < 1:
+            raise ValueError("cannot iterate over an empty dataset")
+        self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
+        self.epoch = 0
+        self.index = 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next_indices(self) -> tuple[np.ndarray, tuple[int, int]]:
+        """The next batch's indices and the (epoch, index) position they were taken from. Small
+        datasets wrap around (a batch may span two epochs)."""
+        where = (self.epoch, self.index)
+        out = []
+        while len(out) < self.batch_size:
+            order = self._order(self.epoch)
+            take = order[self.index:self.index + self.batch_size - len(out)]
+            out.extend(take.tolist())
+            self.index += take.size
+            if self.index >= self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+        return np.asarray(out, np.int64), where
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: dict[str, Any]):
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class PretrainBatches:
+    """Packed blocks → MLM-masked (BERT) or plain (GPT-2) batches, deterministic and resumable."""
+
+    def __init__(self, packed: Packed, batch_size: int, seed: int, *, objective: str, tokenizer=None,
+                 mask_rate: float = 0.15, masking_mode: str = "whole_word", shuffle: bool = True):
+        self.packed = packed
+        self.it = EpochIterator(packed.input_ids.shape[0], batch_size, seed, shuffle=shuffle)
+        self.seed = seed
+        self.objective = objective
+        self.mask_rate = mask_rate
+        if objective == "mlm":
+            if tokenizer is None or tokenizer.mask_token_id is None:
+                raise ValueError("MLM needs a tokenizer with a mask token")
+            self.mask_id = tokenizer.mask_token_id
+            self.vocab_size = len(tokenizer)
+            self.continuation = masking.continuation_table(tokenizer) if masking_mode == "whole_word" else None
+            special = set(tokenizer.all_special_ids)
+            self.random_ids = np.asarray([i for i in range(self.vocab_size) if i not in special], np.int32)
+        self.slots = masking.num_slots(packed.input_ids.shape[1], mask_rate)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        idx, (epoch, index) = self.it.next_indices()
+        ids = self.packed.input_ids[idx]
+        batch = {"input_ids": ids, "attention_mask": self.packed.attention_mask[idx]}
+        if self.objective == "mlm":
+            rng = np.random.default_rng([self.seed, 1, epoch, index])
+            batch.update(masking.mask_tokens(ids, self.packed.maskable[idx], rng, rate=self.mask_rate,
+                                             mask_id=self.mask_id, vocab_size=self.vocab_size,
+                                             num_predictions=self.slots, continuation=self.continuation,
+                                             random_ids=self.random_ids))
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return self.it.state()
+
+    def restore(self, state: dict[str, Any]):
+        self.it.restore(state)

@@ -1,0 +1,118 @@
+"""Pure losses: ``loss(model, batch, rngs) -> (scalar, aux metrics)``.
+
+Nothing is computed that is thrown away: the MLM loss gathers the hidden states of the masked
+positions before projecting to the vocabulary, and the cloze loss projects the mask position onto
+the label words only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+Array = jax.Array
+Loss = Callable[[nnx.Module, dict, "nnx.Rngs | None"], tuple[Array, dict]]
+
+
+def weighted_ce(logits_NxC: Array, labels_N: Array, weights_N: Array) -> tuple[Array, Array]:
+    """Sum of per-example cross-entropy × weight, and the weight total."""
+    ce_N = optax.softmax_cross_entropy_with_integer_labels(logits_NxC.astype(jnp.float32), labels_N)
+    w_N = weights_N.astype(jnp.float32)
+    return jnp.sum(ce_N * w_N), jnp.sum(w_N)
+
+
+def _mean(total: Array, count: Array) -> Array:
+    return total / jnp.maximum(count, 1.0)
+
+
+def gather_positions(h_BxLxD: Array, positions_BxP: Array) -> Array:
+    """Hidden states at the given positions, flattened to (B·P) × D."""
+    g_BxPxD = jnp.take_along_axis(h_BxLxD, positions_BxP[..., None].astype(jnp.int32), axis=1)
+    return g_BxPxD.reshape(-1, h_BxLxD.shape[-1])
+
+
+def mlm_loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
+    """Masked-LM loss over masked positions only.
+
+    batch: input_ids, attention_mask (B×L); mlm_positions, mlm_labels, mlm_weights (B×P, padded
+    slots have weight 0).
+    """
+    h_BxLxD = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
+    h_NxD = gather_positions(h_BxLxD, batch["mlm_positions"])
+    logits_NxV = model.mlm_logits(h_NxD)
+    labels_N = batch["mlm_labels"].reshape(-1)
+    total, count = weighted_ce(logits_NxV, labels_N, batch["mlm_weights"].reshape(-1))
+    correct = jnp.sum((jnp.argmax(logits_NxV, -1) == labels_N) * batch["mlm_weights"].reshape(-1))
+    return _mean(total, count), {"mlm_loss_sum": total, "mlm_count": count, "mlm_correct": correct}
+
+
+def clm_loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
+    """Causal-LM loss: predict token t+1 from tokens ≤ t wherever both are real tokens.
+
+    batch: input_ids, attention_mask (B×L).
+    """
+    h_BxLxD, _ = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
+    logits_BxLxV = model.logits(h_BxLxD[:, :-1])
+    labels_BxL = batch["input_ids"][:, 1:]
+    w_BxL = batch["attention_mask"][:, 1:] * batch["attention_mask"][:, :-1]
+    total, count = weighted_ce(logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]), labels_BxL.reshape(-1),
+                               w_BxL.reshape(-1))
+    return _mean(total, count), {"clm_loss_sum": total, "clm_count": count}
+
+
+def classification_loss(model, batch: dict, rngs=None, *, pooling: str = "pooler") -> tuple[Array, dict]:
+    """Cross-entropy of the classifier head. batch: input_ids, attention_mask, labels (B)."""
+    h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
+    logits_BxC = model.classify(h, batch["attention_mask"], pooling=pooling, rngs=rngs)
+    w_B = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
+    total, count = weighted_ce(logits_BxC, batch["labels"], w_B)
+    correct = jnp.sum((jnp.argmax(logits_BxC, -1) == batch["labels"]) * w_B)
+    return _mean(total, count), {"task_loss_sum": total, "count": count, "correct": correct}
+
+
+def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: Array,
+                 label_word_weights_CxW: Array | None = None) -> Array:
+    """Class logits at the mask position from the label words' MLM logits.
+
+    ``label_word_ids_CxW``: W label words (or sub-tokens) per class C; a class scores the weighted
+    mean of its words' logits (padded word slots get weight 0).
+    """
+    h_BxD = jnp.take_along_axis(h_BxLxD, mask_pos_B[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    C, W = label_word_ids_CxW.shape
+    logits_BxCW = model.mlm_logits(h_BxD, vocab_ids=label_word_ids_CxW.reshape(-1))
+    logits_BxCxW = logits_BxCW.reshape(-1, C, W)
+    if label_word_weights_CxW is None:
+        return logits_BxCxW.mean(-1)
+    w_CxW = label_word_weights_CxW / jnp.maximum(label_word_weights_CxW.sum(-1, keepdims=True), 1e-9)
+    return jnp.einsum("bcw,cw->bc", logits_BxCxW, w_CxW)
+
+
+def cloze_loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
+    """Prompt-based (cloze) classification loss over label-word logits at the mask.
+
+    batch: input_ids, attention_mask, mask_pos (B), labels (B), label_word_ids (C×W),
+    label_word_weights (C×W).
+    """
+    h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
+    logits_BxC = cloze_logits(model, h, batch["mask_pos"], batch["label_word_ids"], batch.get("label_word_weights"))
+    w_B = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
+    total, count = weighted_ce(logits_BxC, batch["labels"], w_B)
+    correct = jnp.sum((jnp.argmax(logits_BxC, -1) == batch["labels"]) * w_B)
+    return _mean(total, count), {"task_loss_sum": total, "count": count, "correct": correct}
+
+
+def joint_loss(task: Loss, mlm: Loss, mlm_weight: float) -> Loss:
+    """L = L_task + λ·L_mlm, on a batch that carries both the task and the MLM fields
+    (the MLM part under keys prefixed ``mlm_batch/``)."""
+
+    def loss(model, batch, rngs=None):
+        lt, aux_t = task(model, batch, rngs)
+        mlm_batch = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith("mlm_batch/")}
+        lm, aux_m = mlm(model, mlm_batch, rngs)
+        return lt + mlm_weight * lm, {**aux_t, **aux_m, "task_loss": lt, "mlm_loss": lm}
+
+    return loss

@@ -1,0 +1,188 @@
+"""The training engine: sharding invariance, checkpoints, NaN handling, losses."""
+
+import json
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from autogpt_jax.config import CheckpointConfig, MeshConfig, OptimConfig
+from autogpt_jax.data import batching
+from autogpt_jax.data.sources import load_unlabeled
+from autogpt_jax.models import hf
+from autogpt_jax.models.bert import Bert, BertConfig
+from autogpt_jax.training import objectives
+from autogpt_jax.training import sharding as shd
+from autogpt_jax.training.checkpoint import StageCheckpointer
+from autogpt_jax.training.steps import Trainer
+
+
+@pytest.fixture(scope="module")
+def tok(splade_dir):
+    return hf.load_tokenizer(splade_dir)
+
+
+@pytest.fixture(scope="module")
+def packed(tok):
+    texts = load_unlabeled("wiki_summaries", limit=200)
+    return batching.pack(batching.tokenize(tok, texts), 32, style="bert", bos_id=tok.cls_token_id,
+                         eos_id=tok.sep_token_id)
+
+
+def _tiny_bert(vocab):
+    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                     max_position_embeddings=64)
+    return Bert(cfg, rngs=nnx.Rngs(0))
+
+
+def _run(mesh, packed, tok, steps=5, loss=objectives.mlm_loss, grad_accum=1):
+    trainer, state = Trainer.create(_tiny_bert(len(tok)), loss, OptimConfig(learning_rate=3e-3, grad_accum=grad_accum),
+                                    100, mesh)
+    batches = batching.PretrainBatches(packed, 16, 0, objective="mlm", tokenizer=tok)
+    losses = []
+    for _ in range(steps):
+        state, m = trainer.train_step(state, shd.put_batch(next(batches), mesh), jax.random.key(0))
+        losses.append(float(m["loss"]))
+    return losses, state
+
+
+def test_same_losses_on_1_and_8_devices(packed, tok):
+    mesh1 = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    mesh8 = shd.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    assert dict(mesh8.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    l1, _ = _run(mesh1, packed, tok)
+    l8, state8 = _run(mesh8, packed, tok)
+    np.testing.assert_allclose(l8, l1, rtol=1e-4)
+    assert l1[-1] < l1[0]
+    # Parameters really are sharded by the logical rules.
+    params = state8.params
+    assert params["embeddings"]["word"]["embedding"][...].sharding.spec == P("tensor", "fsdp")
+    assert params["layers"][0]["intermediate"]["kernel"][...].sharding.spec == P("fsdp", "tensor")
+    assert params["layers"][0]["attention"]["out"]["kernel"][...].sharding.spec == P("tensor", "fsdp")
+    q = params["layers"][0]["attention"]["query"]["kernel"][...]
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (16, 16)
+    assert params["embeddings"]["norm"]["scale"][...].sharding.spec == P(None)  # norms replicated
+    # Adam moments follow their parameters' shardings.
+    mu = jax.tree.leaves(state8.opt_state)
+    assert any(getattr(x, "sharding", None) is not None and x.sharding.spec == P("tensor", "fsdp") for x in mu)
+
+
+def test_grad_accumulation_matches_full_batch(packed, tok):
+    mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    full, _ = _run(mesh, packed, tok, steps=3, loss=lambda m, b, r: objectives.mlm_loss(m, b, None))
+    accum, _ = _run(mesh, packed, tok, steps=3, loss=lambda m, b, r: objectives.mlm_loss(m, b, None), grad_accum=2)
+    # Mean of per-micro-batch means vs one mean: close, not identical (mask counts differ per half).
+    np.testing.assert_allclose(accum, full, rtol=2e-2)
+
+
+def test_mlm_loss_only_projects_masked_positions(tok, packed):
+    """The loss on gathered positions equals the full-vocabulary loss restricted to masked positions."""
+    model = _tiny_bert(len(tok))
+    batch = next(batching.PretrainBatches(packed, 4, 0, objective="mlm", tokenizer=tok))
+    b = {k: jnp.asarray(v) for k, v in batch.items()}
+    ours, aux = objectives.mlm_loss(model, b)
+    h = model(b["input_ids"], b["attention_mask"])
+    full = model.mlm_logits(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:2], -1)
+    logp = jax.nn.log_softmax(full)
+    rows = np.repeat(np.arange(4), b["mlm_positions"].shape[1])
+    cols = np.asarray(b["mlm_positions"]).reshape(-1)
+    w = np.asarray(b["mlm_weights"]).reshape(-1)
+    nll = -np.asarray(logp)[rows, cols, np.asarray(b["mlm_labels"]).reshape(-1)]
+    np.testing.assert_allclose(float(ours), (nll * w).sum() / w.sum(), rtol=1e-5)
+    assert float(aux["mlm_count"]) == w.sum()
+
+
+def test_corrupted_newest_checkpoint_falls_back(tmp_path, packed, tok, caplog):
+    mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    trainer, state = Trainer.create(_tiny_bert(len(tok)), objectives.mlm_loss, OptimConfig(), 100, mesh)
+    init_params = jax.tree.map(np.asarray, state.params)
+    ck = StageCheckpointer(tmp_path / "ck", CheckpointConfig(keep=3))
+    batches = batching.PretrainBatches(packed, 8, 0, objective="mlm", tokenizer=tok)
+    saved = {}
+    for step in (1, 2):
+        state, _ = trainer.train_step(state, shd.put_batch(next(batches), mesh), jax.random.key(0))
+        ck.save(step, state, {"data": batches.state()})
+        ck.wait()
+        saved[step] = jax.tree.map(np.asarray, state.params)
+    assert ck.all_steps() == [1, 2]
+    # Tear the newest checkpoint: overwrite every array data file with garbage.
+    newest = tmp_path / "ck" / "2" / "state"
+    files = [p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert files
+    for p in files:
+        p.write_bytes(b"\x00garbage")
+    fresh_trainer, like = Trainer.create(_tiny_bert(len(tok)), objectives.mlm_loss, OptimConfig(), 100, mesh)
+    with caplog.at_level(logging.WARNING):
+        got = StageCheckpointer(tmp_path / "ck", CheckpointConfig(keep=3)).restore_latest(like)
+    assert got is not None
+    restored, extra, step = got
+    assert step == 1 and "unreadable" in caplog.text and "falling back" in caplog.text
+    assert extra["data"] == {"epoch": 0, "index": 8}
+    for a, b in zip(jax.tree.leaves(saved[1]), jax.tree.leaves(jax.tree.map(np.asarray, restored.params))):
+        np.testing.assert_array_equal(a, b)
+    assert int(restored.step) == 1
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(saved[1])))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path, monkeypatch):
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.training.loop import TrainingDivergedError
+
+    orig = Trainer._train_step
+
+    def poisoned(self, state, batch, rng):  # from step 8 on, the update diverges
+        new, m = orig(self, state, batch, rng)
+        bad = state.step >= 7
+        m = dict(m, loss=jnp.where(bad, jnp.nan, m["loss"]))
+        params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new.params)
+        return new.replace(params=params), m
+
+    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+    out = tmp_path / "nan"
+    cfg = load_config(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out)])
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 8.*last good checkpoint is step 5"):
+        run_pipeline(cfg)
+    ck = StageCheckpointer(out / "checkpoints" / "pretrain", CheckpointConfig())
+    assert ck.all_steps() == [5]
+    monkeypatch.setattr(Trainer, "_train_step", orig)
+    mesh = shd.make_mesh(MeshConfig())
+    tok = hf.load_tokenizer(hf.resolve("splade-tiny"))
+    _, like = Trainer.create(_tiny_bert(len(tok)), objectives.mlm_loss, OptimConfig(), 20, mesh)
+    restored, _, step = ck.restore_latest(like)
+    assert step == 5 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
+
+
+def test_tiny_pretrain_run_writes_metrics_report_and_tensorboard(tmp_path):
+    from autogpt_jax.train import main
+
+    out = tmp_path / "run"
+    assert main(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out),
+                 "--stages", "pretrain,export"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    pre = report["pretrain"]
+    assert pre["steps"] == 20 and pre["objective"] == "mlm"
+    assert pre["best"]["eval_loss"] < pre["first_eval_loss"] < math.log(len(hf.load_tokenizer(hf.resolve("splade-tiny")))) + 0.5
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if "loss" in r]
+    assert steps == list(range(1, 21))
+    assert all(r["tokens_per_s"] > 0 for r in recs if "loss" in r)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "export" / "model.safetensors").exists()
+    assert sorted(int(p.name) for p in (out / "checkpoints" / "pretrain").iterdir() if p.name.isdigit()) == [15, 20]
+
+
+def test_keeps_newest_k_plus_best(tmp_path, packed, tok):
+    mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    _, state = Trainer.create(_tiny_bert(len(tok)), objectives.mlm_loss, OptimConfig(), 100, mesh)
+    ck = StageCheckpointer(tmp_path / "ck", CheckpointConfig(keep=2, best_metric="eval_loss", best_mode="min"))
+    for step, metrics in [(1, {"eval_loss": 0.5}), (2, {"eval_loss": 0.9}), (3, None), (4, {"eval_loss": 0.7}),
+                          (5, None)]:
+        ck.save(step, state, {"data": {"epoch": 0, "index": step}}, metrics)
+        ck.wait()
+    assert ck.all_steps() == [1, 4, 5]

@@ -261,12 +261,14 @@ def load_config(argv: list[str] | None = None) -> Config:
             raise ConfigError(f"{p}: invalid YAML ({e})") from None
     try:
         return draccus.parse(Config, args=argv)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"invalid configuration: {e}") from None
-    except Exception as e:  # draccus decoding errors carry the offending field
-        if type(e).__name__ == "DecodingError":
+    except Exception as e:
+        # draccus wraps the errors of our __post_init__ checks; surface the original message.
+        cause = e
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise ConfigError(str(cause)) from None
+        if isinstance(e, (ValueError, TypeError)) or type(e).__name__ in ("DecodingError", "ParsingError"):
             raise ConfigError(f"invalid configuration: {e}") from None
         raise
 

@@ -179,7 +179,7 @@ def run_pretrain(run: Run) -> None:
         extra={"seed": cfg.seed, "config": to_dict(cfg)}, progress=cfg.logging.progress, start_step=start)
     ckpt.close()
     run.model = trainer.model(state)
-    first = summary["evals"][0]["eval_loss"] if summary["evals"] else None
+    first = summary["evals"][0]["eval_loss"] if summary["evals"] and summary["evals"][0]["step"] == 0 else None
     run.report["pretrain"] = {
         "objective": objective, "documents": len(train_texts), "eval_documents": len(eval_texts),
         "blocks": int(packed.input_ids.shape[0]), "seq_len": pc.seq_len, "batch_size": pc.batch_size,
@@ -194,8 +194,8 @@ def run_pretrain(run: Run) -> None:
 
 def run_export(run: Run) -> None:
     out = run.out / "export"
+    hf.save_pretrained(run.model, out, tokenizer=run.tokenizer)  # collective: every process gathers
     if is_main():
-        hf.save_pretrained(run.model, out, tokenizer=run.tokenizer)
         meta = {"autogpt_jax_version": __import__("autogpt_jax").__version__, "source_model": run.model_source,
                 "architecture": hf.default_architecture(run.model), "task": None}
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -57,7 +57,8 @@ def bench_ours(args, cfg_kw, vocab):
     from autogpt_jax.training.steps import Trainer
 
     mesh = shd.make_mesh(MeshConfig())
-    cfg = BertConfig(vocab_size=vocab, max_position_embeddings=max(512, args.seq), **cfg_kw)
+    cfg = BertConfig(vocab_size=vocab, max_position_embeddings=max(512, args.seq), hidden_dropout=args.dropout,
+                     attention_dropout=args.dropout, **cfg_kw)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = Bert(cfg, rngs=nnx.Rngs(0), dtype=dtype)
     trainer, state = Trainer.create(model, objectives.mlm_loss, OptimConfig(learning_rate=1e-4), 1000, mesh)
@@ -84,6 +85,7 @@ def bench_torch(args, cfg_kw, vocab):
     cfg = BertConfig(vocab_size=vocab, hidden_size=cfg_kw["hidden_size"], num_hidden_layers=cfg_kw["num_layers"],
                      num_attention_heads=cfg_kw["num_heads"], intermediate_size=cfg_kw["intermediate_size"],
                      max_position_embeddings=max(512, args.seq))
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = args.dropout
     model = BertForMaskedLM(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     rng = np.random.default_rng(0)
@@ -103,7 +105,7 @@ def bench_torch(args, cfg_kw, vocab):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss
+        return loss.detach()
 
     for i in range(2):
         step(batches[i % 4])
@@ -122,6 +124,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout, both models")
     ap.add_argument("--skip-torch", action="store_true", help="only our step (accelerator runs)")
     args = ap.parse_args()
 

@@ -503,14 +503,22 @@ def _summarise(paths: list[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _to_host(x) -> np.ndarray:
+    """float32 host copy; arrays sharded across processes are all-gathered (every process must call)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x), np.float32)
+
+
 def to_hf_state(model: nnx.Module, spec: ArchSpec, architecture: str) -> dict[str, np.ndarray]:
     """Our parameters → HF-named float32 numpy tensors for ``architecture``."""
     if architecture not in spec.exports:
         raise ValueError(f"cannot export a {spec.model_type} model as {architecture!r}; "
                          f"choose one of {sorted(spec.exports)}")
     leave_out, prefix = spec.exports[architecture]
-    ours = {_path_str(p): np.asarray(jax.device_get(v.get_value()), np.float32)
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    ours = {_path_str(p): _to_host(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out: dict[str, np.ndarray] = {}
     for rule in spec.rules:
         rx = rule.ours_regex()
@@ -538,14 +546,19 @@ def default_architecture(model: nnx.Module) -> str:
 def save_pretrained(model: nnx.Module, out_dir: str | os.PathLike, *, tokenizer=None, architecture: str | None = None,
                     labels: list[str] | None = None) -> Path:
     """Write config.json, model.safetensors (float32) and the tokenizer so that PyTorch
-    ``transformers`` ``AutoModelFor*.from_pretrained(out_dir)`` loads it."""
+    ``transformers`` ``AutoModelFor*.from_pretrained(out_dir)`` loads it.
+
+    In a multi-process run every process must call this (parameters are gathered); process 0 writes.
+    """
     from safetensors.numpy import save_file
 
     spec = next(s for s in ARCHS.values() if isinstance(model, s.model_cls))
     architecture = architecture or default_architecture(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_state(model, spec, architecture)
+    if jax.process_index() != 0:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_hf()
     cfg["architectures"] = [architecture]

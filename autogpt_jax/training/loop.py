@@ -161,6 +161,11 @@ def train_loop(
         return m
 
     step = start_step
+    if eval_fn is not None and eval_every and start_step == 0:
+        # The starting point, so the report and the curves show how far training moved the loss.
+        initial = eval_fn(state)
+        evals.append({"step": 0, **initial})
+        logger.log(stage, 0, initial)
     try:
         while step < total_steps:
             host_batch = next(batches)

@@ -17,6 +17,7 @@ from autogpt_jax.data import masking
 
 def tokenize(tokenizer, texts: list[str], *, batch_size: int = 2048) -> list[np.ndarray]:
     """Token ids of each text without special tokens (fast tokenizer, batched)."""
+    texts = list(texts)
     out: list[np.ndarray] = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, return_attention_mask=False,
@@ -153,3 +154,106 @@ class PretrainBatches:
 
     def restore(self, state: dict[str, Any]):
         self.it.restore(state)
+
+
+# --------------------------------------------------------------------------------------------
+# classification / scoring batches: cached tokenisation, length buckets
+# --------------------------------------------------------------------------------------------
+
+BUCKETS = (16, 32, 64, 128, 256, 512)
+
+_ENCODE_CACHE: dict[tuple, list[np.ndarray]] = {}
+
+
+def encode(tokenizer, texts: list[str], max_length: int, *, add_special_tokens: bool = True) -> list[np.ndarray]:
+    """Token ids per text, truncated to ``max_length``; fast batched tokenisation, memoised per
+    (tokenizer, max_length, texts) so repeated stages and seeds do not re-tokenise."""
+    import hashlib
+
+    texts = list(texts)  # a datasets Column is lazy: materialise once
+    h = hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+    key = (getattr(tokenizer, "name_or_path", id(tokenizer)), tokenizer.vocab_size, max_length, add_special_tokens, h)
+    hit = _ENCODE_CACHE.get(key)
+    if hit is not None:
+        return hit
+    out: list[np.ndarray] = []
+    for i in range(0, len(texts), 4096):
+        enc = tokenizer(texts[i:i + 4096], add_special_tokens=add_special_tokens, truncation=True,
+                        max_length=max_length, return_attention_mask=False, return_token_type_ids=False,
+                        verbose=False)
+        out.extend(np.asarray(ids, np.int32) for ids in enc["input_ids"])
+    if len(_ENCODE_CACHE) > 64:
+        _ENCODE_CACHE.clear()
+    _ENCODE_CACHE[key] = out
+    return out
+
+
+def bucket_length(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
+    """The smallest bucket that holds ``n`` tokens (shapes, and so compilations, stay few)."""
+    for b in buckets:
+        if n <= b:
+            return b
+    return int(np.ceil(n / buckets[-1]) * buckets[-1])
+
+
+def pad_batch(seqs: list[np.ndarray], pad_id: int, *, buckets: tuple[int, ...] = BUCKETS,
+              side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention_mask), padded to the bucket of the longest sequence."""
+    L = bucket_length(max(len(s) for s in seqs), buckets)
+    ids = np.full((len(seqs), L), pad_id, np.int32)
+    mask = np.zeros((len(seqs), L), np.int32)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, :len(s)], mask[i, :len(s)] = s, 1
+        else:
+            ids[i, L - len(s):], mask[i, L - len(s):] = s, 1
+    return ids, mask
+
+
+class ExampleBatches:
+    """Shuffled, resumable batches of pre-tokenised examples with per-example fields.
+
+    ``fields`` maps a name to one value per example (labels, mask positions, ...); token sequences
+    are padded to a length bucket.
+    """
+
+    def __init__(self, seqs: list[np.ndarray], fields: dict[str, np.ndarray], batch_size: int, seed: int, *,
+                 pad_id: int, shuffle: bool = True, buckets: tuple[int, ...] = BUCKETS):
+        if not seqs:
+            raise ValueError("no examples to batch")
+        self.seqs, self.fields, self.pad_id, self.buckets = seqs, fields, pad_id, buckets
+        self.it = EpochIterator(len(seqs), batch_size, seed, shuffle=shuffle)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        idx, _ = self.it.next_indices()
+        return self.batch(idx)
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        ids, mask = pad_batch([self.seqs[i] for i in idx], self.pad_id, buckets=self.buckets)
+        return {"input_ids": ids, "attention_mask": mask, **{k: np.asarray(v)[idx] for k, v in self.fields.items()}}
+
+    def state(self) -> dict[str, int]:
+        return self.it.state()
+
+    def restore(self, state: dict[str, Any]):
+        self.it.restore(state)
+
+
+def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, *,
+                 buckets: tuple[int, ...] = BUCKETS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Every example once, sorted by length so each batch pads to a small bucket; yields the
+    original indices with each batch (the last batch is padded up to ``batch_size`` with copies of
+    its first example; callers drop rows whose index is -1)."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        real = idx.size
+        if real < batch_size:
+            idx = np.concatenate([idx, np.repeat(idx[:1], batch_size - real)])
+        ids, mask = pad_batch([seqs[j] for j in idx], pad_id, buckets=buckets)
+        out_idx = idx.copy()
+        out_idx[real:] = -1
+        yield out_idx, {"input_ids": ids, "attention_mask": mask}

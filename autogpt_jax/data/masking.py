@@ -6,8 +6,9 @@ pieces are masked with it). Targets are replaced 80% by [MASK], 10% by a random 
 as they are. The result has a fixed number P of prediction slots per sequence, so the loss
 can gather just those hidden states; unused slots have weight 0.
 
-Prompt-aware masking (``boost``) raises the selection probability of chosen tokens (label words,
-task words): they are picked first, each with probability ``boost_rate``.
+Prompt-aware masking (``boost``) masks chosen words (the label word in a prompted sentence, task
+words such as sentiment or intent words) each with probability ``boost_rate``, independently of
+the others; the rest of the budget is filled from the remaining words at random.
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ def mask_tokens(
             words.append(span)
         order = rng.permutation(len(words))
         if boost_BxL is not None:
-            boosted = np.array([bool(boost_BxL[b, words[i][0]]) for i in order])
+            boosted = np.array([bool(boost_BxL[b, words[i][0]]) for i in order], bool)
             picked = boosted & (rng.random(len(order)) < boost_rate)
-            order = np.concatenate([order[picked], order[~picked]])
+            order = np.concatenate([order[picked], order[~boosted]])  # unpicked boosted words stay unmasked
         chosen: list[int] = []
         for i in order:
             span = words[i]

@@ -90,3 +90,14 @@ def test_bfloat16_compute_close_to_float32(splade_dir, dtype):
     assert lm16.model.embeddings.word.embedding[...].dtype == jnp.float32  # master weights stay float32
     rel = float(jnp.linalg.norm(h16.astype(jnp.float32) - h32) / jnp.linalg.norm(h32))
     assert rel < 0.05
+
+
+def test_output_positions_equal_gathered_full_output(splade_dir):
+    """Computing only some positions in the last layer gives exactly those rows of the full output."""
+    lm = load_model(splade_dir)
+    enc = _encode(lm.tokenizer(), TEXTS)
+    ids, mask = jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"])
+    full = np.asarray(lm.model(ids, mask))
+    pos = np.array([[0, 3, 5], [1, 2, 2], [7, 0, 11]])
+    part = np.asarray(lm.model(ids, mask, output_positions_BxP=jnp.asarray(pos)))
+    np.testing.assert_allclose(part, np.take_along_axis(full, pos[..., None], axis=1), atol=2e-5)

@@ -118,9 +118,16 @@ class BertLayer(nnx.Module):
         self.dropout = Dropout(cfg.hidden_dropout)
         self.act = activation(cfg.hidden_act)
 
-    def __call__(self, x_BxLxD, mask_BxLxL, *, rngs=None):
+    def __call__(self, x_BxLxD, mask_BxLxL, *, positions_BxP=None, rngs=None):
+        """With ``positions_BxP``, only those positions are computed (they still attend every
+        position): the output is B × P × D."""
         det = rngs is None
-        attn_BxLxD, _ = self.attention(x_BxLxD, mask_BxLxL, rngs=rngs)
+        kv_BxSxD = None
+        if positions_BxP is not None:
+            kv_BxSxD = x_BxLxD
+            x_BxLxD = jnp.take_along_axis(x_BxLxD, positions_BxP[..., None].astype(jnp.int32), axis=1)
+            mask_BxLxL = jnp.take_along_axis(mask_BxLxL, positions_BxP[..., None].astype(jnp.int32), axis=1)
+        attn_BxLxD, _ = self.attention(x_BxLxD, mask_BxLxL, kv_BxSxD=kv_BxSxD, rngs=rngs)
         x_BxLxD = self.attention_norm(x_BxLxD + self.dropout(attn_BxLxD, deterministic=det, rngs=rngs))
         h_BxLxF = self.act(self.intermediate(x_BxLxD))
         return self.output_norm(x_BxLxD + self.dropout(self.output(h_BxLxF), deterministic=det, rngs=rngs))
@@ -172,16 +179,22 @@ class Bert(nnx.Module):
             self.classifier = None
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *,
-                 inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None) -> Array:
-        """Last hidden states. ``rngs`` given ⇒ dropout on (training); None ⇒ deterministic."""
+                 inputs_embeds_BxLxD=None, output_positions_BxP=None, rngs: nnx.Rngs | None = None) -> Array:
+        """Last hidden states (B × L × D). ``rngs`` given ⇒ dropout on (training); None ⇒ deterministic.
+
+        ``output_positions_BxP``: return only these positions (B × P × D). The last layer then
+        computes its queries, output projection and feed-forward for them alone — the MLM loss
+        needs ~15% of the positions, so most of that layer is skipped.
+        """
         if attention_mask_BxL is None:
             attention_mask_BxL = jnp.ones_like(input_ids_BxL)
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
         x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, inputs_embeds_BxLxD=inputs_embeds_BxLxD, rngs=rngs)
         mask_BxLxL = padding_mask(attention_mask_BxL, input_ids_BxL.shape[1])
-        for layer in self.layers:
-            x_BxLxD = layer(x_BxLxD, mask_BxLxL, rngs=rngs)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x_BxLxD = layer(x_BxLxD, mask_BxLxL, positions_BxP=output_positions_BxP if i == last else None, rngs=rngs)
         return x_BxLxD
 
     def word_embeddings(self) -> Array:

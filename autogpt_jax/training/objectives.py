@@ -29,21 +29,14 @@ def _mean(total: Array, count: Array) -> Array:
     return total / jnp.maximum(count, 1.0)
 
 
-def gather_positions(h_BxLxD: Array, positions_BxP: Array) -> Array:
-    """Hidden states at the given positions, flattened to (B·P) × D."""
-    g_BxPxD = jnp.take_along_axis(h_BxLxD, positions_BxP[..., None].astype(jnp.int32), axis=1)
-    return g_BxPxD.reshape(-1, h_BxLxD.shape[-1])
-
-
 def mlm_loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
     """Masked-LM loss over masked positions only.
 
     batch: input_ids, attention_mask (B×L); mlm_positions, mlm_labels, mlm_weights (B×P, padded
     slots have weight 0).
     """
-    h_BxLxD = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
-    h_NxD = gather_positions(h_BxLxD, batch["mlm_positions"])
-    logits_NxV = model.mlm_logits(h_NxD)
+    h_BxPxD = model(batch["input_ids"], batch["attention_mask"], output_positions_BxP=batch["mlm_positions"], rngs=rngs)
+    logits_NxV = model.mlm_logits(h_BxPxD.reshape(-1, h_BxPxD.shape[-1]))
     labels_N = batch["mlm_labels"].reshape(-1)
     total, count = weighted_ce(logits_NxV, labels_N, batch["mlm_weights"].reshape(-1))
     # No accuracy here: an argmax over the vocabulary costs ~2% of a MiniLM training step.

@@ -153,6 +153,102 @@ class PretrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    # A fixed template such as "{text} It was {mask}." (null: choose among the rule-based
+    # candidates for task_type by dev accuracy after a short fine-tune).
+    template: Optional[str] = None
+    # Fixed label words, classes separated by "|", alternatives by ",": "terrible,bad|great,good".
+    # Null: automatic search when the MLM head is pretrained, else words from the label names.
+    label_words: Optional[str] = None
+    # sentiment | topic | intent | nli: which rule library to draw templates from.
+    task_type: str = "sentiment"
+    # How many template candidates to try, and fine-tuning steps for each trial.
+    candidates: int = 3
+    search_steps: int = 30
+    # Automatic label words: top-k words per class by mask probability, combinations scored on train.
+    top_k_words: int = 8
+    max_length: int = 96
+
+    def __post_init__(self):
+        _check(self.task_type in ("sentiment", "topic", "intent", "nli"),
+               f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
+        _check(self.candidates >= 1 and self.search_steps >= 1 and self.top_k_words >= 1 and self.max_length >= 16,
+               "prompt.candidates, prompt.search_steps, prompt.top_k_words >= 1 and prompt.max_length >= 16")
+        if self.template is not None:
+            from autogpt_jax.prompts.templates import Template
+
+            Template(self.template)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    steps: int = 150
+    batch_size: int = 16
+    seq_len: int = 96
+    mask_rate: float = 0.15
+    # prompt_aware | whole_word | random
+    masking: str = "prompt_aware"
+    # Prompt-aware: probability of masking the label word of a prompted training sentence.
+    label_word_rate: float = 0.5
+    # Unlabelled task texts to use at most (the rest of the labelled pool, labels dropped, by default).
+    max_unlabeled: int = 4000
+    log_every: int = 10
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=15))
+
+    def __post_init__(self):
+        _check(self.masking in ("prompt_aware", "whole_word", "random"),
+               f"adapt.masking must be prompt_aware, whole_word or random, got {self.masking!r}")
+        _check(0 < self.label_word_rate <= 1 and 0 < self.mask_rate < 1, "adapt rates must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    # prompt (cloze over label words at the mask) | head (classifier on the pooled output)
+    mode: str = "prompt"
+    steps: int = 120
+    batch_size: int = 8
+    # The grid (LM-BFF protocol: best on dev): comma-separated values.
+    learning_rates: str = "1e-4,3e-5"
+    # Joint objective L = L_task + mlm_weight · L_mlm (on unlabelled task text); 0 disables.
+    mlm_weight: float = 0.0
+    eval_every: int = 10
+    early_stop_patience: int = 6
+    # head mode: pooler | cls | mean
+    pooling: str = "mean"
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=10,
+                                                                               weight_decay=0.01))
+
+    def __post_init__(self):
+        _check(self.mode in ("prompt", "head"), f"finetune.mode must be prompt or head, got {self.mode!r}")
+        _check(self.pooling in ("pooler", "cls", "mean"), "finetune.pooling must be pooler, cls or mean")
+        _check(self.mlm_weight >= 0, "finetune.mlm_weight must be >= 0")
+        try:
+            lrs = self.lr_grid
+        except ValueError:
+            raise ConfigError(f"finetune.learning_rates must be comma-separated numbers, got {self.learning_rates!r}")
+        _check(bool(lrs) and all(lr > 0 for lr in lrs), "finetune.learning_rates must be positive")
+
+    @property
+    def lr_grid(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in str(self.learning_rates).split(",") if x.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    # Split seeds: each runs prompt→adapt→finetune→evaluate on its own K-shot split; mean ± std
+    # is reported. Empty: just data.split_seed.
+    seeds: str = ""
+    batch_size: int = 64
+    # Also run the baselines on the same splits: zero-shot prompt, head fine-tuning and prompt
+    # fine-tuning without adaptation (the table `make train` prints).
+    compare: bool = False
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in str(self.seeds).split(",") if x.strip())
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     # Save every N steps (and always at the end of a stage).
     every: int = 100
@@ -187,6 +283,10 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+    adapt: AdaptConfig = dataclasses.field(default_factory=AdaptConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
@@ -205,15 +305,35 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
-def valid_keys(cls=Config, prefix: str = "") -> list[str]:
-    keys = []
+def _field_types(cls=Config, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         t = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307 - our own annotations
         if dataclasses.is_dataclass(t):
-            keys += valid_keys(t, f"{prefix}{f.name}.")
+            out.update(_field_types(t, f"{prefix}{f.name}."))
         else:
-            keys.append(prefix + f.name)
-    return keys
+            out[prefix + f.name] = t
+    return out
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    return list(_field_types(cls, prefix))
+
+
+def _quote_strings(argv: list[str]) -> list[str]:
+    """Command-line values of string fields are taken literally: draccus reads values as YAML, in
+    which a template such as "{text} It was {mask}." would be a mapping."""
+    types = _field_types()
+    out = list(argv)
+    for i, a in enumerate(out):
+        if not a.startswith("--") or "=" in a or i + 1 >= len(out):
+            continue
+        t = types.get(a[2:])
+        if t in (str, Optional[str]) and out[i + 1] not in ("null", "None"):
+            v = out[i + 1]
+            if not (v.startswith("'") and v.endswith("'") and len(v) > 1):
+                out[i + 1] = "'" + v.replace("'", "''") + "'"
+    return out
 
 
 def _unknown(key: str, where: str) -> ConfigError:
@@ -260,7 +380,7 @@ def load_config(argv: list[str] | None = None) -> Config:
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: invalid YAML ({e})") from None
     try:
-        return draccus.parse(Config, args=argv)
+        return draccus.parse(Config, args=_quote_strings(argv))
     except Exception as e:
         # draccus wraps the errors of our __post_init__ checks; surface the original message.
         cause = e
@@ -268,7 +388,7 @@ def load_config(argv: list[str] | None = None) -> Config:
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise ConfigError(str(cause)) from None
-        if isinstance(e, (ValueError, TypeError)) or type(e).__name__ in ("DecodingError", "ParsingError"):
+        if isinstance(e, (ValueError, TypeError, yaml.YAMLError)) or type(e).__name__ in ("DecodingError", "ParsingError"):
             raise ConfigError(f"invalid configuration: {e}") from None
         raise
 

@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogpt_jax.config import Config, ConfigError, to_dict
-from autogpt_jax.data import batching
+from autogpt_jax.config import Config, ConfigError, OptimConfig, to_dict
+from autogpt_jax.data import batching, fewshot, masking, sources
 from autogpt_jax.data.sources import load_unlabeled
+from autogpt_jax.inference import Classifier, accuracy_f1
+from autogpt_jax.prompts.templates import RULE_TEMPLATES, Template, Verbalizer, rule_verbalizer
 from autogpt_jax.models import hf
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.models.gpt2 import GPT2, GPT2Config
@@ -32,7 +34,8 @@ from autogpt_jax.training.steps import Trainer
 
 log = logging.getLogger(__name__)
 
-BUILT_STAGES = ("pretrain", "export")
+BUILT_STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "export")
+TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate")
 
 
 @dataclasses.dataclass
@@ -44,6 +47,8 @@ class Run:
     model: nnx.Module | None = None
     tokenizer: Any = None
     model_source: str = ""
+    fresh: list[str] = dataclasses.field(default_factory=list)
+    classifier: Classifier | None = None
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def write_report(self):
@@ -65,7 +70,7 @@ def param_count(model: nnx.Module) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def build_model(cfg: Config, mesh) -> tuple[nnx.Module, Any, str]:
+def build_model(cfg: Config, mesh, num_labels: int = 0) -> tuple[nnx.Module, Any, str, list[str]]:
     """Load (sharded, straight onto the mesh) or create from scratch; returns model, tokenizer, source."""
     m = cfg.model
     dtype = _dtype(m.dtype)
@@ -77,16 +82,16 @@ def build_model(cfg: Config, mesh) -> tuple[nnx.Module, Any, str]:
                 ("resid_dropout", "embd_dropout", "attention_dropout")
             overrides = {k: m.dropout for k in keys}
         lm = hf.load_model(m.name_or_path, dtype=dtype, seed=cfg.seed, config_overrides=overrides,
-                           shardings=lambda key, shape, var: shd.variable_sharding(var, mesh))
+                           num_labels=num_labels, shardings=lambda key, shape, var: shd.variable_sharding(var, mesh))
         tok = hf.load_tokenizer(hf.resolve(m.tokenizer)) if m.tokenizer else lm.tokenizer()
-        return lm.model, tok, str(lm.path)
+        return lm.model, tok, str(lm.path), lm.fresh
     tok = hf.load_tokenizer(hf.resolve(m.tokenizer))
     drop = 0.1 if m.dropout is None else m.dropout
     if m.arch == "bert":
         mcfg = BertConfig(vocab_size=len(tok), hidden_size=m.hidden_size, num_layers=m.num_layers,
                           num_heads=m.num_heads, intermediate_size=m.intermediate_size,
                           max_position_embeddings=m.max_positions, hidden_dropout=drop, attention_dropout=drop,
-                          pad_token_id=tok.pad_token_id or 0)
+                          pad_token_id=tok.pad_token_id or 0, num_labels=num_labels)
         cls = Bert
     else:
         eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
@@ -100,7 +105,7 @@ def build_model(cfg: Config, mesh) -> tuple[nnx.Module, Any, str]:
     shardings = shd.state_shardings(abstract, mesh)
     # Born sharded: the initialiser runs under jit with each parameter's sharding as its output.
     state = jax.jit(lambda: nnx.state(ctor()), out_shardings=shardings)()
-    return nnx.merge(graphdef, state), tok, f"scratch:{m.arch}"
+    return nnx.merge(graphdef, state), tok, f"scratch:{m.arch}", ["*"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +193,327 @@ def run_pretrain(run: Run) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# few-shot task stages: prompt → adapt → finetune → evaluate, per split seed
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Task:
+    names: list[str]
+    train: Any  # datasets.Dataset (K per class)
+    dev: Any
+    test: Any
+    unlabeled: list[str]
+    seed: int
+
+
+def prepare_task(run: Run, seed: int) -> Task:
+    cfg, d = run.cfg, run.cfg.data
+    if d.train_file:
+        ds = sources.load_files(d.train_file, d.dev_file, d.test_file)
+    elif d.dataset:
+        ds = sources.load_dataset(d.dataset)
+    else:
+        raise ConfigError(f"no labelled data: set --data.dataset (one of {sorted(sources.DATASETS)}) "
+                          "or --data.train_file FILE")
+    if "test" not in ds:
+        raise ConfigError("the task has no test split: pass --data.test_file")
+    pool = ds["train"]
+    names = list(pool.features["label"].names)
+    if d.dev_file:
+        train, _ = fewshot.fewshot_split(pool, d.k_shot, seed, dev=False)
+        dev = ds["validation"]
+    else:
+        train, dev = fewshot.fewshot_split(pool, d.k_shot, seed)
+    if is_main():
+        split_dir = run.out / "splits" / f"seed-{seed}"
+        fewshot.write_split(split_dir, "train", train)
+        fewshot.write_split(split_dir, "dev", dev)
+    if d.unlabeled or d.unlabeled_file:
+        unlabeled = load_unlabeled(d.unlabeled, d.unlabeled_file)
+    else:  # the rest of the labelled pool, labels dropped (never the test split)
+        unlabeled = list(pool["text"])
+    cap = run.cfg.adapt.max_unlabeled
+    if len(unlabeled) > cap:
+        keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(unlabeled))[:cap])
+        unlabeled = [unlabeled[i] for i in keep]
+    return Task(names, train, dev, ds["test"], unlabeled, seed)
+
+
+def parse_label_words(spec: str | None, names: list[str]) -> Verbalizer | None:
+    if not spec:
+        return None
+    classes = [tuple(w.strip() for w in c.split(",") if w.strip()) for c in spec.split("|")]
+    if len(classes) != len(names) or not all(classes):
+        raise ConfigError(f"prompt.label_words {spec!r} gives {len(classes)} classes; the task has {len(names)} "
+                          f"({names}). Separate classes with '|' and alternatives with ','")
+    return Verbalizer(tuple(classes))
+
+
+def _classifier(run: Run, model, task: Task, mode: str, template: Template | None, verb: Verbalizer | None):
+    ids = wts = None
+    if mode == "prompt":
+        ids, wts = verb.token_table(run.tokenizer)
+    return Classifier(model, run.tokenizer, task.names, mode, template, ids, wts,
+                      max_length=run.cfg.prompt.max_length, pooling=run.cfg.finetune.pooling,
+                      label_words=verb.to_json() if verb is not None else None)
+
+
+def _evaluate(clf: Classifier, ds, batch_size: int) -> dict[str, Any]:
+    pred = clf.logits(list(ds["text"]), batch_size).argmax(-1)
+    return accuracy_f1(pred, np.asarray(ds["label"]), len(clf.labels))
+
+
+def search_label_words(run: Run, model, task: Task, template: Template) -> tuple[Verbalizer, list[dict]]:
+    """Top-k vocabulary words per class by mean mask-position probability on that class's training
+    examples; combinations scored by zero-shot accuracy on train (per-class greedy when there are
+    too many combinations)."""
+    tok, k = run.tokenizer, run.cfg.prompt.top_k_words
+    vocab = tok.get_vocab()
+    ok_ids = np.asarray(sorted(i for t, i in vocab.items() if t.isalpha() and len(t) > 2 and not t.startswith("##")))
+    ids_VxW = ok_ids[:, None]
+    clf = Classifier(model, tok, [str(i) for i in ok_ids], "prompt", template, ids_VxW,
+                     np.ones_like(ids_VxW, np.float32), max_length=run.cfg.prompt.max_length)
+    texts, labels = list(task.train["text"]), np.asarray(task.train["label"])
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(clf.logits(texts)), axis=-1))  # N × V'
+    C = len(task.names)
+    mean_c = np.stack([np.exp(logp[labels == c]).mean(0) for c in range(C)])
+    # Favour words that are likely for this class *and* unlikely for the others.
+    score = np.log(mean_c + 1e-12) - np.log(mean_c.mean(0, keepdims=True) + 1e-12) + np.log(mean_c + 1e-12)
+    top = [np.argsort(-score[c])[:k] for c in range(C)]
+    combos = np.prod([len(t) for t in top])
+    cands = []
+    if combos <= 4096:
+        import itertools
+
+        for combo in itertools.product(*top):
+            if len(set(combo)) < C:
+                continue
+            acc = float((logp[:, list(combo)].argmax(-1) == labels).mean())
+            cands.append((acc, combo))
+    else:
+        combo = tuple(int(t[0]) for t in top)
+        cands.append((float((logp[:, list(combo)].argmax(-1) == labels).mean()), combo))
+    cands.sort(key=lambda x: -x[0])
+    words = lambda combo: [tok.convert_ids_to_tokens(int(ok_ids[j])) for j in combo]  # noqa: E731
+    best = cands[0][1]
+    return Verbalizer(tuple((w,) for w in words(best))), [{"label_words": words(c), "train_zero_shot_accuracy": a}
+                                                             for a, c in cands[:5]]
+
+
+def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None, verb: Verbalizer | None, *,
+               lr: float, steps: int, stage: str, mlm_weight: float = 0.0, early_stop: bool = True):
+    """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
+    cfg, fc, tok = run.cfg, run.cfg.finetune, run.tokenizer
+    texts, labels = list(task.train["text"]), np.asarray(task.train["label"], np.int32)
+    if mode == "prompt":
+        ids, wts = verb.token_table(tok)
+        loss = objectives.make_cloze_loss(ids, wts)
+        seqs, mpos = template.encode(tok, texts, cfg.prompt.max_length)
+        fields = {"mask_pos": mpos, "labels": labels}
+    else:
+        if getattr(model, "classifier", None) is None:
+            raise ConfigError("finetune.mode head needs a classification head; the model was built without one")
+        loss = lambda m, b, r=None: objectives.classification_loss(m, b, r, pooling=fc.pooling)  # noqa: E731
+        seqs = batching.encode(tok, texts, cfg.prompt.max_length)
+        fields = {"labels": labels}
+    bs = fc.batch_size
+    if bs % shd.batch_divisor(run.mesh):
+        raise ConfigError(f"finetune.batch_size {bs} must be divisible by the data×fsdp mesh size {shd.batch_divisor(run.mesh)}")
+    batches = batching.ExampleBatches(seqs, fields, bs, task.seed, pad_id=tok.pad_token_id or 0)
+    if mlm_weight > 0:
+        loss = objectives.joint_loss(loss, objectives.mlm_loss, mlm_weight)
+        batches = JointBatches(batches, _adapt_batches(run, task, template, verb, bs, mlm_only=True))
+    optim = dataclasses.replace(fc.optim, learning_rate=lr)
+    trainer, state = Trainer.create(model, loss, optim, steps, run.mesh)
+    best: dict[str, Any] = {"acc": -1.0, "params": None, "step": 0}
+
+    def eval_fn(st):
+        m = trainer.model(st)
+        acc = _evaluate(_classifier(run, m, task, mode, template, verb), task.dev, cfg.eval.batch_size)["accuracy"]
+        if acc > best["acc"]:
+            best.update(acc=acc, params=jax.tree.map(lambda x: x.copy(), st.params), step=int(st.step))
+        return {"dev_accuracy": acc}
+
+    state, summary = train_loop(
+        stage=stage, trainer=trainer, state=state, batches=batches, total_steps=steps, rng=jax.random.key(cfg.seed),
+        logger=run.logger, ckpt=None, log_every=max(1, steps // 10), eval_fn=eval_fn, eval_every=fc.eval_every,
+        early_stop_patience=fc.early_stop_patience if early_stop else 0, best_metric="dev_accuracy", best_mode="max",
+        progress=cfg.logging.progress)
+    model = nnx.merge(trainer.graphdef, best["params"], state.frozen)
+    return model, {"learning_rate": lr, "best_dev_accuracy": best["acc"], "best_step": best["step"],
+                   "steps_run": summary["steps"], "wall_time_s": summary["wall_time_s"],
+                   "tokens_per_s": summary["tokens_per_s"], "stopped_early": summary["stopped_early"]}
+
+
+class JointBatches:
+    """Task batches with an MLM batch on unlabelled task text alongside (keys prefixed ``mlm/``)."""
+
+    def __init__(self, task_batches, mlm_batches):
+        self.task, self.mlm = task_batches, mlm_batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {**next(self.task), **{f"mlm/{k}": v for k, v in next(self.mlm).items()}}
+
+    def state(self):
+        return {"task": self.task.state(), "mlm": self.mlm.state()}
+
+    def restore(self, st):
+        self.task.restore(st["task"])
+        self.mlm.restore(st["mlm"])
+
+
+def _adapt_batches(run: Run, task: Task, template: Template, verb: Verbalizer, batch_size: int, *,
+                   mlm_only: bool = False) -> batching.PretrainBatches:
+    """Unlabelled task text plus the training sentences prompted with their label word; tokens of
+    the label words are favoured by prompt-aware masking."""
+    ac, tok = run.cfg.adapt, run.tokenizer
+    L = ac.seq_len
+    seqs = batching.encode(tok, task.unlabeled, L)
+    ids_CxW, _ = verb.token_table(tok)
+    word_ids = np.unique(ids_CxW[ids_CxW > 0])
+    train_texts, train_labels = list(task.train["text"]), np.asarray(task.train["label"])
+    p_seqs, mpos = template.encode(tok, train_texts, L)
+    for s_, m_, y in zip(p_seqs, mpos, train_labels):
+        s_[m_] = ids_CxW[y, 0]  # the true label word in the mask slot
+    # The K-shot sentences are few: repeat them so they make up about a fifth of the adaptation data.
+    reps = max(1, len(seqs) // (4 * max(len(p_seqs), 1)))
+    all_seqs = seqs + p_seqs * reps
+    ids, mask = batching.pad_batch(all_seqs, tok.pad_token_id or 0, buckets=(L,))
+    special = np.isin(ids, np.asarray(tok.all_special_ids))
+    maskable = (mask == 1) & ~special
+    boost = np.isin(ids, word_ids) & maskable if ac.masking == "prompt_aware" else None
+    packed = batching.Packed(ids, mask, maskable, boost)
+    mode = "whole_word" if ac.masking in ("prompt_aware", "whole_word") else "random"
+    return batching.PretrainBatches(packed, batch_size, task.seed + (17 if mlm_only else 0), objective="mlm",
+                                    tokenizer=tok, mask_rate=ac.mask_rate, masking_mode=mode,
+                                    boost_rate=ac.label_word_rate)
+
+
+def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> tuple[nnx.Module, dict]:
+    """Adaptive training: MLM on the task's unlabelled text and prompted training sentences."""
+    ac, cfg = run.cfg.adapt, run.cfg
+    if not isinstance(model, Bert):
+        raise ConfigError("the adapt stage trains an MLM and needs a BERT-family model")
+    batches = _adapt_batches(run, task, template, verb, ac.batch_size)
+    if ac.batch_size % shd.batch_divisor(run.mesh):
+        raise ConfigError(f"adapt.batch_size {ac.batch_size} must be divisible by the data×fsdp mesh size")
+    trainer, state = Trainer.create(model, objectives.mlm_loss, ac.optim, ac.steps, run.mesh)
+    ckpt = StageCheckpointer(run.out / "checkpoints" / f"adapt-seed{task.seed}", cfg.checkpoint)
+    start = 0
+    if cfg.checkpoint.resume:
+        restored = ckpt.restore_latest(state)
+        if restored is not None:
+            state, extra, start = restored
+            batches.restore(extra["data"])
+    state, summary = train_loop(stage="adapt", trainer=trainer, state=state, batches=batches, total_steps=ac.steps,
+                                rng=jax.random.key(cfg.seed), logger=run.logger, ckpt=ckpt,
+                                save_every=cfg.checkpoint.every, log_every=ac.log_every,
+                                progress=cfg.logging.progress, start_step=start, extra={"seed": task.seed})
+    ckpt.close()
+    return trainer.model(state), {"texts": len(task.unlabeled), "masking": ac.masking, **summary}
+
+
+def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
+    cfg = run.cfg
+    stages = cfg.stage_list
+    task = prepare_task(run, seed)
+    rep: dict[str, Any] = {"seed": seed, "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}}
+    mode = cfg.finetune.mode
+    verb = parse_label_words(cfg.prompt.label_words, task.names) or rule_verbalizer(task.names)
+    candidates = [cfg.prompt.template] if cfg.prompt.template else list(RULE_TEMPLATES[cfg.prompt.task_type])
+    template = Template(candidates[0])
+    head_fresh = any(p.startswith("mlm.") or p == "*" for p in run.fresh)
+    model = base_model
+
+    if "prompt" in stages and mode == "prompt":
+        prompt_rep: dict[str, Any] = {}
+        if cfg.prompt.label_words is None and not head_fresh:
+            verb, prompt_rep["label_word_candidates"] = search_label_words(run, model, task, template)
+        if len(candidates) > 1:
+            scored = []
+            for t in candidates[: cfg.prompt.candidates]:
+                _, s_ = _train_cls(run, task, model, "prompt", Template(t), verb, lr=cfg.finetune.lr_grid[0],
+                                   steps=cfg.prompt.search_steps, stage="prompt-search", early_stop=False)
+                scored.append({"template": t, "dev_accuracy": s_["best_dev_accuracy"]})
+            scored.sort(key=lambda x: -x["dev_accuracy"])
+            template = Template(scored[0]["template"])
+            prompt_rep["template_candidates"] = scored
+        prompt_rep.update(template=template.source, label_words=verb.to_json(),
+                          label_words_source="config" if cfg.prompt.label_words else
+                          ("rules (the MLM head is untrained)" if head_fresh else "search"))
+        rep["prompt"] = prompt_rep
+    elif mode == "prompt":
+        rep["prompt"] = {"template": template.source, "label_words": verb.to_json()}
+
+    if cfg.eval.compare:
+        rep["baselines"] = {}
+        rep["baselines"]["zero_shot"] = _evaluate(_classifier(run, model, task, "prompt", template, verb),
+                                                  task.test, cfg.eval.batch_size)
+        m_pft, _ = _train_cls(run, task, model, "prompt", template, verb, lr=cfg.finetune.lr_grid[0],
+                              steps=cfg.finetune.steps, stage="baseline-prompt-ft")
+        rep["baselines"]["prompt_ft"] = _evaluate(_classifier(run, m_pft, task, "prompt", template, verb), task.test,
+                                                  cfg.eval.batch_size)
+        if getattr(model, "classifier", None) is not None:
+            m_head, _ = _train_cls(run, task, model, "head", None, None, lr=cfg.finetune.lr_grid[0],
+                                   steps=cfg.finetune.steps, stage="baseline-head-ft")
+            rep["baselines"]["head_ft"] = _evaluate(_classifier(run, m_head, task, "head", None, None), task.test,
+                                                    cfg.eval.batch_size)
+
+    if "adapt" in stages:
+        model, rep["adapt"] = adapt(run, task, model, template, verb)
+        if cfg.eval.compare:
+            rep["baselines"]["zero_shot_after_adapt"] = _evaluate(
+                _classifier(run, model, task, "prompt", template, verb), task.test, cfg.eval.batch_size)
+
+    if "finetune" in stages:
+        best = None
+        grid = []
+        for lr in cfg.finetune.lr_grid:
+            m, s_ = _train_cls(run, task, model, mode, template, verb, lr=lr, steps=cfg.finetune.steps,
+                               stage="finetune", mlm_weight=cfg.finetune.mlm_weight)
+            grid.append(s_)
+            if best is None or s_["best_dev_accuracy"] > best[1]["best_dev_accuracy"]:
+                best = (m, s_)
+        model = best[0]
+        rep["finetune"] = {"mode": mode, "mlm_weight": cfg.finetune.mlm_weight, "chosen": best[1], "grid": grid}
+
+    run.classifier = _classifier(run, model, task, mode, template if mode == "prompt" else None,
+                                 verb if mode == "prompt" else None)
+    run.model = model
+    if "evaluate" in stages:
+        rep["test"] = _evaluate(run.classifier, task.test, cfg.eval.batch_size)
+        rep["dev"] = _evaluate(run.classifier, task.dev, cfg.eval.batch_size)
+    return rep
+
+
+def _mean_std(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs, np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+def run_task(run: Run) -> None:
+    cfg = run.cfg
+    seeds = cfg.eval.seed_list or (cfg.data.split_seed,)
+    base = run.model
+    per_seed = []
+    for seed in seeds:
+        per_seed.append(run_task_seed(run, seed, base))
+        run.report["seeds"] = per_seed
+        run.write_report()
+    summary: dict[str, Any] = {}
+    if all("test" in r for r in per_seed):
+        summary["test_accuracy"] = _mean_std([r["test"]["accuracy"] for r in per_seed])
+        summary["test_macro_f1"] = _mean_std([r["test"]["macro_f1"] for r in per_seed])
+    for name in (per_seed[0].get("baselines") or {}):
+        summary[f"{name}_accuracy"] = _mean_std([r["baselines"][name]["accuracy"] for r in per_seed])
+    run.report["summary"] = summary
+
+
+# --------------------------------------------------------------------------------------------
 # export
 # --------------------------------------------------------------------------------------------
 
@@ -196,16 +522,31 @@ def run_export(run: Run) -> None:
     out = run.out / "export"
     hf.save_pretrained(run.model, out, tokenizer=run.tokenizer)  # collective: every process gathers
     if is_main():
+        clf = run.classifier
         meta = {"autogpt_jax_version": __import__("autogpt_jax").__version__, "source_model": run.model_source,
                 "architecture": hf.default_architecture(run.model), "task": None}
+        if clf is not None:
+            meta.update(task={"dataset": run.cfg.data.dataset, "train_file": run.cfg.data.train_file},
+                        labels=clf.labels, mode=clf.mode, max_length=clf.max_length, pooling=clf.pooling,
+                        template=clf.template.source if clf.template else None,
+                        label_words=clf.label_words, peft=None)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
     run.report["export"] = {"dir": str(out)}
 
 
-STAGE_FUNCS = {"pretrain": run_pretrain, "export": run_export}
+STAGE_FUNCS = {"pretrain": run_pretrain, "task": run_task, "export": run_export}
 
 
-def run_pipeline(cfg: Config) -> dict[str, Any]:
+def _num_labels(cfg: Config) -> int:
+    d = cfg.data
+    if d.train_file:
+        return len({str(r["label"]) for r in sources.read_table(d.train_file, required=("text", "label"))})
+    if d.dataset:
+        return sources.load_dataset(d.dataset)["train"].features["label"].num_classes
+    raise ConfigError("no labelled data: set --data.dataset or --data.train_file")
+
+
+def run_pipeline(cfg: Config, *, return_run: bool = False):
     not_built = [s for s in cfg.stage_list if s not in BUILT_STAGES]
     if not_built:
         raise ConfigError(f"stage(s) {not_built} are not built yet; available stages: {','.join(BUILT_STAGES)} "
@@ -217,18 +558,24 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
     t0 = time.perf_counter()
     run = Run(cfg, mesh, out, logger)
-    run.model, run.tokenizer, run.model_source = build_model(cfg, mesh)
+    n_labels = 0
+    if cfg.finetune.mode == "head" or (cfg.eval.compare and "finetune" in cfg.stage_list):
+        n_labels = _num_labels(cfg)
+    run.model, run.tokenizer, run.model_source, run.fresh = build_model(cfg, mesh, n_labels)
     run.report = {
         "model": run.model_source, "parameters": param_count(run.model), "stages": list(cfg.stage_list),
         "devices": {"count": jax.device_count(), "processes": jax.process_count(),
                     "platform": jax.devices()[0].platform, "mesh": dict(mesh.shape)},
         "config": to_dict(cfg),
     }
+    order = [s_ for s_ in cfg.stage_list if s_ not in TASK_STAGES]
+    if any(s_ in TASK_STAGES for s_ in cfg.stage_list):
+        order.insert(1 if "pretrain" in order else 0, "task")
     try:
-        for stage in cfg.stage_list:
+        for stage in order:
             STAGE_FUNCS[stage](run)
             run.report["wall_time_s"] = round(time.perf_counter() - t0, 2)
             run.write_report()
     finally:
         logger.close()
-    return run.report
+    return run if return_run else run.report

@@ -15,6 +15,25 @@ def _print_report(report: dict) -> None:
         lines.append(f"pretrain ({pre['objective']}): {pre['steps']} steps, final train loss {pre['final_loss']:.4f}"
                      + (f", eval loss {first:.4f} -> {best:.4f}" if first is not None and best is not None else "")
                      + f", {pre['tokens_per_s']:,.0f} tokens/s, {pre['wall_time_s']:.0f} s")
+    summ = report.get("summary") or {}
+    if summ:
+        def fmt(key):
+            v = summ.get(key)
+            return "-" if not v else f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" + (f" (n={v['n']})" if v["n"] > 1 else "")
+
+        rows = [("zero-shot prompt", "zero_shot_accuracy"), ("zero-shot prompt after adapt", "zero_shot_after_adapt_accuracy"),
+                ("head fine-tuning", "head_ft_accuracy"), ("prompt fine-tuning", "prompt_ft_accuracy"),
+                ("this run (" + ",".join(s for s in report["stages"] if s in ("prompt", "adapt", "finetune")) + ")",
+                 "test_accuracy")]
+        rows = [(n, fmt(k)) for n, k in rows if k in summ]
+        w = max(len(n) for n, _ in rows)
+        lines.append(f"test accuracy (%), {len(report.get('seeds', []))} split seed(s):")
+        lines += [f"  {n:<{w}}  {v}" for n, v in rows]
+        last = report["seeds"][-1]
+        if last.get("prompt"):
+            lines.append(f"prompt: {last['prompt']['template']!r}, label words {last['prompt']['label_words']}")
+        if "test_macro_f1" in summ:
+            lines.append(f"macro-F1: {fmt('test_macro_f1')}")
     if report.get("export"):
         lines.append(f"export: {report['export']['dir']}")
     print("\n".join(lines))

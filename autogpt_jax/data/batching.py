@@ -31,6 +31,7 @@ class Packed:
     input_ids: np.ndarray  # N × L
     attention_mask: np.ndarray  # N × L
     maskable: np.ndarray  # N × L: real, non-special tokens
+    boost: np.ndarray | None = None  # N × L: tokens prompt-aware masking favours
 
 
 def pack(docs: list[np.ndarray], seq_len: int, *, style: str, bos_id: int | None, eos_id: int | None,
@@ -118,18 +119,21 @@ class PretrainBatches:
     """Packed blocks → MLM-masked (BERT) or plain (GPT-2) batches, deterministic and resumable."""
 
     def __init__(self, packed: Packed, batch_size: int, seed: int, *, objective: str, tokenizer=None,
-                 mask_rate: float = 0.15, masking_mode: str = "whole_word", shuffle: bool = True):
+                 mask_rate: float = 0.15, masking_mode: str = "whole_word", shuffle: bool = True,
+                 boost_rate: float = 0.5):
         self.packed = packed
         self.it = EpochIterator(packed.input_ids.shape[0], batch_size, seed, shuffle=shuffle)
         self.seed = seed
         self.objective = objective
         self.mask_rate = mask_rate
+        self.boost_rate = boost_rate
         if objective == "mlm":
             if tokenizer is None or tokenizer.mask_token_id is None:
                 raise ValueError("MLM needs a tokenizer with a mask token")
             self.mask_id = tokenizer.mask_token_id
             self.vocab_size = len(tokenizer)
-            self.continuation = masking.continuation_table(tokenizer) if masking_mode == "whole_word" else None
+            self.continuation = masking.continuation_table(tokenizer) if masking_mode in ("whole_word", "prompt_aware") \
+                else None
             special = set(tokenizer.all_special_ids)
             self.random_ids = np.asarray([i for i in range(self.vocab_size) if i not in special], np.int32)
         self.slots = masking.num_slots(packed.input_ids.shape[1], mask_rate)
@@ -146,7 +150,9 @@ class PretrainBatches:
             batch.update(masking.mask_tokens(ids, self.packed.maskable[idx], rng, rate=self.mask_rate,
                                              mask_id=self.mask_id, vocab_size=self.vocab_size,
                                              num_predictions=self.slots, continuation=self.continuation,
-                                             random_ids=self.random_ids))
+                                             random_ids=self.random_ids,
+                                             boost_BxL=None if self.packed.boost is None else self.packed.boost[idx],
+                                             boost_rate=self.boost_rate))
         return batch
 
     def state(self) -> dict[str, int]:

@@ -61,10 +61,8 @@ def classification_loss(model, batch: dict, rngs=None, *, pooling: str = "pooler
     """Cross-entropy of the classifier head. batch: input_ids, attention_mask, labels (B)."""
     h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
     logits_BxC = model.classify(h, batch["attention_mask"], pooling=pooling, rngs=rngs)
-    w_B = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
-    total, count = weighted_ce(logits_BxC, batch["labels"], w_B)
-    correct = jnp.sum((jnp.argmax(logits_BxC, -1) == batch["labels"]) * w_B)
-    return _mean(total, count), {"task_loss_sum": total, "count": count, "correct": correct}
+    total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+    return _mean(total, count), {"task_loss_sum": total, "count": count}
 
 
 def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: Array,
@@ -84,27 +82,33 @@ def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: A
     return jnp.einsum("bcw,cw->bc", logits_BxCxW, w_CxW)
 
 
-def cloze_loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
-    """Prompt-based (cloze) classification loss over label-word logits at the mask.
+def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW) -> Loss:
+    """Prompt-based (cloze) classification loss over the label words' logits at the mask; the
+    label-word table is a constant of the compiled step. The encoder's last layer runs only at
+    the mask position.
 
-    batch: input_ids, attention_mask, mask_pos (B), labels (B), label_word_ids (C×W),
-    label_word_weights (C×W).
+    batch: input_ids, attention_mask, mask_pos (B), labels (B).
     """
-    h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
-    logits_BxC = cloze_logits(model, h, batch["mask_pos"], batch["label_word_ids"], batch.get("label_word_weights"))
-    w_B = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
-    total, count = weighted_ce(logits_BxC, batch["labels"], w_B)
-    correct = jnp.sum((jnp.argmax(logits_BxC, -1) == batch["labels"]) * w_B)
-    return _mean(total, count), {"task_loss_sum": total, "count": count, "correct": correct}
+    ids = jnp.asarray(label_word_ids_CxW)
+    wts = jnp.asarray(label_word_weights_CxW)
+
+    def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
+        h_Bx1xD = model(batch["input_ids"], batch["attention_mask"], output_positions_BxP=batch["mask_pos"][:, None],
+                        rngs=rngs)
+        logits_BxC = cloze_logits(model, h_Bx1xD, jnp.zeros_like(batch["mask_pos"]), ids, wts)
+        total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+        return _mean(total, count), {"task_loss_sum": total, "count": count}
+
+    return loss
 
 
 def joint_loss(task: Loss, mlm: Loss, mlm_weight: float) -> Loss:
     """L = L_task + λ·L_mlm, on a batch that carries both the task and the MLM fields
-    (the MLM part under keys prefixed ``mlm_batch/``)."""
+    (the MLM part under keys prefixed ``mlm/``)."""
 
     def loss(model, batch, rngs=None):
-        lt, aux_t = task(model, batch, rngs)
-        mlm_batch = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith("mlm_batch/")}
+        lt, aux_t = task(model, {k: v for k, v in batch.items() if not k.startswith("mlm/")}, rngs)
+        mlm_batch = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith("mlm/")}
         lm, aux_m = mlm(model, mlm_batch, rngs)
         return lt + mlm_weight * lm, {**aux_t, **aux_m, "task_loss": lt, "mlm_loss": lm}
 

@@ -95,6 +95,8 @@ class Trainer:
         """Split ``model`` into trainable/frozen state, shard it on ``mesh`` and init the optimiser
         inside jit, so every array is born on its shards."""
         graphdef, params, frozen = nnx.split(model, trainable, ...)
+        # Copies: the step donates its state, and the caller's model must stay usable.
+        params = jax.tree.map(lambda x: x.copy(), params)
         tx, schedule = make_optimizer(optim, total_steps)
         p_sh = shd.state_shardings(params, mesh)
         f_sh = shd.state_shardings(frozen, mesh)

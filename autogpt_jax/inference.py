@@ -1,0 +1,94 @@
+"""Batched, jit-compiled class probabilities for prompt (cloze) and head models.
+
+One compiled function per (batch size, length bucket); inputs are sorted by length so padding
+stays small, and results come back in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from autogpt_jax.data import batching
+from autogpt_jax.prompts.templates import Template
+from autogpt_jax.training import objectives
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "pooling"))
+def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, *, mode, pooling):
+    # Module-level and keyed on the graph definition: every Classifier over the same architecture
+    # (each evaluation during fine-tuning builds one) reuses the compiled function per shape.
+    model = nnx.merge(graphdef, state)
+    if mode == "prompt":
+        h = model(input_ids, attention_mask, output_positions_BxP=mask_pos[:, None])
+        return objectives.cloze_logits(model, h, jnp.zeros_like(mask_pos), label_ids, label_wts)
+    h = model(input_ids, attention_mask)
+    return model.classify(h, attention_mask, pooling=pooling)
+
+
+@dataclasses.dataclass
+class Classifier:
+    """A model plus how to read classes from it."""
+
+    model: nnx.Module
+    tokenizer: Any
+    labels: list[str]
+    mode: str  # prompt | head
+    template: Template | None = None
+    label_word_ids: np.ndarray | None = None  # C × W
+    label_word_weights: np.ndarray | None = None
+    max_length: int = 128
+    pooling: str = "mean"
+    label_words: list[list[str]] | None = None
+
+    def __post_init__(self):
+        self._graphdef, self._state = nnx.split(self.model)
+        self._ids = None if self.label_word_ids is None else jnp.asarray(self.label_word_ids)
+        self._wts = None if self.label_word_weights is None else jnp.asarray(self.label_word_weights)
+
+    def encode(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        if self.mode == "prompt":
+            return self.template.encode(self.tokenizer, texts, self.max_length)
+        seqs = batching.encode(self.tokenizer, list(texts), self.max_length)
+        return seqs, np.zeros(len(seqs), np.int32)
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), np.float32)
+        seqs, mask_pos = self.encode(texts)
+        out = np.zeros((len(seqs), len(self.labels)), np.float32)
+        pad = self.tokenizer.pad_token_id or 0
+        bs = min(batch_size, max(8, 1 << (len(seqs) - 1).bit_length()))
+        for idx, b in batching.eval_batches(seqs, bs, pad):
+            real = idx >= 0
+            src = np.where(real, idx, idx[0])
+            lg = _class_logits(self._graphdef, self._state, jnp.asarray(b["input_ids"]),
+                               jnp.asarray(b["attention_mask"]), jnp.asarray(mask_pos[src]), self._ids, self._wts,
+                               mode=self.mode, pooling=self.pooling)
+            out[idx[real]] = np.asarray(lg)[real]
+        return out
+
+    def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        lg = self.logits(texts, batch_size)
+        return np.asarray(jax.nn.softmax(jnp.asarray(lg), axis=-1))
+
+
+def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, Any]:
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (gold, pred), 1)
+    f1s = []
+    for c in range(n_classes):
+        tp = cm[c, c]
+        p = tp / max(cm[:, c].sum(), 1)
+        r = tp / max(cm[c, :].sum(), 1)
+        f1s.append(0.0 if p + r == 0 else 2 * p * r / (p + r))
+    return {"accuracy": float((pred == gold).mean()) if gold.size else 0.0, "macro_f1": float(np.mean(f1s)),
+            "confusion": cm.tolist()}

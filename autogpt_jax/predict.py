@@ -1,0 +1,85 @@
+"""``python -m autogpt_jax.predict --model_dir runs/x/export (--text "..." | --input_file F) [--output_file F]``
+
+Writes JSON Lines, one object per input in input order: ``label`` and ``probabilities``
+(label → probability). Inputs are batched and compiled once per length bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from autogpt_jax.errors import AutoGPTJaxError
+
+
+class PredictError(AutoGPTJaxError, ValueError):
+    pass
+
+
+def load_classifier(model_dir: str | Path):
+    """The exported model with its task metadata (labels, template, label words, head)."""
+    from autogpt_jax.inference import Classifier
+    from autogpt_jax.models import hf
+    from autogpt_jax.prompts.templates import Template, Verbalizer
+
+    d = Path(model_dir)
+    meta_path = d / "autogpt_jax.json"
+    if not d.is_dir():
+        raise PredictError(f"--model_dir {d}: no such directory")
+    if not meta_path.exists():
+        raise PredictError(f"{d}: no autogpt_jax.json; pass the export/ directory of a run with a task "
+                           "(stages ...,finetune,export)")
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("labels"):
+        raise PredictError(f"{meta_path}: this export has no task (it came from a pretraining-only run)")
+    labels = meta["labels"]
+    mode = meta["mode"]
+    lm = hf.load_model(d, num_labels=len(labels) if mode == "head" else 0)
+    tok = lm.tokenizer()
+    ids = wts = template = None
+    if mode == "prompt":
+        template = Template(meta["template"])
+        ids, wts = Verbalizer(tuple(tuple(w) for w in meta["label_words"])).token_table(tok)
+    return Classifier(lm.model, tok, labels, mode, template, ids, wts, max_length=meta.get("max_length", 128),
+                      pooling=meta.get("pooling", "mean"))
+
+
+def predict_records(clf, texts: list[str], batch_size: int = 64) -> list[dict]:
+    probs = clf.probabilities(texts, batch_size)
+    return [{"label": clf.labels[int(p.argmax())], "probabilities": {l: float(v) for l, v in zip(clf.labels, p)}}
+            for p in probs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m autogpt_jax.predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_dir", required=True, help="an export/ directory written by autogpt_jax.train")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--input_file", help="CSV or JSONL with a `text` column")
+    ap.add_argument("--output_file", help="write JSON Lines here instead of stdout")
+    ap.add_argument("--batch_size", type=int, default=64)
+    args = ap.parse_args(argv)
+    try:
+        from autogpt_jax.data.sources import read_table
+
+        texts = args.text if args.text else [str(r["text"]) for r in read_table(args.input_file)]
+        clf = load_classifier(args.model_dir)
+        records = predict_records(clf, texts, args.batch_size)
+    except AutoGPTJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = open(args.output_file, "w") if args.output_file else sys.stdout
+    try:
+        for r in records:
+            out.write(json.dumps(r) + "\n")
+    finally:
+        if args.output_file:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

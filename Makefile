@@ -22,12 +22,11 @@ $(TEST_STAMP): pyproject.toml $(STAMP)
 	@touch $@
 
 train: $(STAMP)
-	@test -f $(CONFIG) || { echo "The default few-shot pipeline ($(CONFIG)) is not built yet (issue 5)."; \
-	  echo "Working today: 'make pretrain' (MLM pretraining of a tiny BERT from scratch, a few minutes) and 'make test'."; exit 2; }
-	$(PY) -m autogpt_jax.train --config_path $(CONFIG)
+	@test -f $(CONFIG) || { echo "error: config $(CONFIG) not found; pass CONFIG=configs/<name>.yaml"; exit 2; }
+	$(PY) -m autogpt_jax.train --config_path $(CONFIG) --checkpoint.resume true
 
 pretrain: $(STAMP)
-	$(PY) -m autogpt_jax.train --config_path configs/pretrain_bert_tiny.yaml
+	$(PY) -m autogpt_jax.train --config_path configs/pretrain_bert_tiny.yaml --checkpoint.resume true
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests

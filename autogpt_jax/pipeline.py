@@ -331,7 +331,9 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
     def eval_fn(st):
         m = trainer.model(st)
         acc = _evaluate(_classifier(run, m, task, mode, template, verb), task.dev, cfg.eval.batch_size)["accuracy"]
-        if acc > best["acc"]:
+        # The untrained model (step 0) is not a candidate, and ties go to the later step: with K-shot
+        # dev sets, accuracy moves in steps of 1/|dev| and early ties are common.
+        if int(st.step) > 0 and acc >= best["acc"]:
             best.update(acc=acc, params=jax.tree.map(lambda x: x.copy(), st.params), step=int(st.step))
         return {"dev_accuracy": acc}
 
@@ -554,6 +556,12 @@ def run_pipeline(cfg: Config, *, return_run: bool = False):
     shd.init_distributed(cfg.mesh)
     mesh = shd.make_mesh(cfg.mesh)
     out = Path(cfg.output_dir)
+    ck_root = out / "checkpoints"
+    if not cfg.checkpoint.resume and ck_root.is_dir():
+        used = sorted(d.name for d in ck_root.iterdir() if d.is_dir() and any(p.name.isdigit() for p in d.iterdir()))
+        if used:
+            raise ConfigError(f"{out} already holds checkpoints of an earlier run ({', '.join(used)}); pass "
+                              "--checkpoint.resume true to continue from them, or choose a new --output_dir")
     out.mkdir(parents=True, exist_ok=True)
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
     t0 = time.perf_counter()

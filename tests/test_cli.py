@@ -43,11 +43,20 @@ def test_invalid_values_and_stages():
         load_config(["--mesh.fsdp", "-1"])
 
 
-def test_stage_not_built_yet_is_reported_before_work():
-    proc = _train("--stages", "prompt,adapt")
-    assert proc.returncode == 2 and "not built yet" in proc.stderr and "Traceback" not in proc.stderr
+def test_task_stages_without_data_say_what_is_missing(tmp_path):
+    proc = _train("--stages", "prompt,adapt", "--model.name_or_path", "splade-tiny", "--output_dir", str(tmp_path))
+    assert proc.returncode == 2 and "no labelled data: set --data.dataset" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_mesh_that_does_not_fit_the_devices():
     proc = _train("--config_path", "tests/configs/tiny_pretrain.yaml", "--mesh.data", "3", "--output_dir", "/tmp/x")
     assert proc.returncode == 2 and "needs 3 devices, but 8 are available" in proc.stderr
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    for p in sorted(Path("configs").glob("*.yaml")) + sorted(Path("tests/configs").glob("*.yaml")):
+        cfg = load_config(["--config_path", str(p)])
+        assert cfg.stage_list, p

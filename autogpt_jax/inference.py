@@ -20,16 +20,24 @@ from autogpt_jax.prompts.templates import Template
 from autogpt_jax.training import objectives
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "pooling"))
-def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, *, mode, pooling):
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "pooling", "scale"))
+def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, protos, *, mode,
+                  pooling, scale):
     # Module-level and keyed on the graph definition: every Classifier over the same architecture
     # (each evaluation during fine-tuning builds one) reuses the compiled function per shape.
     model = nnx.merge(graphdef, state)
+    if mode == "similarity":
+        return objectives.similarity_logits(model, input_ids, attention_mask, protos, scale)
     if mode == "prompt":
         h = model(input_ids, attention_mask, output_positions_BxP=mask_pos[:, None])
         return objectives.cloze_logits(model, h, jnp.zeros_like(mask_pos), label_ids, label_wts)
     h = model(input_ids, attention_mask)
     return model.classify(h, attention_mask, pooling=pooling)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _prototypes(graphdef, state, ids, mask, weights):
+    return objectives.class_prototypes(nnx.merge(graphdef, state), ids, mask, weights)
 
 
 @dataclasses.dataclass
@@ -39,18 +47,26 @@ class Classifier:
     model: nnx.Module
     tokenizer: Any
     labels: list[str]
-    mode: str  # prompt | head
+    mode: str  # prompt (cloze at the mask) | similarity (cosine to class descriptions) | head
     template: Template | None = None
     label_word_ids: np.ndarray | None = None  # C × W
     label_word_weights: np.ndarray | None = None
     max_length: int = 128
     pooling: str = "mean"
     label_words: list[list[str]] | None = None
+    # similarity mode: the class descriptions (ids, mask N × L; weights C × N) and the logit scale
+    descriptions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    scale: float = 20.0
 
     def __post_init__(self):
         self._graphdef, self._state = nnx.split(self.model)
         self._ids = None if self.label_word_ids is None else jnp.asarray(self.label_word_ids)
         self._wts = None if self.label_word_weights is None else jnp.asarray(self.label_word_weights)
+        self._protos = None
+        if self.mode == "similarity":
+            if self.descriptions is None:
+                raise ValueError("similarity mode needs the class descriptions")
+            self._protos = _prototypes(self._graphdef, self._state, *map(jnp.asarray, self.descriptions))
 
     def encode(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
         if self.mode == "prompt":
@@ -70,8 +86,8 @@ class Classifier:
             real = idx >= 0
             src = np.where(real, idx, idx[0])
             lg = _class_logits(self._graphdef, self._state, jnp.asarray(b["input_ids"]),
-                               jnp.asarray(b["attention_mask"]), jnp.asarray(mask_pos[src]), self._ids, self._wts,
-                               mode=self.mode, pooling=self.pooling)
+                               jnp.asarray(b["attention_mask"]), jnp.asarray(mask_pos[src]), self._ids, self._wts, self._protos,
+                               mode=self.mode, pooling=self.pooling, scale=float(self.scale))
             out[idx[real]] = np.asarray(lg)[real]
         return out
 

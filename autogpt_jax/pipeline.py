@@ -258,13 +258,28 @@ def parse_label_words(spec: str | None, names: list[str]) -> Verbalizer | None:
     return Verbalizer(tuple(classes))
 
 
-def _classifier(run: Run, model, task: Task, mode: str, template: Template | None, verb: Verbalizer | None):
-    ids = wts = None
+def _classifier(run: Run, model, task: Task, mode: str, template: Template | None, verb: Verbalizer | None,
+                labels: list[str] | None = None):
+    ids = wts = desc = None
     if mode == "prompt":
         ids, wts = verb.token_table(run.tokenizer)
-    return Classifier(model, run.tokenizer, task.names, mode, template, ids, wts,
+    elif mode == "similarity":
+        desc = verb.description_table(run.tokenizer, template)
+    return Classifier(model, run.tokenizer, labels or task.names, mode, template, ids, wts,
                       max_length=run.cfg.prompt.max_length, pooling=run.cfg.finetune.pooling,
-                      label_words=verb.to_json() if verb is not None else None)
+                      label_words=verb.to_json() if verb is not None else None, descriptions=desc,
+                      scale=run.cfg.prompt.similarity_scale)
+
+
+def prompt_mode(run: Run) -> str:
+    """The classifier a prompt becomes: ``prompt`` (cloze at the mask) or ``similarity``."""
+    scoring = run.cfg.prompt.scoring
+    if scoring == "auto":
+        no_head = any(p.startswith("mlm.") for p in run.fresh)
+        scoring = "similarity" if isinstance(run.model, Bert) and no_head else "cloze"
+    if scoring == "similarity" and not isinstance(run.model, Bert):
+        raise ConfigError("prompt.scoring similarity needs a BERT-family sentence encoder; use cloze for GPT-2")
+    return "similarity" if scoring == "similarity" else "prompt"
 
 
 def _evaluate(clf: Classifier, ds, batch_size: int) -> dict[str, Any]:
@@ -309,6 +324,54 @@ def search_label_words(run: Run, model, task: Task, template: Template) -> tuple
                                                              for a, c in cands[:5]]
 
 
+def search_label_words_similarity(run: Run, model, task: Task, template: Template, base: Verbalizer,
+                                  picks: int = 2) -> tuple[Verbalizer, list[dict]]:
+    """Label-word search for similarity scoring. Unconstrained, 32 examples pick words that fit
+    them by accident ("ryder" vs "greeting"); so the candidates of a class are the 2·top_k
+    vocabulary words nearest its rule word in the model's token-embedding space, ranked by how
+    much closer the class's training examples are to the word's description ("It was awful.")
+    than the other classes' examples are. The best ``picks`` join the rule words, and the larger
+    verbalizer is kept only if its zero-shot accuracy on train is at least the rule words'."""
+    tok, n_near = run.tokenizer, 2 * run.cfg.prompt.top_k_words
+    vocab = tok.get_vocab()
+    ok_ids = np.asarray(sorted(i for t, i in vocab.items() if t.isalpha() and len(t) > 2 and not t.startswith("##")))
+    E = np.asarray(jax.device_get(model.word_embeddings()), np.float32)[ok_ids]
+    E /= np.maximum(np.linalg.norm(E, axis=-1, keepdims=True), 1e-9)
+    taken = {w for ws in base.words for w in ws}
+    near: list[list[str]] = []
+    for words in base.words:
+        pieces = [i for w in words for i in tok(w, add_special_tokens=False)["input_ids"]]
+        anchor = np.asarray(jax.device_get(model.word_embeddings()), np.float32)[pieces].mean(0)
+        order = np.argsort(-(E @ (anchor / max(np.linalg.norm(anchor), 1e-9))))
+        near.append([w for w in tok.convert_ids_to_tokens(ok_ids[order[: n_near + len(taken)]].tolist())
+                     if w not in taken][:n_near])
+    flat = [w for ws in near for w in ws]
+    probe = _classifier(run, model, task, "similarity", template, Verbalizer(tuple((w,) for w in flat)), labels=flat)
+    texts, labels = list(task.train["text"]), np.asarray(task.train["label"])
+    sims = probe.logits(texts) / run.cfg.prompt.similarity_scale  # N × (all candidate words)
+    C = len(base.words)
+    mean_c = np.stack([sims[labels == c].mean(0) for c in range(C)])
+    margin = mean_c - mean_c.mean(0, keepdims=True)
+    words, cands, start = [], [], 0
+    for c in range(C):
+        idx = np.arange(start, start + len(near[c]))
+        start += len(near[c])
+        ranked = idx[np.argsort(-margin[c, idx])]
+        words.append(base.words[c] + tuple(flat[j] for j in ranked[:picks]))
+        cands.append({"class": task.names[c], "candidates": [{"word": flat[j], "margin": float(margin[c, j])}
+                                                              for j in ranked[: run.cfg.prompt.top_k_words]]})
+    grown = Verbalizer(tuple(words))
+
+    def train_acc(v):
+        return _evaluate(_classifier(run, model, task, "similarity", template, v), task.train,
+                         run.cfg.eval.batch_size)["accuracy"]
+
+    acc_base, acc_grown = train_acc(base), train_acc(grown)
+    chosen = grown if acc_grown >= acc_base else base
+    return chosen, [{"label_words": grown.to_json(), "train_zero_shot_accuracy": acc_grown},
+                    {"label_words": base.to_json(), "train_zero_shot_accuracy": acc_base}, *cands]
+
+
 def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None, verb: Verbalizer | None, *,
                lr: float, steps: int, stage: str, mlm_weight: float = 0.0, early_stop: bool = True):
     """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
@@ -319,6 +382,10 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         loss = objectives.make_cloze_loss(ids, wts)
         seqs, mpos = template.encode(tok, texts, cfg.prompt.max_length)
         fields = {"mask_pos": mpos, "labels": labels}
+    elif mode == "similarity":
+        loss = objectives.make_similarity_loss(*verb.description_table(tok, template), cfg.prompt.similarity_scale)
+        seqs = batching.encode(tok, texts, cfg.prompt.max_length)
+        fields = {"labels": labels}
     else:
         if getattr(model, "classifier", None) is None:
             raise ConfigError("finetune.mode head needs a classification head; the model was built without one")
@@ -333,7 +400,7 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         loss = objectives.joint_loss(loss, objectives.mlm_loss, mlm_weight)
         batches = JointBatches(batches, _adapt_batches(run, task, template, verb, bs, mlm_only=True))
     optim = dataclasses.replace(fc.optim, learning_rate=lr)
-    trainer, state = Trainer.create(model, loss, optim, steps, run.mesh)
+    trainer, state = Trainer.create(model, loss, optim, steps, run.mesh, fgm_epsilon=fc.fgm_epsilon)
     best: dict[str, Any] = {"acc": -1.0, "params": None, "step": 0}
 
     def eval_fn(st):
@@ -422,49 +489,71 @@ def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> 
     return trainer.model(state), {"texts": len(task.unlabeled), "masking": ac.masking, **summary}
 
 
+def grid_finetune(run: Run, task: Task, model, mode: str, template, verb, *, stage: str, mlm_weight: float = 0.0,
+                  lrs: tuple[float, ...] | None = None):
+    """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev."""
+    best, grid = None, []
+    for lr in lrs or run.cfg.finetune.lr_grid:
+        m, s_ = _train_cls(run, task, model, mode, template, verb, lr=lr, steps=run.cfg.finetune.steps, stage=stage,
+                           mlm_weight=mlm_weight)
+        grid.append(s_)
+        if best is None or s_["best_dev_accuracy"] > best[1]["best_dev_accuracy"]:
+            best = (m, s_)
+    return best[0], {"mode": mode, "mlm_weight": mlm_weight, "fgm_epsilon": run.cfg.finetune.fgm_epsilon,
+                     "chosen": best[1], "grid": grid}
+
+
 def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
     cfg = run.cfg
     stages = cfg.stage_list
     task = prepare_task(run, seed)
     rep: dict[str, Any] = {"seed": seed, "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}}
-    mode = cfg.finetune.mode
+    pmode = prompt_mode(run)  # prompt (cloze) | similarity
+    mode = pmode if cfg.finetune.mode == "prompt" else "head"
     verb = parse_label_words(cfg.prompt.label_words, task.names) or rule_verbalizer(task.names)
     candidates = [cfg.prompt.template] if cfg.prompt.template else list(RULE_TEMPLATES[cfg.prompt.task_type])
     template = Template(candidates[0])
     head_fresh = any(p.startswith("mlm.") or p == "*" for p in run.fresh)
     model = base_model
 
-    if "prompt" in stages and mode == "prompt":
-        prompt_rep: dict[str, Any] = {}
-        if cfg.prompt.label_words is None and not head_fresh:
+    if "prompt" in stages and mode != "head":
+        prompt_rep: dict[str, Any] = {"scoring": "cloze" if mode == "prompt" else "similarity"}
+        if cfg.prompt.label_words:
+            source = "config"
+        elif mode == "similarity":
+            verb, prompt_rep["label_word_candidates"] = search_label_words_similarity(run, model, task, template, verb)
+            source = "search near the rule words"
+        elif not head_fresh:
             verb, prompt_rep["label_word_candidates"] = search_label_words(run, model, task, template)
+            source = "search"
+        else:
+            source = "rules (the MLM head is untrained)"
         if len(candidates) > 1:
             scored = []
             for t in candidates[: cfg.prompt.candidates]:
-                _, s_ = _train_cls(run, task, model, "prompt", Template(t), verb, lr=cfg.finetune.lr_grid[0],
+                _, s_ = _train_cls(run, task, model, mode, Template(t), verb, lr=cfg.finetune.lr_grid[0],
                                    steps=cfg.prompt.search_steps, stage="prompt-search", early_stop=False)
                 scored.append({"template": t, "dev_accuracy": s_["best_dev_accuracy"]})
             scored.sort(key=lambda x: -x["dev_accuracy"])
             template = Template(scored[0]["template"])
             prompt_rep["template_candidates"] = scored
-        prompt_rep.update(template=template.source, label_words=verb.to_json(),
-                          label_words_source="config" if cfg.prompt.label_words else
-                          ("rules (the MLM head is untrained)" if head_fresh else "search"))
+        prompt_rep.update(template=template.source, label_words=verb.to_json(), label_words_source=source)
         rep["prompt"] = prompt_rep
-    elif mode == "prompt":
-        rep["prompt"] = {"template": template.source, "label_words": verb.to_json()}
+    elif mode != "head":
+        rep["prompt"] = {"scoring": "cloze" if mode == "prompt" else "similarity", "template": template.source,
+                         "label_words": verb.to_json()}
 
     if cfg.eval.compare:
         rep["baselines"] = {}
-        rep["baselines"]["zero_shot"] = _evaluate(_classifier(run, model, task, "prompt", template, verb),
+        rep["baselines"]["zero_shot"] = _evaluate(_classifier(run, model, task, pmode, template, verb),
                                                   task.test, cfg.eval.batch_size)
-        m_pft, _ = _train_cls(run, task, model, "prompt", template, verb, lr=cfg.finetune.lr_grid[0],
-                              steps=cfg.finetune.steps, stage="baseline-prompt-ft")
-        rep["baselines"]["prompt_ft"] = _evaluate(_classifier(run, m_pft, task, "prompt", template, verb), task.test,
+        # The same grid as the real fine-tuning, without adaptation: the "no adapt" ablation.
+        m_pft, _ = grid_finetune(run, task, model, pmode, template, verb, stage="baseline-prompt-ft")
+        rep["baselines"]["prompt_ft"] = _evaluate(_classifier(run, m_pft, task, pmode, template, verb), task.test,
                                                   cfg.eval.batch_size)
         if getattr(model, "classifier", None) is not None:
-            m_head, _ = _train_cls(run, task, model, "head", None, None, lr=cfg.finetune.lr_grid[0],
-                                   steps=cfg.finetune.steps, stage="baseline-head-ft")
+            m_head, _ = grid_finetune(run, task, model, "head", None, None, stage="baseline-head-ft",
+                                      lrs=cfg.eval.head_lr_grid)
             rep["baselines"]["head_ft"] = _evaluate(_classifier(run, m_head, task, "head", None, None), task.test,
                                                     cfg.eval.batch_size)
 
@@ -472,22 +561,14 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
         model, rep["adapt"] = adapt(run, task, model, template, verb)
         if cfg.eval.compare:
             rep["baselines"]["zero_shot_after_adapt"] = _evaluate(
-                _classifier(run, model, task, "prompt", template, verb), task.test, cfg.eval.batch_size)
+                _classifier(run, model, task, pmode, template, verb), task.test, cfg.eval.batch_size)
 
     if "finetune" in stages:
-        best = None
-        grid = []
-        for lr in cfg.finetune.lr_grid:
-            m, s_ = _train_cls(run, task, model, mode, template, verb, lr=lr, steps=cfg.finetune.steps,
-                               stage="finetune", mlm_weight=cfg.finetune.mlm_weight)
-            grid.append(s_)
-            if best is None or s_["best_dev_accuracy"] > best[1]["best_dev_accuracy"]:
-                best = (m, s_)
-        model = best[0]
-        rep["finetune"] = {"mode": mode, "mlm_weight": cfg.finetune.mlm_weight, "chosen": best[1], "grid": grid}
+        model, rep["finetune"] = grid_finetune(run, task, model, mode, template, verb, stage="finetune",
+                                               mlm_weight=cfg.finetune.mlm_weight)
 
-    run.classifier = _classifier(run, model, task, mode, template if mode == "prompt" else None,
-                                 verb if mode == "prompt" else None)
+    run.classifier = _classifier(run, model, task, mode, template if mode != "head" else None,
+                                 verb if mode != "head" else None)
     run.model = model
     if "evaluate" in stages:
         rep["test"] = _evaluate(run.classifier, task.test, cfg.eval.batch_size)
@@ -534,7 +615,8 @@ def run_export(run: Run) -> None:
             meta.update(task={"dataset": run.cfg.data.dataset, "train_file": run.cfg.data.train_file},
                         labels=clf.labels, mode=clf.mode, max_length=clf.max_length, pooling=clf.pooling,
                         template=clf.template.source if clf.template else None,
-                        label_words=clf.label_words, peft=None)
+                        label_words=clf.label_words, peft=None,
+                        similarity_scale=clf.scale if clf.mode == "similarity" else None)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
     run.report["export"] = {"dir": str(out)}
 

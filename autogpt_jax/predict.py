@@ -38,12 +38,19 @@ def load_classifier(model_dir: str | Path):
     mode = meta["mode"]
     lm = hf.load_model(d, num_labels=len(labels) if mode == "head" else 0)
     tok = lm.tokenizer()
-    ids = wts = template = None
-    if mode == "prompt":
+    ids = wts = template = desc = None
+    if mode in ("prompt", "similarity"):
         template = Template(meta["template"])
-        ids, wts = Verbalizer(tuple(tuple(w) for w in meta["label_words"])).token_table(tok)
+        verb = Verbalizer(tuple(tuple(w) for w in meta["label_words"]))
+        if mode == "prompt":
+            ids, wts = verb.token_table(tok)
+        else:
+            desc = verb.description_table(tok, template)
+    elif mode != "head":
+        raise PredictError(f"{meta_path}: unknown mode {mode!r} (expected prompt, similarity or head)")
     return Classifier(lm.model, tok, labels, mode, template, ids, wts, max_length=meta.get("max_length", 128),
-                      pooling=meta.get("pooling", "mean"))
+                      pooling=meta.get("pooling", "mean"), label_words=meta.get("label_words"), descriptions=desc,
+                      scale=meta.get("similarity_scale") or 20.0)
 
 
 def predict_records(clf, texts: list[str], batch_size: int = 64) -> list[dict]:

@@ -4,18 +4,21 @@ our pipeline and its baselines on the same splits, in one run. Prints mean ± st
 Methods:
   ours                 configs/sentiment_mr.yaml (auto template, adapt, prompt fine-tuning)
   ours: zero-shot / head FT / prompt FT without adapt   (eval.compare, same splits)
-  ablation: no auto prompt (fixed first template), joint loss (λ = 0.5)   [--ablations]
+  ablation: no auto prompt (fixed template and rule words), + joint loss (λ = 0.5), + FGM (ε = 1)
+                       [--ablations]; "no adapt" is the prompt FT baseline above (same grid)
   probe                logistic regression on frozen mean-pooled MiniLM embeddings (scikit-learn)
   torch head FT        PyTorch transformers AutoModelForSequenceClassification, AdamW, same lr grid,
                        best dev checkpoint, same steps and batch size
-  SetFit               if the `setfit` package imports (it is not in this project's extras)
+  SetFit               if the `setfit` package imports (it is not in this project's extras; setfit 1.2
+                       installs beside torch 2.13): contrastive fine-tuning + logistic regression
 
-    python scripts/bench_fewshot.py [--seeds 13,21,42,87,100] [--ablations] [--skip-torch]
+    python scripts/bench_fewshot.py [--seeds 13,21,42,87,100] [--ablations no_auto_prompt,joint,fgm|all] [--skip-torch]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -98,26 +101,58 @@ def torch_head_ft(model_dir, train, dev, test, lrs, steps, batch, seed):
     return best[1]
 
 
+def setfit_run(model_dir, train, test, seed, workdir):
+    """SetFit (contrastive fine-tuning of the sentence encoder, then a logistic-regression head) with
+    its documented few-shot defaults: 20 pair iterations per example, batch 16, one epoch."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    word = models.Transformer(str(model_dir), max_seq_length=64)
+    body = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean"),
+                                        models.Normalize()], device="cpu")
+    model = SetFitModel(model_body=body, model_head=__import__("sklearn.linear_model", fromlist=["x"])
+                        .LogisticRegression(max_iter=2000))
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(dir=workdir), batch_size=16, num_iterations=20,
+                             num_epochs=1, seed=seed, report_to="none", show_progress_bar=False, save_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=train.select_columns(["text", "label"]))
+    trainer.train()
+    pred = np.asarray(model.predict(list(test["text"]), batch_size=128))
+    return float((pred == np.asarray(list(test["label"]))).mean())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="13,21,42,87,100")
-    ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--ablations", default="", help="comma-separated: no_auto_prompt,joint,fgm (or all)")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--results", help="append each seed's results to this JSON Lines file as they come")
+    ap.add_argument("--report", nargs="+", metavar="JSONL",
+                    help="print the table from result files of earlier runs (e.g. seeds split over processes)")
     args = ap.parse_args()
+    if args.report:
+        return print_table([json.loads(l) for f in args.report for l in open(f) if l.strip()])
     seeds = [int(s) for s in args.seeds.split(",")]
+    ablations = {"no_auto_prompt", "joint", "fgm"} if args.ablations == "all" else set(filter(None, args.ablations.split(",")))
 
     from autogpt_jax.config import load_config
     from autogpt_jax.data import fewshot, sources
     from autogpt_jax.models import hf
 
     cfg = load_config(["--config_path", "configs/sentiment_mr.yaml"])
-    results: dict[str, list[float]] = {}
-    times: dict[str, float] = {}
+    rows: list[dict] = []
+    row: dict = {}
 
     def add(name, value, seconds):
-        results.setdefault(name, []).append(value)
-        times[name] = times.get(name, 0.0) + seconds
+        row[name] = (value, seconds)
 
+    try:
+        import setfit  # noqa: F401
+
+        setfit_ok, setfit_note = not args.skip_torch, f"SetFit {setfit.__version__} (pip install setfit; not an extra)"
+    except ImportError:
+        setfit_ok, setfit_note = False, "SetFit: not installed here (not run); pip install setfit"
     mr = sources.load_dataset("mr")
     lm = hf.load_model(cfg.model.name_or_path)
     tok = lm.tokenizer()
@@ -125,6 +160,7 @@ def main():
     test_y = np.asarray(list(mr["test"]["label"]))
     with tempfile.TemporaryDirectory() as work:
         for seed in seeds:
+            row = {}
             t = time.perf_counter()
             rep = run_ours(seed, [], work)
             dt = time.perf_counter() - t
@@ -134,9 +170,11 @@ def main():
                               ("head FT (ours, JAX)", "head_ft"), ("prompt FT, no adapt", "prompt_ft")):
                 if key in s.get("baselines", {}):
                     add(name, s["baselines"][key]["accuracy"], 0.0)
-            if args.ablations:
-                for name, extra in (("ablation: no auto prompt", ["--stages", "adapt,finetune,evaluate"]),
-                                    ("ablation: + joint loss λ=0.5", ["--finetune.mlm_weight", "0.5"])):
+            fixed = ["--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great"]
+            for key, name, extra in (("no_auto_prompt", "ablation: no auto prompt (fixed template, rule words)", fixed),
+                                     ("joint", "ablation: + joint loss λ=0.5", ["--finetune.mlm_weight", "0.5"]),
+                                     ("fgm", "ablation: + FGM ε=1", ["--finetune.fgm_epsilon", "1.0"])):
+                if key in ablations:
                     t = time.perf_counter()
                     r = run_ours(seed, ["--eval.compare", "false", *extra], work)
                     add(name, r["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
@@ -148,21 +186,32 @@ def main():
             add("linear probe (frozen MiniLM)", float(probe.score(test_x, test_y)), time.perf_counter() - t)
             if not args.skip_torch:
                 t = time.perf_counter()
-                a = torch_head_ft(lm.path, train, dev, mr["test"], cfg.finetune.lr_grid, cfg.finetune.steps,
+                a = torch_head_ft(lm.path, train, dev, mr["test"], cfg.eval.head_lr_grid, cfg.finetune.steps,
                                   cfg.finetune.batch_size, seed)
                 add("PyTorch head FT", a, time.perf_counter() - t)
-            print(f"seed {seed}: " + ", ".join(f"{k} {100 * v[-1]:.1f}" for k, v in results.items()), flush=True)
-    try:
-        import setfit  # noqa: F401
+                if setfit_ok:
+                    t = time.perf_counter()
+                    add("SetFit", setfit_run(lm.path, train, mr["test"], seed, work), time.perf_counter() - t)
+            print(f"seed {seed}: " + ", ".join(f"{k} {100 * v[0]:.1f}" for k, v in row.items()), flush=True)
+            rows.append({"seed": seed, "k_shot": cfg.data.k_shot, "setfit": setfit_note, "results": row})
+            if args.results:
+                with open(args.results, "a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
+    print_table(rows)
 
-        setfit_note = "SetFit: installed but not wired into this script yet"
-    except ImportError:
-        setfit_note = "SetFit: not installed here (not run)"
-    print(f"\nMR, K={cfg.data.k_shot}, seeds {seeds}, test = 2,000 fixed reviews; accuracy % mean ± std")
-    w = max(len(k) for k in results)
-    for k, v in results.items():
-        print(f"  {k:<{w}}  {mean_std(v)}   ({times[k]:.0f} s)")
-    print(setfit_note)
+
+def print_table(rows: list[dict]):
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r["results"] if k not in names]
+    seeds = [r["seed"] for r in rows]
+    print(f"\nMR, K={rows[0]['k_shot']}, seeds {seeds}, test = 2,000 fixed reviews; accuracy % mean ± std (n seeds), "
+          "wall time summed over seeds")
+    w = max(len(k) for k in names)
+    for k in names:
+        vals = [r["results"][k] for r in rows if k in r["results"]]
+        print(f"  {k:<{w}}  {mean_std([v for v, _ in vals])} (n={len(vals)})   ({sum(t for _, t in vals):.0f} s)")
+    print(rows[0]["setfit"])
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from autogpt_jax.training.checkpoint import StageCheckpointer
 from autogpt_jax.training.steps import Trainer
 
 
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+
 @pytest.fixture(scope="module")
 def tok(splade_dir):
     return hf.load_tokenizer(splade_dir)
@@ -78,6 +82,36 @@ def test_grad_accumulation_matches_full_batch(packed, tok):
     accum, _ = _run(mesh, packed, tok, steps=3, loss=lambda m, b, r: objectives.mlm_loss(m, b, None), grad_accum=2)
     # Mean of per-micro-batch means vs one mean: close, not identical (mask counts differ per half).
     np.testing.assert_allclose(accum, full, rtol=2e-2)
+
+
+def test_fgm_adds_the_gradient_at_perturbed_word_embeddings(packed, tok):
+    """FGM's second loss is the loss at embeddings moved by ε·g/‖g‖, and the update uses both gradients."""
+    mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    loss = lambda m, b, r: objectives.mlm_loss(m, b, None)  # noqa: E731 - deterministic, to compare exactly
+    batch = shd.put_batch(next(batching.PretrainBatches(packed, 8, 0, objective="mlm", tokenizer=tok)), mesh)
+    eps = 0.5
+    opt = OptimConfig(learning_rate=1e-3, grad_clip=0.0, weight_decay=0.0)
+    model = _tiny_bert(len(tok))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    g = jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest), batch, None)[0])(params)
+    g_word = g["embeddings"]["word"]["embedding"][...]
+    adv = jax.tree.map(lambda x: x, params)
+    adv["embeddings"]["word"]["embedding"] = nnx.Param(
+        params["embeddings"]["word"]["embedding"][...] + eps * g_word / jnp.linalg.norm(g_word))
+    want_adv, _ = loss(nnx.merge(graphdef, adv, rest), batch, None)
+    g_adv = jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest), batch, None)[0])(adv)
+
+    trainer, state = Trainer.create(model, loss, opt, 10, mesh, fgm_epsilon=eps)
+    new, m = trainer.train_step(state, batch, jax.random.key(0))
+    np.testing.assert_allclose(float(m["adv_loss"]), float(want_adv), rtol=1e-5)
+    assert float(m["adv_loss"]) > float(m["loss"])  # the perturbation goes uphill
+    # The update's first Adam moment is (1 - b1) × the summed gradient.
+    want_norm = float(jnp.sqrt(sum(jnp.sum((a + b) ** 2) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_adv)))))
+    np.testing.assert_allclose(float(m["grad_norm"]), want_norm, rtol=1e-4)
+    plain, state0 = Trainer.create(_tiny_bert(len(tok)), loss, opt, 10, mesh)
+    _, m0 = plain.train_step(state0, batch, jax.random.key(0))
+    assert "adv_loss" not in m0
+    np.testing.assert_allclose(float(m0["grad_norm"]), float(optax_norm(g)), rtol=1e-4)
 
 
 def test_mlm_loss_only_projects_masked_positions(tok, packed):

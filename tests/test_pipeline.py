@@ -94,6 +94,80 @@ def test_head_mode_and_joint_loss(tmp_path):
     assert any("mlm_loss" in r and "task_loss" in r for r in recs)
 
 
+def test_similarity_scoring_matches_pytorch_sentence_embeddings(splade_dir, tok):
+    """Similarity scoring = softmax(20 · cos(mean-pooled input, mean of the class's unit-length
+    description embeddings)), checked against PyTorch BertModel."""
+    import torch
+    from transformers import AutoModel
+
+    from autogpt_jax.inference import Classifier
+
+    t = Template("{text} All in all, it was {mask}.")
+    assert t.describe("great") == "All in all, it was great."
+    assert Template("It was {mask}! {text}").describe("bad") == "It was bad!"
+    verb = Verbalizer((("terrible", "bad"), ("great",)))
+    ids, mask, w = verb.description_table(tok, t)
+    assert ids.shape[0] == 3 and np.allclose(w, [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    lm = hf.load_model(splade_dir)
+    clf = Classifier(lm.model, tok, ["neg", "pos"], "similarity", t, descriptions=(ids, mask, w), scale=20.0)
+    texts = ["a moving, beautifully acted film", "dull and lifeless, a waste of time", "ok"]
+    ours = clf.probabilities(texts)
+
+    ref = AutoModel.from_pretrained(str(splade_dir)).eval()
+
+    def emb(sents):
+        e = tok(sents, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            h = ref(**e).last_hidden_state
+        m = e["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+    d = emb(["All in all, it was terrible.", "All in all, it was bad.", "All in all, it was great."])
+    protos = torch.nn.functional.normalize(torch.stack([(d[0] + d[1]) / 2, d[2]]), dim=-1)
+    want = torch.softmax(20 * emb(texts) @ protos.T, -1).numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-4)
+
+
+def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, minilm_dir):
+    """auto picks similarity for a checkpoint without an MLM head; the similarity pipeline (label
+    words searched near the rule words, FGM on) runs end to end and its export predicts the same."""
+    import types
+
+    from autogpt_jax.models.gpt2 import GPT2, GPT2Config
+    from autogpt_jax.pipeline import prompt_mode, run_pipeline
+    from autogpt_jax.predict import load_classifier, predict_records
+
+    lm = hf.load_model(minilm_dir)
+    cfg = load_config(["--config_path", CFG])
+    assert prompt_mode(types.SimpleNamespace(cfg=cfg, model=lm.model, fresh=lm.fresh)) == "similarity"
+    assert prompt_mode(types.SimpleNamespace(cfg=cfg, model=lm.model, fresh=[])) == "prompt"
+    gpt = GPT2(GPT2Config(vocab_size=64, n_positions=16, hidden_size=8, num_layers=1, num_heads=2,
+                          intermediate_size=16), rngs=__import__("flax").nnx.Rngs(0))
+    sim = load_config(["--config_path", CFG, "--prompt.scoring", "similarity"])
+    with pytest.raises(ConfigError, match="needs a BERT-family sentence encoder"):
+        prompt_mode(types.SimpleNamespace(cfg=sim, model=gpt, fresh=[]))
+
+    out = tmp_path / "sim"
+    run = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--prompt.scoring", "similarity",
+                                    "--finetune.fgm_epsilon", "0.5", "--stages", "prompt,finetune,evaluate,export"]),
+                       return_run=True)
+    seed = run.report["seeds"][0]
+    assert seed["prompt"]["scoring"] == "similarity" and seed["finetune"]["mode"] == "similarity"
+    assert seed["prompt"]["label_words_source"] == "search near the rule words"
+    words = seed["prompt"]["label_words"]
+    assert words[0][0] == "terrible" and words[1][0] == "great"  # the rule words stay first
+    cands = seed["prompt"]["label_word_candidates"]
+    assert {c["class"] for c in cands[2:]} == {"negative", "positive"}
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("adv_loss" in r for r in recs if r.get("stage") == "finetune")
+    meta = json.loads((out / "export" / "autogpt_jax.json").read_text())
+    assert meta["mode"] == "similarity" and meta["similarity_scale"] == 20.0
+    texts = ["a moving, beautifully acted film", "dull and lifeless"]
+    loaded = predict_records(load_classifier(out / "export"), texts)
+    np.testing.assert_allclose([[r["probabilities"][l] for l in meta["labels"]] for r in loaded],
+                               run.classifier.probabilities(texts), atol=1e-5)
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "autogpt_jax.train", "--config_path", CFG, *args],
                           capture_output=True, text=True, timeout=300)

@@ -52,6 +52,13 @@ class Template:
         """The prompted sentence with the mask replaced by ``word`` (for adaptive training)."""
         return self.source.replace("{text}", text).replace("{mask}", word).replace("{text_b}", "")
 
+    def describe(self, word: str) -> str:
+        """The class description a sentence encoder compares inputs with (similarity scoring): the
+        template without its inputs, the mask replaced by the label word ("{text} It was {mask}."
+        with "great" → "It was great.")."""
+        s = self.source.replace("{text_b}", "").replace("{text}", "").replace("{mask}", word)
+        return re.sub(r"\s+", " ", s).strip(" ?,:") or word
+
     def encode(self, tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Token ids of each prompted input ([CLS] ... [SEP]) and the mask position of each."""
         specials_front = [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else []
@@ -108,6 +115,25 @@ class Verbalizer:
             for j, (i, w) in enumerate(r):
                 ids[c, j], weights[c, j] = i, w
         return ids, weights
+
+    def description_table(self, tokenizer, template: Template, max_length: int = 32
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Similarity scoring: token ids and mask (N × L) of every class description
+        (``template.describe(word)`` for each label word) and weights (C × N) that average a
+        class's descriptions."""
+        from autogpt_jax.data import batching
+
+        sents, owner = [], []
+        for c, words in enumerate(self.words):
+            for w in words:
+                sents.append(template.describe(w))
+                owner.append(c)
+        seqs = batching.encode(tokenizer, sents, max_length)
+        ids, mask = batching.pad_batch(seqs, tokenizer.pad_token_id or 0)
+        weights = np.zeros((len(self.words), len(sents)), np.float32)
+        for n, c in enumerate(owner):
+            weights[c, n] = 1.0 / len(self.words[c])
+        return ids, mask, weights
 
     def to_json(self) -> list[list[str]]:
         return [list(w) for w in self.words]

@@ -102,6 +102,46 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW) -> Loss:
     return loss
 
 
+def sentence_embeddings(model, input_ids_BxL: Array, attention_mask_BxL: Array, rngs=None) -> Array:
+    """Unit-length mean-pooled last hidden states (float32), as sentence-transformers encoders use."""
+    h_BxLxD = model(input_ids_BxL, attention_mask_BxL, rngs=rngs)
+    p_BxD = model.pool(h_BxLxD, attention_mask_BxL, "mean").astype(jnp.float32)
+    return p_BxD / jnp.maximum(jnp.linalg.norm(p_BxD, axis=-1, keepdims=True), 1e-9)
+
+
+def class_prototypes(model, desc_ids_NxL: Array, desc_mask_NxL: Array, desc_weights_CxN: Array) -> Array:
+    """One unit vector per class: the weighted mean of its descriptions' sentence embeddings
+    (deterministic: no dropout)."""
+    e_NxD = sentence_embeddings(model, desc_ids_NxL, desc_mask_NxL)
+    p_CxD = desc_weights_CxN @ e_NxD
+    return p_CxD / jnp.maximum(jnp.linalg.norm(p_CxD, axis=-1, keepdims=True), 1e-9)
+
+
+def similarity_logits(model, input_ids_BxL: Array, attention_mask_BxL: Array, prototypes_CxD: Array,
+                      scale: float, rngs=None) -> Array:
+    """Prompt scoring for sentence encoders: scale × cosine(input, class description)."""
+    return scale * sentence_embeddings(model, input_ids_BxL, attention_mask_BxL, rngs) @ prototypes_CxD.T
+
+
+def make_similarity_loss(desc_ids_NxL, desc_mask_NxL, desc_weights_CxN, scale: float) -> Loss:
+    """Prompt-based fine-tuning of a sentence encoder: cross-entropy over the scaled cosine
+    between each input and every class description ("It was great."), both encoded by the model
+    being trained in the same step, so the gradient moves inputs and descriptions together. The
+    description table is a constant of the compiled step.
+
+    batch: input_ids, attention_mask, labels (B).
+    """
+    ids, mask, wts = jnp.asarray(desc_ids_NxL), jnp.asarray(desc_mask_NxL), jnp.asarray(desc_weights_CxN)
+
+    def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
+        protos_CxD = class_prototypes(model, ids, mask, wts)
+        logits_BxC = similarity_logits(model, batch["input_ids"], batch["attention_mask"], protos_CxD, scale, rngs)
+        total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+        return _mean(total, count), {"task_loss_sum": total, "count": count}
+
+    return loss
+
+
 def joint_loss(task: Loss, mlm: Loss, mlm_weight: float) -> Loss:
     """L = L_task + λ·L_mlm, on a batch that carries both the task and the MLM fields
     (the MLM part under keys prefixed ``mlm/``)."""

@@ -57,6 +57,12 @@ def _keys(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def is_word_embedding(path) -> bool:
+    """The token-embedding table (BERT ``embeddings.word``, GPT-2 ``wte``), which FGM perturbs."""
+    keys = [k for k in _keys(path) if k != "value"]
+    return len(keys) >= 2 and keys[-1] == "embedding" and keys[-2] in ("word", "wte")
+
+
 def opt_state_shardings(tx: optax.GradientTransformation, params, mesh: Mesh):
     """Optimiser moments get their parameter's sharding (matched by tree path); scalars are replicated.
     Explicit, because zeros have no data dependency from which XLA could infer it."""
@@ -84,6 +90,9 @@ class Trainer:
     schedule: optax.Schedule
     mesh: Mesh
     grad_accum: int = 1
+    # FGM (Miyato et al. 2017): also descend on the loss at word embeddings moved by
+    # ε · g / ‖g‖ along their own gradient; 0 disables.
+    fgm_epsilon: float = 0.0
     state_shardings: Any = None
     _train: Callable | None = None
     _eval: Callable | None = None
@@ -91,7 +100,7 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------
     @classmethod
     def create(cls, model: nnx.Module, loss_fn: Callable, optim: OptimConfig, total_steps: int, mesh: Mesh,
-               trainable: Any = nnx.Param) -> tuple["Trainer", TrainState]:
+               trainable: Any = nnx.Param, fgm_epsilon: float = 0.0) -> tuple["Trainer", TrainState]:
         """Split ``model`` into trainable/frozen state, shard it on ``mesh`` and init the optimiser
         inside jit, so every array is born on its shards."""
         graphdef, params, frozen = nnx.split(model, trainable, ...)
@@ -105,7 +114,7 @@ class Trainer:
         opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
         state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(mesh)),
                            params=params, opt_state=opt_state, frozen=frozen)
-        trainer = cls(graphdef, loss_fn, tx, schedule, mesh, optim.grad_accum)
+        trainer = cls(graphdef, loss_fn, tx, schedule, mesh, optim.grad_accum, fgm_epsilon)
         trainer.state_shardings = jax.tree.map(lambda x: x.sharding, state)
         return trainer, state
 
@@ -118,9 +127,29 @@ class Trainer:
         rngs = nnx.Rngs(dropout=rng) if rng is not None else None
         return self.loss_fn(model, batch, rngs)
 
+    def _value_and_grad(self, params, frozen, batch, rng):
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        (loss, aux), grads = grad_fn(params, frozen, batch, rng)
+        if self.fgm_epsilon > 0:
+            found = []
+
+            def perturb(path, p, g):
+                if not is_word_embedding(path):
+                    return p
+                found.append(path)
+                return p + (self.fgm_epsilon * g / jnp.maximum(jnp.linalg.norm(g.astype(jnp.float32)), 1e-12)).astype(p.dtype)
+
+            adv = jax.tree_util.tree_map_with_path(perturb, params, grads)
+            if not found:
+                raise ValueError("FGM needs a trainable word-embedding table (embeddings.word or wte)")
+            (adv_loss, _), adv_grads = grad_fn(adv, frozen, batch, jax.random.fold_in(rng, 1))
+            grads = jax.tree.map(jnp.add, grads, adv_grads)
+            aux = {**aux, "adv_loss": adv_loss}
+        return (loss, aux), grads
+
     def _train_step(self, state: TrainState, batch: dict, rng: Array):
         rng = jax.random.fold_in(rng, state.step)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        grad_fn = self._value_and_grad
         if self.grad_accum == 1:
             (loss, aux), grads = grad_fn(state.params, state.frozen, batch, rng)
         else:
@@ -134,8 +163,8 @@ class Trainer:
                 return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, aux_acc, a)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-            _, aux_shape = jax.eval_shape(lambda: self._loss(state.params, state.frozen,
-                                                             jax.tree.map(lambda x: x[0], micro), rng))
+            (_, aux_shape), _ = jax.eval_shape(lambda: grad_fn(state.params, state.frozen,
+                                                               jax.tree.map(lambda x: x[0], micro), rng))
             zeros_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
             (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros((), jnp.float32), zeros_aux),
                                                  (micro, jnp.arange(k)))

@@ -246,6 +246,53 @@ class FinetuneConfig:
         return tuple(float(x) for x in str(self.learning_rates).split(",") if x.strip())
 
 
+PEFT_METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit")
+
+
+@dataclasses.dataclass(frozen=True)
+class PeftConfig:
+    # none (full fine-tuning) | lora | adalora | adapter | prefix | prompt | bitfit
+    method: str = "none"
+    # lora / adalora: projections to adapt (query, key, value, out, intermediate, output)
+    targets: str = "query,value"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # adalora: triplets per matrix at the start and (on average) at the end of the budget schedule;
+    # the budget stays full for t_init steps, falls cubically, and is final t_final steps before
+    # the end; masks are re-chosen every delta_t steps; importance EMAs use beta1 / beta2.
+    init_rank: int = 12
+    target_rank: int = 4
+    adalora_t_init: int = 10
+    adalora_t_final: int = 20
+    adalora_delta_t: int = 5
+    adalora_beta1: float = 0.85
+    adalora_beta2: float = 0.85
+    orth_reg: float = 0.1
+    # adapter: bottleneck width
+    adapter_size: int = 64
+    # prefix / prompt: trained key-value slots per layer / input vectors
+    num_virtual_tokens: int = 16
+    # Dtype of the frozen (not trained) weights: bfloat16 halves their memory.
+    frozen_dtype: str = "float32"
+
+    def __post_init__(self):
+        _check(self.method in PEFT_METHODS, f"peft.method must be one of {', '.join(PEFT_METHODS)}, got {self.method!r}")
+        _check(self.frozen_dtype in DTYPES, f"peft.frozen_dtype must be one of {DTYPES}")
+        _check(self.rank >= 1 and self.init_rank >= 1 and self.adapter_size >= 1 and self.num_virtual_tokens >= 1,
+               "peft.rank, peft.init_rank, peft.adapter_size and peft.num_virtual_tokens must be >= 1")
+        _check(1 <= self.target_rank <= self.init_rank,
+               f"peft.target_rank must be in [1, init_rank={self.init_rank}], got {self.target_rank}")
+        _check(0.0 <= self.dropout < 1.0, "peft.dropout must be in [0, 1)")
+        _check(self.alpha > 0 and self.orth_reg >= 0 and self.adalora_delta_t >= 1,
+               "peft.alpha > 0, peft.orth_reg >= 0 and peft.adalora_delta_t >= 1 are required")
+        _check(bool(self.target_list), "peft.targets is empty")
+
+    @property
+    def target_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in str(self.targets).split(",") if t.strip())
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     # Split seeds: each runs prompt→adapt→finetune→evaluate on its own K-shot split; mean ± std
@@ -317,6 +364,7 @@ class Config:
     prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     adapt: AdaptConfig = dataclasses.field(default_factory=AdaptConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
@@ -325,6 +373,9 @@ class Config:
         bad = [s for s in self.stage_list if s not in STAGES]
         _check(not bad, f"unknown stage(s) {bad} in --stages; choose from {','.join(STAGES)}")
         _check(bool(self.stage_list), "--stages is empty")
+        _check(not (self.finetune.fgm_epsilon > 0 and self.peft.method != "none"),
+               "finetune.fgm_epsilon perturbs the trained word embeddings; with peft.method "
+               f"{self.peft.method} they are frozen. Use one or the other")
 
     @property
     def stage_list(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from autogpt_jax.data.sources import load_unlabeled
 from autogpt_jax.inference import Classifier, accuracy_f1
 from autogpt_jax.prompts.templates import RULE_TEMPLATES, Template, Verbalizer, rule_verbalizer
 from autogpt_jax.models import hf
+from autogpt_jax.models import peft as peft_lib
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.models.gpt2 import GPT2, GPT2Config
 from autogpt_jax.training import objectives
@@ -372,6 +373,24 @@ def search_label_words_similarity(run: Run, model, task: Task, template: Templat
                     {"label_words": base.to_json(), "train_zero_shot_accuracy": acc_base}, *cands]
 
 
+def with_peft(run: Run, model, loss, steps: int, head_paths: tuple[str, ...]) -> tuple[Any, dict]:
+    """The model to train and the trainer arguments: with ``--peft.method``, a copy of ``model``
+    with the method's parameters attached (unless it already carries them, as after a PEFT adapt
+    stage), trained alone plus the head; full fine-tuning otherwise."""
+    pc = run.cfg.peft
+    if pc.method == "none":
+        return model, {"loss": loss}
+    if not peft_lib.has_peft(model):
+        model = nnx.clone(model)
+        peft_lib.apply(model, pc, seed=run.cfg.seed)
+    kw: dict[str, Any] = {"loss": loss, "trainable": peft_lib.trainable_filter(pc, head_paths=head_paths),
+                          "frozen_dtype": _dtype(pc.frozen_dtype) if pc.frozen_dtype != "float32" else None}
+    if pc.method == "adalora":
+        kw["loss"] = peft_lib.with_orthogonality(loss, pc.orth_reg)
+        kw["hook"] = peft_lib.adalora_update(pc, steps)
+    return model, kw
+
+
 def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None, verb: Verbalizer | None, *,
                lr: float, steps: int, stage: str, mlm_weight: float = 0.0, early_stop: bool = True):
     """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
@@ -400,8 +419,10 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         loss = objectives.joint_loss(loss, objectives.mlm_loss, mlm_weight)
         batches = JointBatches(batches, _adapt_batches(run, task, template, verb, bs, mlm_only=True))
     optim = dataclasses.replace(fc.optim, learning_rate=lr)
-    trainer, state = Trainer.create(model, loss, optim, steps, run.mesh, fgm_epsilon=fc.fgm_epsilon)
-    best: dict[str, Any] = {"acc": -1.0, "params": None, "step": 0}
+    model, peft_kw = with_peft(run, model, loss, steps, head_paths=("classifier",) if mode == "head" else ())
+    trainer, state = Trainer.create(model, peft_kw.pop("loss"), optim, steps, run.mesh, fgm_epsilon=fc.fgm_epsilon,
+                                    **peft_kw)
+    best: dict[str, Any] = {"acc": -1.0, "params": None, "frozen": None, "step": 0}
 
     def eval_fn(st):
         m = trainer.model(st)
@@ -409,7 +430,8 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         # The untrained model (step 0) is not a candidate, and ties go to the later step: with K-shot
         # dev sets, accuracy moves in steps of 1/|dev| and early ties are common.
         if int(st.step) > 0 and acc >= best["acc"]:
-            best.update(acc=acc, params=jax.tree.map(lambda x: x.copy(), st.params), step=int(st.step))
+            best.update(acc=acc, params=jax.tree.map(lambda x: x.copy(), st.params),
+                        frozen=jax.tree.map(lambda x: x.copy(), st.frozen) if trainer.hook else None, step=int(st.step))
         return {"dev_accuracy": acc}
 
     state, summary = train_loop(
@@ -417,8 +439,9 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         logger=run.logger, ckpt=None, log_every=max(1, steps // 10), eval_fn=eval_fn, eval_every=fc.eval_every,
         early_stop_patience=fc.early_stop_patience if early_stop else 0, best_metric="dev_accuracy", best_mode="max",
         progress=cfg.logging.progress)
-    model = nnx.merge(trainer.graphdef, best["params"], state.frozen)
+    model = nnx.merge(trainer.graphdef, best["params"], best["frozen"] or state.frozen)
     return model, {"learning_rate": lr, "best_dev_accuracy": best["acc"], "best_step": best["step"],
+                   "trainable_parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
                    "steps_run": summary["steps"], "wall_time_s": summary["wall_time_s"],
                    "tokens_per_s": summary["tokens_per_s"], "stopped_early": summary["stopped_early"]}
 
@@ -478,7 +501,9 @@ def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> 
     batches = _adapt_batches(run, task, template, verb, ac.batch_size)
     if ac.batch_size % shd.batch_divisor(run.mesh):
         raise ConfigError(f"adapt.batch_size {ac.batch_size} must be divisible by the data×fsdp mesh size")
-    trainer, state = Trainer.create(model, objectives.mlm_loss, ac.optim, ac.steps, run.mesh)
+    # With PEFT, the fresh MLM head (MiniLM ships none) trains beside the method's parameters.
+    model, peft_kw = with_peft(run, model, objectives.mlm_loss, ac.steps, head_paths=("mlm",))
+    trainer, state = Trainer.create(model, peft_kw.pop("loss"), ac.optim, ac.steps, run.mesh, **peft_kw)
     ckpt = StageCheckpointer(run.out / "checkpoints" / f"adapt-seed{task.seed}", cfg.checkpoint)
     state, start = _resume(run, "adapt", ckpt, state, batches)
     state, summary = train_loop(stage="adapt", trainer=trainer, state=state, batches=batches, total_steps=ac.steps,
@@ -606,7 +631,22 @@ def run_task(run: Run) -> None:
 
 def run_export(run: Run) -> None:
     out = run.out / "export"
-    hf.save_pretrained(run.model, out, tokenizer=run.tokenizer)  # collective: every process gathers
+    model, pc, peft_meta = run.model, run.cfg.peft, None
+    if pc.method != "none" and peft_lib.has_peft(model):
+        peft_meta = dataclasses.asdict(pc)
+        if pc.method in ("lora", "adalora"):
+            if pc.method == "lora" and isinstance(model, Bert):
+                # Unmerged, in the PEFT library's layout, beside the merged model.
+                peft_lib.save_lora_adapter(model, out / "peft_adapter", pc, run.model_source)
+                peft_meta["adapter_dir"] = "peft_adapter"
+            model = nnx.clone(model)
+            peft_lib.merge(model)
+            peft_meta["merged"] = True
+        else:  # adapters / prefixes / soft prompts change the architecture: kept in a side file
+            out.mkdir(parents=True, exist_ok=True)
+            peft_lib.save_params(model, out / "peft.safetensors")
+            peft_meta["merged"] = False
+    hf.save_pretrained(model, out, tokenizer=run.tokenizer)  # collective: every process gathers
     if is_main():
         clf = run.classifier
         meta = {"autogpt_jax_version": __import__("autogpt_jax").__version__, "source_model": run.model_source,
@@ -615,7 +655,7 @@ def run_export(run: Run) -> None:
             meta.update(task={"dataset": run.cfg.data.dataset, "train_file": run.cfg.data.train_file},
                         labels=clf.labels, mode=clf.mode, max_length=clf.max_length, pooling=clf.pooling,
                         template=clf.template.source if clf.template else None,
-                        label_words=clf.label_words, peft=None,
+                        label_words=clf.label_words, peft=peft_meta,
                         similarity_scale=clf.scale if clf.mode == "similarity" else None)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
     run.report["export"] = {"dir": str(out)}

@@ -38,6 +38,16 @@ def load_classifier(model_dir: str | Path):
     mode = meta["mode"]
     lm = hf.load_model(d, num_labels=len(labels) if mode == "head" else 0)
     tok = lm.tokenizer()
+    pm = meta.get("peft")
+    if pm and not pm.get("merged", True):  # adapters / prefixes / soft prompts: re-attach, then fill
+        import dataclasses
+
+        from autogpt_jax.config import PeftConfig
+        from autogpt_jax.models import peft
+
+        fields = {f.name for f in dataclasses.fields(PeftConfig)}
+        peft.apply(lm.model, PeftConfig(**{k: v for k, v in pm.items() if k in fields}))
+        peft.load_params(lm.model, d / "peft.safetensors")
     ids = wts = template = desc = None
     if mode in ("prompt", "similarity"):
         template = Template(meta["template"])

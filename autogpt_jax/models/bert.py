@@ -128,9 +128,15 @@ class BertLayer(nnx.Module):
             x_BxLxD = jnp.take_along_axis(x_BxLxD, positions_BxP[..., None].astype(jnp.int32), axis=1)
             mask_BxLxL = jnp.take_along_axis(mask_BxLxL, positions_BxP[..., None].astype(jnp.int32), axis=1)
         attn_BxLxD, _ = self.attention(x_BxLxD, mask_BxLxL, kv_BxSxD=kv_BxSxD, rngs=rngs)
-        x_BxLxD = self.attention_norm(x_BxLxD + self.dropout(attn_BxLxD, deterministic=det, rngs=rngs))
-        h_BxLxF = self.act(self.intermediate(x_BxLxD))
-        return self.output_norm(x_BxLxD + self.dropout(self.output(h_BxLxF), deterministic=det, rngs=rngs))
+        attn_BxLxD = self.dropout(attn_BxLxD, deterministic=det, rngs=rngs)
+        if getattr(self, "attention_adapter", None) is not None:  # Houlsby adapters (models/peft.py)
+            attn_BxLxD = self.attention_adapter(attn_BxLxD)
+        x_BxLxD = self.attention_norm(x_BxLxD + attn_BxLxD)
+        h_BxLxF = self.act(self.intermediate(x_BxLxD, rngs))
+        out_BxLxD = self.dropout(self.output(h_BxLxF, rngs), deterministic=det, rngs=rngs)
+        if getattr(self, "output_adapter", None) is not None:
+            out_BxLxD = self.output_adapter(out_BxLxD)
+        return self.output_norm(x_BxLxD + out_BxLxD)
 
 
 class MLMHead(nnx.Module):
@@ -190,11 +196,28 @@ class Bert(nnx.Module):
             attention_mask_BxL = jnp.ones_like(input_ids_BxL)
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+        soft = getattr(self, "soft_prompt", None)
+        if soft is not None:
+            # Prompt tuning: P trained vectors before the tokens (positions 0..P-1); callers still
+            # see (and index) only the L token positions.
+            B, P = input_ids_BxL.shape[0], soft.shape[0]
+            if inputs_embeds_BxLxD is None:
+                inputs_embeds_BxLxD = self.embeddings.word(input_ids_BxL)
+            inputs_embeds_BxLxD = jnp.concatenate(
+                [jnp.broadcast_to(soft[...].astype(inputs_embeds_BxLxD.dtype)[None], (B, P, soft.shape[1])),
+                 inputs_embeds_BxLxD], axis=1)
+            input_ids_BxL = jnp.concatenate([jnp.zeros((B, P), input_ids_BxL.dtype), input_ids_BxL], axis=1)
+            token_type_ids_BxL = jnp.concatenate([jnp.zeros((B, P), token_type_ids_BxL.dtype), token_type_ids_BxL], 1)
+            attention_mask_BxL = jnp.concatenate([jnp.ones((B, P), attention_mask_BxL.dtype), attention_mask_BxL], 1)
+            if output_positions_BxP is not None:
+                output_positions_BxP = output_positions_BxP + P
         x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, inputs_embeds_BxLxD=inputs_embeds_BxLxD, rngs=rngs)
         mask_BxLxL = padding_mask(attention_mask_BxL, input_ids_BxL.shape[1])
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x_BxLxD = layer(x_BxLxD, mask_BxLxL, positions_BxP=output_positions_BxP if i == last else None, rngs=rngs)
+        if soft is not None and output_positions_BxP is None:
+            x_BxLxD = x_BxLxD[:, soft.shape[0]:]
         return x_BxLxD
 
     def word_embeddings(self) -> Array:

@@ -114,9 +114,15 @@ class GPT2Block(nnx.Module):
     def __call__(self, x_BxLxD, mask_BxLxS, *, cache=None, cache_index=None, rngs=None):
         det = rngs is None
         a_BxLxD, cache = self.attention(self.ln_1(x_BxLxD), mask_BxLxS, cache=cache, cache_index=cache_index, rngs=rngs)
-        x_BxLxD = x_BxLxD + self.dropout(a_BxLxD, deterministic=det, rngs=rngs)
-        m_BxLxD = self.output(self.act(self.intermediate(self.ln_2(x_BxLxD))))
-        return x_BxLxD + self.dropout(m_BxLxD, deterministic=det, rngs=rngs), cache
+        a_BxLxD = self.dropout(a_BxLxD, deterministic=det, rngs=rngs)
+        if getattr(self, "attention_adapter", None) is not None:  # Houlsby adapters (models/peft.py)
+            a_BxLxD = self.attention_adapter(a_BxLxD)
+        x_BxLxD = x_BxLxD + a_BxLxD
+        m_BxLxD = self.output(self.act(self.intermediate(self.ln_2(x_BxLxD), rngs)), rngs)
+        m_BxLxD = self.dropout(m_BxLxD, deterministic=det, rngs=rngs)
+        if getattr(self, "output_adapter", None) is not None:
+            m_BxLxD = self.output_adapter(m_BxLxD)
+        return x_BxLxD + m_BxLxD, cache
 
 
 class GPT2(nnx.Module):

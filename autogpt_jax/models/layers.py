@@ -41,12 +41,24 @@ class Dense(nnx.Module):
         self.dtype = dtype
         self.in_features, self.out_features = in_features, out_features
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, rngs: nnx.Rngs | None = None) -> Array:
         lead = x.shape[:-1]
-        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel[...].astype(self.dtype))
+        x_NxI = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        y = jnp.dot(x_NxI, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        lora_a = getattr(self, "lora_a", None)
+        if lora_a is not None:  # a low-rank update attached by models/peft.py (LoRA / AdaLoRA)
+            y = y + self.lora_delta(x_NxI, rngs)
         return y.reshape(*lead, self.out_features)
+
+    def lora_delta(self, x_NxI: Array, rngs: nnx.Rngs | None = None) -> Array:
+        """scale · dropout(x) A [diag(λ ⊙ mask)] B: LoRA, or AdaLoRA's SVD form P Λ Q when λ is set."""
+        x_NxI = self.lora_dropout(x_NxI, deterministic=rngs is None, rngs=rngs)
+        h_NxR = jnp.dot(x_NxI, self.lora_a[...].astype(self.dtype))
+        if getattr(self, "lora_e", None) is not None:
+            h_NxR = h_NxR * (self.lora_e[...] * self.lora_mask[...]).astype(self.dtype)
+        return jnp.dot(h_NxR, self.lora_b[...].astype(self.dtype)) * jnp.asarray(self.lora_scale, self.dtype)
 
 
 def dense(
@@ -190,9 +202,20 @@ class Attention(nnx.Module):
         ``kv_BxSxD``: keys/values from other positions than the queries (default: the same).
         """
         kv_BxSxD = x_BxLxD if kv_BxSxD is None else kv_BxSxD
-        q_BxHxLxK = self._heads(self.query(x_BxLxD))
-        k_BxHxLxK = self._heads(self.key(kv_BxSxD))
-        v_BxHxLxK = self._heads(self.value(kv_BxSxD))
+        q_BxHxLxK = self._heads(self.query(x_BxLxD, rngs))
+        k_BxHxLxK = self._heads(self.key(kv_BxSxD, rngs))
+        v_BxHxLxK = self._heads(self.value(kv_BxSxD, rngs))
+        prefix_k = getattr(self, "prefix_k", None)
+        if prefix_k is not None:  # prefix tuning: P trained key/value slots every query may attend
+            if cache is not None:
+                raise ValueError("prefix tuning does not combine with KV-cache generation")
+            B = x_BxLxD.shape[0]
+            pk_BxPxD = jnp.broadcast_to(prefix_k[...].astype(self.dtype)[None], (B, *prefix_k.shape))
+            pv_BxPxD = jnp.broadcast_to(self.prefix_v[...].astype(self.dtype)[None], (B, *prefix_k.shape))
+            k_BxHxLxK = jnp.concatenate([self._heads(pk_BxPxD), k_BxHxLxK], axis=2)
+            v_BxHxLxK = jnp.concatenate([self._heads(pv_BxPxD), v_BxHxLxK], axis=2)
+            mask_BxLxS = jnp.concatenate(
+                [jnp.ones((*mask_BxLxS.shape[:2], prefix_k.shape[0]), bool), mask_BxLxS], axis=2)
         if cache is not None:
             k_BxHxLxK = jax.lax.dynamic_update_slice_in_dim(cache.k_BxHxSxK, k_BxHxLxK.astype(cache.k_BxHxSxK.dtype),
                                                             cache_index, axis=2)
@@ -207,7 +230,7 @@ class Attention(nnx.Module):
         probs_BxHxLxS = self.dropout(probs_BxHxLxS, deterministic=rngs is None, rngs=rngs)
         ctx_BxHxLxK = jnp.einsum("bhls,bhsk->bhlk", probs_BxHxLxS, v_BxHxLxK.astype(self.dtype))
         B, L = x_BxLxD.shape[:2]
-        return self.out(ctx_BxHxLxK.transpose(0, 2, 1, 3).reshape(B, L, -1)), cache
+        return self.out(ctx_BxHxLxK.transpose(0, 2, 1, 3).reshape(B, L, -1), rngs), cache
 
 
 def padding_mask(attention_mask_BxS: Array, query_len: int) -> Array:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -20,9 +21,23 @@ from autogpt_jax.training.steps import TrainState
 log = logging.getLogger(__name__)
 
 
+def _key(path) -> str:
+    return "/".join(str(k) for k in path)
+
+
 def _saved_tree(state: TrainState) -> dict:
-    # Frozen weights are rebuilt from the model source on restore, so they are not written.
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    # Frozen weights are rebuilt from the model source on restore, so they are not written; frozen
+    # variables that training changes (AdaLoRA's rank masks and importance statistics) are.
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    mutable = {_key(p): v.get_value() for p, v in nnx.to_flat_state(state.frozen) if not isinstance(v, nnx.Param)}
+    if mutable:
+        tree["mutable"] = mutable
+    return tree
+
+
+def _with_mutable(frozen, values: dict):
+    flat = [(p, v.replace(values[_key(p)]) if _key(p) in values else v) for p, v in nnx.to_flat_state(frozen)]
+    return nnx.from_flat_state(flat)
 
 
 class StageCheckpointer:
@@ -61,7 +76,8 @@ class StageCheckpointer:
                             self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
                 continue
             tree = got["state"]
-            state = like.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
+            state = like.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
+                                 frozen=_with_mutable(like.frozen, tree["mutable"]) if "mutable" in tree else like.frozen)
             return state, dict(got["extra"]), step
         return None
 

@@ -93,6 +93,10 @@ class Trainer:
     # FGM (Miyato et al. 2017): also descend on the loss at word embeddings moved by
     # ε · g / ‖g‖ along their own gradient; 0 disables.
     fgm_epsilon: float = 0.0
+    # Called inside the step with the pre-update model, a model holding the gradients, and the
+    # step; it may write the model's non-trained variables in place (AdaLoRA's rank masks).
+    hook: Callable | None = None
+    trainable: Any = nnx.Param
     state_shardings: Any = None
     _train: Callable | None = None
     _eval: Callable | None = None
@@ -100,12 +104,17 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------
     @classmethod
     def create(cls, model: nnx.Module, loss_fn: Callable, optim: OptimConfig, total_steps: int, mesh: Mesh,
-               trainable: Any = nnx.Param, fgm_epsilon: float = 0.0) -> tuple["Trainer", TrainState]:
+               trainable: Any = nnx.Param, fgm_epsilon: float = 0.0, hook: Callable | None = None,
+               frozen_dtype=None) -> tuple["Trainer", TrainState]:
         """Split ``model`` into trainable/frozen state, shard it on ``mesh`` and init the optimiser
         inside jit, so every array is born on its shards."""
         graphdef, params, frozen = nnx.split(model, trainable, ...)
         # Copies: the step donates its state, and the caller's model must stay usable.
         params = jax.tree.map(lambda x: x.copy(), params)
+        if frozen_dtype is not None:  # PEFT: the frozen weights (parameters only) held in a smaller dtype
+            frozen = jax.tree.map(
+                lambda v: v.replace(v.get_value().astype(frozen_dtype)) if isinstance(v, nnx.Param) else v,
+                frozen, is_leaf=lambda v: isinstance(v, nnx.Variable))
         tx, schedule = make_optimizer(optim, total_steps)
         p_sh = shd.state_shardings(params, mesh)
         f_sh = shd.state_shardings(frozen, mesh)
@@ -114,7 +123,7 @@ class Trainer:
         opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
         state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(mesh)),
                            params=params, opt_state=opt_state, frozen=frozen)
-        trainer = cls(graphdef, loss_fn, tx, schedule, mesh, optim.grad_accum, fgm_epsilon)
+        trainer = cls(graphdef, loss_fn, tx, schedule, mesh, optim.grad_accum, fgm_epsilon, hook, trainable)
         trainer.state_shardings = jax.tree.map(lambda x: x.sharding, state)
         return trainer, state
 
@@ -170,10 +179,15 @@ class Trainer:
                                                  (micro, jnp.arange(k)))
             grads = jax.tree.map(lambda g: g / k, grads)
             loss = loss / k
+        frozen = state.frozen
+        if self.hook is not None:
+            model = nnx.merge(self.graphdef, state.params, state.frozen)
+            self.hook(model, nnx.merge(self.graphdef, grads, state.frozen), state.step)
+            _, _, frozen = nnx.split(model, self.trainable, ...)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.schedule(state.step), **aux}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, frozen=frozen), metrics
 
     def _eval_step(self, state: TrainState, batch: dict):
         loss, aux = self._loss(state.params, state.frozen, batch, None)

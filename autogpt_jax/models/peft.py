@@ -1,0 +1,376 @@
+"""Parameter-efficient fine-tuning: LoRA, AdaLoRA, Houlsby adapters, prefix tuning, prompt tuning, BitFit.
+
+``apply(model, cfg)`` attaches the method's parameters to a loaded model in place. They are of type
+``PeftParam`` (a subclass of ``nnx.Param``), so ``trainable_filter`` selects them by type: the
+trainer then gives gradients and Adam moments to them (and to the task head) only, and everything
+else rides along frozen, optionally held in bfloat16.
+
+- lora      W x + (α/r) · B A x on the target projections (A random, B zero: the model starts unchanged).
+- adalora   the update in SVD form P Λ Q (Zhang et al. 2023): singular values are switched off by a
+            rank mask that follows a cubic budget schedule from ``init_rank`` to ``target_rank``
+            triplets per matrix on average, kept by smoothed sensitivity × uncertainty importance;
+            an orthogonality penalty ‖PᵀP − I‖² + ‖QQᵀ − I‖² joins the loss.
+- adapter   a bottleneck (down, GELU, up; up starts at zero) on the attention and feed-forward
+            outputs of every layer, before the residual sum (Houlsby et al. 2019).
+- prefix    P trained key and value vectors per layer that every query may attend (prefix tuning /
+            P-tuning v2, without the reparameterisation MLP).
+- prompt    P trained input vectors placed before the tokens (prompt tuning, Lester et al. 2021);
+            combines with a discrete template.
+- bitfit    only the bias terms train.
+
+Projection names (``--peft.targets``) are the same for BERT and GPT-2: query, key, value, out
+(attention output), intermediate, output (feed-forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from autogpt_jax.config import ConfigError, PeftConfig
+from autogpt_jax.models.layers import Dense, Dropout, gelu_erf
+
+TARGETS = ("query", "key", "value", "out", "intermediate", "output")
+
+
+class PeftParam(nnx.Param):
+    """A parameter added by a PEFT method: the trainer's filter selects these by type."""
+
+
+class AdaLoRAState(nnx.Variable):
+    """AdaLoRA's non-trained state: the rank mask and the smoothed importance statistics."""
+
+
+class Adapter(nnx.Module):
+    """x + up(gelu(down(x))), with ``up`` zero-initialised so the adapter starts as the identity."""
+
+    def __init__(self, features: int, size: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        std = 1e-3
+        self.down = PeftParam(nnx.initializers.normal(std)(rngs.params(), (features, size)), out_sharding=("embed", None))
+        self.down_bias = PeftParam(jnp.zeros((size,)), out_sharding=(None,))
+        self.up = PeftParam(jnp.zeros((size, features)), out_sharding=(None, "embed"))
+        self.up_bias = PeftParam(jnp.zeros((features,)), out_sharding=("embed",))
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        h = gelu_erf(jnp.dot(x.astype(self.dtype), self.down[...].astype(self.dtype)) + self.down_bias[...].astype(self.dtype))
+        return x + jnp.dot(h, self.up[...].astype(self.dtype)) + self.up_bias[...].astype(self.dtype)
+
+
+Array = jax.Array
+
+
+def _arch(model) -> str:
+    from autogpt_jax.models.bert import Bert
+
+    return "bert" if isinstance(model, Bert) else "gpt2"
+
+
+def target_denses(model, targets: tuple[str, ...]) -> list[tuple[str, Dense]]:
+    """(path, layer) of every target projection, in layer order."""
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"peft.targets {unknown} are not projections of this model; valid names: {', '.join(TARGETS)}")
+    found = []
+    for i, layer in enumerate(model.layers):
+        for t in targets:
+            d = getattr(layer.attention, t) if t in ("query", "key", "value", "out") else getattr(layer, t)
+            prefix = f"layers.{i}.attention.{t}" if t in ("query", "key", "value", "out") else f"layers.{i}.{t}"
+            found.append((prefix, d))
+    return found
+
+
+def check(model, cfg: PeftConfig) -> None:
+    """Every reason ``apply`` would refuse, raised before any weight changes."""
+    if cfg.method == "none":
+        return
+    arch = _arch(model)
+    if cfg.method in ("prefix", "prompt") and arch != "bert":
+        raise ConfigError(f"peft.method {cfg.method} is built for BERT-family encoders; with a {arch} model use "
+                          "lora, adalora, adapter or bitfit")
+    if cfg.method in ("lora", "adalora"):
+        for path, d in target_denses(model, cfg.target_list):
+            limit = min(d.in_features, d.out_features)
+            r = cfg.init_rank if cfg.method == "adalora" else cfg.rank
+            if r > limit:
+                raise ConfigError(f"peft rank {r} is larger than {path} allows ({d.in_features}×{d.out_features}: "
+                                  f"at most {limit})")
+    if cfg.method == "prompt":
+        if model.config.max_position_embeddings < cfg.num_virtual_tokens + 2:
+            raise ConfigError("peft.num_virtual_tokens leaves no positions for the input")
+
+
+def apply(model, cfg: PeftConfig, *, seed: int = 0) -> dict[str, Any]:
+    """Attach the method's parameters to ``model`` (in place); returns a summary for report.json."""
+    check(model, cfg)
+    if cfg.method == "none":
+        return {"method": "none"}
+    rngs = nnx.Rngs(params=seed + 1009)
+    dtype = model.dtype
+    D = model.config.hidden_size
+    m = cfg.method
+    if m in ("lora", "adalora"):
+        r = cfg.init_rank if m == "adalora" else cfg.rank
+        for _, d in target_denses(model, cfg.target_list):
+            ax_in, ax_out = _axes(d)
+            # A ~ Kaiming-uniform as in PEFT; B = 0 (LoRA), or AdaLoRA's P, Q ~ N(0, 0.02) with Λ = 0.
+            if m == "lora":
+                bound = 1.0 / np.sqrt(d.in_features)
+                d.lora_a = PeftParam(jax.random.uniform(rngs.params(), (d.in_features, r), minval=-bound, maxval=bound),
+                                     out_sharding=(ax_in, None))
+                d.lora_b = PeftParam(jnp.zeros((r, d.out_features)), out_sharding=(None, ax_out))
+                d.lora_scale = cfg.alpha / r
+            else:
+                d.lora_a = PeftParam(0.02 * jax.random.normal(rngs.params(), (d.in_features, r)), out_sharding=(ax_in, None))
+                d.lora_b = PeftParam(0.02 * jax.random.normal(rngs.params(), (r, d.out_features)), out_sharding=(None, ax_out))
+                d.lora_e = PeftParam(jnp.zeros((r,)), out_sharding=(None,))
+                d.lora_mask = AdaLoRAState(jnp.ones((r,)))
+                d.lora_ipt = AdaLoRAState(jnp.zeros((r,)))  # smoothed sensitivity of each triplet
+                d.lora_unc = AdaLoRAState(jnp.zeros((r,)))  # smoothed uncertainty
+                d.lora_scale = cfg.alpha / r
+            d.lora_dropout = Dropout(cfg.dropout)
+    elif m == "adapter":
+        for layer in model.layers:
+            layer.attention_adapter = Adapter(D, cfg.adapter_size, rngs=rngs, dtype=dtype)
+            layer.output_adapter = Adapter(D, cfg.adapter_size, rngs=rngs, dtype=dtype)
+    elif m == "prefix":
+        P = cfg.num_virtual_tokens
+        for layer in model.layers:
+            a = layer.attention
+            a.prefix_k = PeftParam(0.02 * jax.random.normal(rngs.params(), (P, D)), out_sharding=(None, "heads"))
+            a.prefix_v = PeftParam(0.02 * jax.random.normal(rngs.params(), (P, D)), out_sharding=(None, "heads"))
+    elif m == "prompt":
+        # Initialised from the embeddings of random vocabulary tokens (Lester et al.'s better init),
+        # drawn from ids 1000-6000 (whole words in BERT vocabularies, past the special tokens).
+        word = np.asarray(jax.device_get(model.word_embeddings()))
+        V, P = word.shape[0], cfg.num_virtual_tokens
+        lo = max(0, min(1000, V - P))
+        idx = np.random.default_rng(seed).choice(np.arange(lo, min(V, lo + 5000)), P, replace=False)
+        model.soft_prompt = PeftParam(jnp.asarray(word[idx]), out_sharding=(None, "embed"))
+    return {"method": m}
+
+
+def _axes(d: Dense) -> tuple[Any, Any]:
+    spec = getattr(d.kernel, "out_sharding", None) or getattr(d.kernel, "sharding", None) or (None, None)
+    spec = tuple(spec) if spec is not None else (None, None)
+    return (spec + (None, None))[:2]
+
+
+def has_peft(model) -> bool:
+    return bool(jax.tree.leaves(nnx.state(model, PeftParam)))
+
+
+def trainable_filter(cfg: PeftConfig, *, head_paths: tuple[str, ...] = ()):
+    """The parameters that train: everything (no PEFT), or the PEFT parameters plus the head
+    (``head_paths``: "classifier", or "mlm" when adaptation trains a fresh MLM head); for bitfit,
+    every bias plus the head."""
+    if cfg.method == "none":
+        return nnx.Param
+    extra = [nnx.All(nnx.Param, nnx.PathContains(h)) for h in head_paths]
+    if cfg.method == "bitfit":
+        return nnx.Any(nnx.All(nnx.Param, lambda path, x: str(path[-1]) == "bias"), *extra)
+    return nnx.Any(PeftParam, *extra)
+
+
+def count_formula(model, cfg: PeftConfig) -> int:
+    """Trainable PEFT parameters by the method's formula (the head not included)."""
+    n_layers, D = len(model.layers), model.config.hidden_size
+    m = cfg.method
+    if m == "lora":
+        return sum(cfg.rank * (d.in_features + d.out_features) for _, d in target_denses(model, cfg.target_list))
+    if m == "adalora":
+        return sum(cfg.init_rank * (d.in_features + d.out_features + 1) for _, d in target_denses(model, cfg.target_list))
+    if m == "adapter":
+        return n_layers * 2 * (2 * D * cfg.adapter_size + cfg.adapter_size + D)
+    if m == "prefix":
+        return n_layers * 2 * cfg.num_virtual_tokens * D
+    if m == "prompt":
+        return cfg.num_virtual_tokens * D
+    if m == "bitfit":
+        return int(sum(np.prod(x.shape) for p, x in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                       if str(p[-1]) == "bias" and not any(str(k) == "classifier" for k in p)))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# AdaLoRA: orthogonality penalty, importance, budget schedule
+# --------------------------------------------------------------------------------------------
+
+
+def adalora_denses(model) -> list[Dense]:
+    return [d for _, d in _all_denses(model) if getattr(d, "lora_e", None) is not None]
+
+
+def _all_denses(model):
+    return target_denses(model, TARGETS)
+
+
+def orthogonality_penalty(model) -> Array:
+    """Σ over AdaLoRA matrices of ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F, each averaged over its r² entries."""
+    total = jnp.zeros((), jnp.float32)
+    for d in adalora_denses(model):
+        p, q = d.lora_a[...].astype(jnp.float32), d.lora_b[...].astype(jnp.float32)
+        r = p.shape[1]
+        eye = jnp.eye(r)
+        total = total + jnp.mean((p.T @ p - eye) ** 2) + jnp.mean((q @ q.T - eye) ** 2)
+    return total
+
+
+def with_orthogonality(loss_fn, weight: float):
+    def loss(model, batch, rngs=None):
+        value, aux = loss_fn(model, batch, rngs)
+        reg = orthogonality_penalty(model)
+        return value + weight * reg, {**aux, "orth_reg": reg}
+
+    return loss
+
+
+def budget(step: Array, cfg: PeftConfig, total_steps: int, n_matrices: int) -> Array:
+    """Total rank kept at ``step``: the full initial budget for ``t_init`` steps, then a cubic
+    decrease to the target budget, reached ``t_final`` steps before the end (Zhang et al. 2023)."""
+    b0, bT = cfg.init_rank * n_matrices, cfg.target_rank * n_matrices
+    t_i, t_f = cfg.adalora_t_init, total_steps - cfg.adalora_t_final
+    frac = jnp.clip((step - t_i) / max(t_f - t_i, 1), 0.0, 1.0)
+    return jnp.round(bT + (b0 - bT) * (1.0 - frac) ** 3).astype(jnp.int32)
+
+
+def adalora_update(cfg: PeftConfig, total_steps: int):
+    """The trainer hook ``(model, grads_model, step)``: updates each triplet's smoothed importance
+    (sensitivity |θ·∇θ| of λ_i, P's column i and Q's row i, times its uncertainty) in place and,
+    every ``adalora_delta_t`` steps from ``adalora_t_init`` on, keeps the budget's worth of most
+    important triplets across all matrices. Pure under jit: it only writes AdaLoRAState variables."""
+    b1, b2 = cfg.adalora_beta1, cfg.adalora_beta2
+
+    def hook(model, grads, step):
+        denses, gdenses = adalora_denses(model), adalora_denses(grads)
+        scores = []
+        for d, g in zip(denses, gdenses):
+            s_now = (jnp.abs(d.lora_e[...] * g.lora_e[...]) + jnp.abs(d.lora_a[...] * g.lora_a[...]).mean(0)
+                     + jnp.abs(d.lora_b[...] * g.lora_b[...]).mean(1))
+            ipt = b1 * d.lora_ipt[...] + (1 - b1) * s_now
+            unc = b2 * d.lora_unc[...] + (1 - b2) * jnp.abs(s_now - ipt)
+            d.lora_ipt[...] = ipt
+            d.lora_unc[...] = unc
+            scores.append(ipt * unc)
+        all_scores = jnp.concatenate(scores)
+        keep = budget(step, cfg, total_steps, len(denses))
+        order = jnp.argsort(-all_scores)
+        kept = jnp.zeros_like(all_scores).at[order].set((jnp.arange(all_scores.shape[0]) < keep).astype(jnp.float32))
+        active = (step >= cfg.adalora_t_init) & (step % cfg.adalora_delta_t == 0)
+        start = 0
+        for d, sc in zip(denses, scores):
+            n = sc.shape[0]
+            d.lora_mask[...] = jnp.where(active, kept[start:start + n], d.lora_mask[...])
+            start += n
+
+    return hook
+
+
+def total_rank(model) -> int:
+    return int(sum(float(jnp.sum(d.lora_mask[...])) for d in adalora_denses(model)))
+
+
+# --------------------------------------------------------------------------------------------
+# merging and export
+# --------------------------------------------------------------------------------------------
+
+
+def merge(model) -> int:
+    """Fold LoRA / AdaLoRA updates into the base kernels and drop the PEFT parameters; returns how
+    many projections were merged. Other methods change the architecture and are not merged."""
+    n = 0
+    for _, d in _all_denses(model):
+        if getattr(d, "lora_a", None) is None:
+            continue
+        a, b = d.lora_a[...].astype(jnp.float32), d.lora_b[...].astype(jnp.float32)
+        if getattr(d, "lora_e", None) is not None:
+            a = a * (d.lora_e[...] * d.lora_mask[...])[None, :]
+            del d.lora_e, d.lora_mask, d.lora_ipt, d.lora_unc
+        d.kernel[...] = (d.kernel[...].astype(jnp.float32) + d.lora_scale * (a @ b)).astype(d.kernel[...].dtype)
+        del d.lora_a, d.lora_b, d.lora_scale, d.lora_dropout
+        n += 1
+    return n
+
+
+def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: str, task_type: str | None = None) -> Path:
+    """An unmerged LoRA export in the PEFT library's layout: ``adapter_config.json`` and
+    ``adapter_model.safetensors`` (keys ``base_model.model.<HF module>.lora_A.weight``)."""
+    from safetensors.numpy import save_file
+
+    from autogpt_jax.models import hf
+
+    if cfg.method != "lora":
+        raise ValueError("the PEFT-library export is written for LoRA only")
+    arch = _arch(model)
+    if arch != "bert":
+        raise ValueError("the PEFT-library export is written for BERT-family models")
+    architecture = hf.default_architecture(model)
+    prefix = "" if architecture == "BertModel" else "bert."
+    tensors: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(model.layers):
+        for t in cfg.target_list:
+            d = getattr(layer.attention, t) if t in ("query", "key", "value", "out") else getattr(layer, t)
+            mod = {"query": f"encoder.layer.{i}.attention.self.query", "key": f"encoder.layer.{i}.attention.self.key",
+                   "value": f"encoder.layer.{i}.attention.self.value", "out": f"encoder.layer.{i}.attention.output.dense",
+                   "intermediate": f"encoder.layer.{i}.intermediate.dense", "output": f"encoder.layer.{i}.output.dense"}[t]
+            key = f"base_model.model.{prefix}{mod}"
+            tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_a[...]), np.float32).T)
+            tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_b[...]), np.float32).T)
+    out = Path(out_dir)
+    if jax.process_index() != 0:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    # A regex, which PEFT matches against the whole module name: as a plain suffix, "output.dense"
+    # would also catch attention.output.dense.
+    names = {"query": r"attention\.self\.query", "key": r"attention\.self\.key", "value": r"attention\.self\.value",
+             "out": r"attention\.output\.dense", "intermediate": r"intermediate\.dense", "output": r"output\.dense"}
+    targets = r".*encoder\.layer\.\d+\.(" + "|".join(names[t] for t in cfg.target_list) + ")"
+    conf = {"peft_type": "LORA", "base_model_name_or_path": base_model, "r": cfg.rank, "lora_alpha": cfg.alpha,
+            "lora_dropout": cfg.dropout, "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
+            "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+            "task_type": task_type}
+    (out / "adapter_config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    return out
+
+
+def save_params(model, path: str | Path) -> None:
+    """The PEFT parameters alone (flat paths), for methods that change the architecture."""
+    from safetensors.numpy import save_file
+
+    flat = {".".join(str(k) for k in p): np.asarray(jax.device_get(v.get_value()), np.float32)
+            for p, v in nnx.to_flat_state(nnx.state(model, PeftParam))}
+    if jax.process_index() == 0:
+        save_file(flat, str(path), metadata={"format": "autogpt_jax-peft"})
+
+
+def load_params(model, path: str | Path) -> None:
+    """Fill the PEFT parameters that ``apply`` attached from ``save_params``'s file; names and
+    shapes must match."""
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(path))
+    state = nnx.state(model, PeftParam)
+    flat = dict(nnx.to_flat_state(state))
+    want = {".".join(str(k) for k in p): p for p in flat}
+    if set(saved) != set(want):
+        raise ValueError(f"{path}: PEFT parameters {sorted(set(saved) ^ set(want))[:5]} do not match the configuration")
+    for name, p in want.items():
+        v = flat[p]
+        if tuple(saved[name].shape) != tuple(v.get_value().shape):
+            raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model wants {v.get_value().shape}")
+        v.set_value(jnp.asarray(saved[name], v.get_value().dtype))
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+def summary(model, cfg: PeftConfig, trainable_count: int) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    out.update(trainable_parameters=trainable_count, formula_parameters=count_formula(model, cfg))
+    return out

@@ -80,6 +80,20 @@ def test_method_trains_only_its_parameters_and_shards(method):
     np.testing.assert_allclose(losses["8"], losses["1"], rtol=1e-4)
 
 
+def test_training_a_peft_copy_leaves_the_base_model_usable():
+    """The step donates its state; the frozen arrays a PEFT copy shares with its base must survive."""
+    base = Bert(BERT, rngs=nnx.Rngs(0))
+    ids = _batch()["input_ids"]
+    before = np.asarray(base(ids))
+    for method in ("lora", "adapter"):
+        model = nnx.clone(base)
+        pc = _cfg(method)
+        peft.apply(model, pc)
+        trainer, state = _trainer(model, pc, shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1]))
+        trainer.train_step(state, _batch(), jax.random.key(0))
+        np.testing.assert_array_equal(np.asarray(base(ids)), before)
+
+
 def test_lora_merge_matches_unmerged():
     model = Bert(BERT, rngs=nnx.Rngs(0))
     pc = _cfg("lora", targets="query,value,intermediate")

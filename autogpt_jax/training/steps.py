@@ -109,8 +109,10 @@ class Trainer:
         """Split ``model`` into trainable/frozen state, shard it on ``mesh`` and init the optimiser
         inside jit, so every array is born on its shards."""
         graphdef, params, frozen = nnx.split(model, trainable, ...)
-        # Copies: the step donates its state, and the caller's model must stay usable.
+        # Copies: the step donates its state (frozen part included), and the caller's model -- or
+        # the model a PEFT copy shares its frozen arrays with -- must stay usable.
         params = jax.tree.map(lambda x: x.copy(), params)
+        frozen = jax.tree.map(lambda x: x.copy(), frozen)
         if frozen_dtype is not None:  # PEFT: the frozen weights (parameters only) held in a smaller dtype
             frozen = jax.tree.map(
                 lambda v: v.replace(v.get_value().astype(frozen_dtype)) if isinstance(v, nnx.Param) else v,

@@ -220,3 +220,24 @@ def test_pipeline_with_peft_exports_what_it_predicts(tmp_path, method):
     loaded = predict_records(load_classifier(out / "export"), texts)
     np.testing.assert_allclose([[r["probabilities"][l] for l in meta["labels"]] for r in loaded],
                                run.classifier.probabilities(texts), atol=1e-5)
+
+
+def test_frozen_weights_in_bfloat16():
+    """peft.frozen_dtype bfloat16: the frozen parameters are stored in bf16 (half the bytes), the
+    trained ones stay float32, and the loss stays close to the float32 run."""
+    mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    pc = _cfg("lora")
+    losses = {}
+    for dt in (None, jnp.bfloat16):
+        model = Bert(BERT, rngs=nnx.Rngs(0))
+        peft.apply(model, pc)
+        trainer, state = Trainer.create(model, _loss, OptimConfig(learning_rate=1e-2), 10, mesh,
+                                        trainable=peft.trainable_filter(pc, head_paths=("classifier",)), frozen_dtype=dt)
+        kinds = {x.dtype for x in jax.tree.leaves(state.frozen)}
+        assert kinds == ({jnp.dtype(jnp.bfloat16)} if dt else {jnp.dtype(jnp.float32)})
+        assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+        losses[dt] = []
+        for i in range(3):
+            state, m = trainer.train_step(state, _batch(i), jax.random.key(0))
+            losses[dt].append(float(m["loss"]))
+    np.testing.assert_allclose(losses[jnp.bfloat16], losses[None], rtol=2e-2)

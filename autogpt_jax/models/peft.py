@@ -24,8 +24,8 @@ Projection names (``--peft.targets``) are the same for BERT and GPT-2: query, ke
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -314,15 +314,13 @@ def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: s
     architecture = hf.default_architecture(model)
     prefix = "" if architecture == "BertModel" else "bert."
     tensors: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(model.layers):
-        for t in cfg.target_list:
-            d = getattr(layer.attention, t) if t in ("query", "key", "value", "out") else getattr(layer, t)
-            mod = {"query": f"encoder.layer.{i}.attention.self.query", "key": f"encoder.layer.{i}.attention.self.key",
-                   "value": f"encoder.layer.{i}.attention.self.value", "out": f"encoder.layer.{i}.attention.output.dense",
-                   "intermediate": f"encoder.layer.{i}.intermediate.dense", "output": f"encoder.layer.{i}.output.dense"}[t]
-            key = f"base_model.model.{prefix}{mod}"
-            tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_a[...]), np.float32).T)
-            tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_b[...]), np.float32).T)
+    hf_module = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                 "out": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense"}
+    for path, d in target_denses(model, cfg.target_list):
+        i, t = path.split(".")[1], path.split(".")[-1]
+        key = f"base_model.model.{prefix}encoder.layer.{i}.{hf_module[t]}"
+        tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_a[...]), np.float32).T)
+        tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_b[...]), np.float32).T)
     out = Path(out_dir)
     if jax.process_index() != 0:
         return out
@@ -330,9 +328,7 @@ def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: s
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     # A regex, which PEFT matches against the whole module name: as a plain suffix, "output.dense"
     # would also catch attention.output.dense.
-    names = {"query": r"attention\.self\.query", "key": r"attention\.self\.key", "value": r"attention\.self\.value",
-             "out": r"attention\.output\.dense", "intermediate": r"intermediate\.dense", "output": r"output\.dense"}
-    targets = r".*encoder\.layer\.\d+\.(" + "|".join(names[t] for t in cfg.target_list) + ")"
+    targets = r".*encoder\.layer\.\d+\.(" + "|".join(re.escape(hf_module[t]) for t in cfg.target_list) + ")"
     conf = {"peft_type": "LORA", "base_model_name_or_path": base_model, "r": cfg.rank, "lora_alpha": cfg.alpha,
             "lora_dropout": cfg.dropout, "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
             "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
@@ -368,9 +364,3 @@ def load_params(model, path: str | Path) -> None:
             raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model wants {v.get_value().shape}")
         v.set_value(jnp.asarray(saved[name], v.get_value().dtype))
     nnx.update(model, nnx.from_flat_state(flat))
-
-
-def summary(model, cfg: PeftConfig, trainable_count: int) -> dict[str, Any]:
-    out = dataclasses.asdict(cfg)
-    out.update(trainable_parameters=trainable_count, formula_parameters=count_formula(model, cfg))
-    return out

@@ -56,7 +56,7 @@ def main():
     run.model, run.tokenizer, run.model_source, run.fresh = P.build_model(base_cfg, mesh, 0)
     base = run.model
     template, verb = Template("{text} It was {mask}."), Verbalizer((("terrible",), ("great",)))
-    rows = []
+    rows, stats_by_method = [], {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         task = P.prepare_task(run, seed)
         for method in args.methods.split(","):
@@ -65,7 +65,9 @@ def main():
             model, s = P._train_cls(run, task, base, "similarity", template, verb, lr=LEARNING_RATES[method],
                                     steps=args.steps, stage=f"peft-{method}")
             acc = P._evaluate(P._classifier(run, model, task, "similarity", template, verb), task.test, 64)["accuracy"]
-            stats = step_stats(run, task, base, template, verb, method)
+            # Speed and memory do not depend on the split: measured on the first seed only.
+            stats = stats_by_method.get(method) or step_stats(run, task, base, template, verb, method)
+            stats_by_method[method] = stats
             row = {"seed": seed, "method": method, "accuracy": acc, "wall_s": time.perf_counter() - t0,
                    "learning_rate": LEARNING_RATES[method], **stats}
             rows.append(row)

@@ -155,11 +155,12 @@ def test_adalora_total_rank_follows_budget():
     assert ranks[0] == 24 and ranks[-1] == 8 and ranks == sorted(ranks, reverse=True)
 
 
-def test_peft_state_survives_checkpoint_resume(tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_peft_state_survives_checkpoint_resume(tmp_path, method):
     from autogpt_jax.training.checkpoint import StageCheckpointer
 
     mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
-    pc = _cfg("adalora")
+    pc = _cfg(method)
 
     def fresh():
         model = Bert(BERT, rngs=nnx.Rngs(0))

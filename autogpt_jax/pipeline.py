@@ -336,13 +336,14 @@ def search_label_words_similarity(run: Run, model, task: Task, template: Templat
     tok, n_near = run.tokenizer, 2 * run.cfg.prompt.top_k_words
     vocab = tok.get_vocab()
     ok_ids = np.asarray(sorted(i for t, i in vocab.items() if t.isalpha() and len(t) > 2 and not t.startswith("##")))
-    E = np.asarray(jax.device_get(model.word_embeddings()), np.float32)[ok_ids]
+    word = np.asarray(jax.device_get(model.word_embeddings()), np.float32)  # fetched once, V × D
+    E = word[ok_ids]
     E /= np.maximum(np.linalg.norm(E, axis=-1, keepdims=True), 1e-9)
     taken = {w for ws in base.words for w in ws}
     near: list[list[str]] = []
     for words in base.words:
         pieces = [i for w in words for i in tok(w, add_special_tokens=False)["input_ids"]]
-        anchor = np.asarray(jax.device_get(model.word_embeddings()), np.float32)[pieces].mean(0)
+        anchor = word[pieces].mean(0)
         order = np.argsort(-(E @ (anchor / max(np.linalg.norm(anchor), 1e-9))))
         near.append([w for w in tok.convert_ids_to_tokens(ok_ids[order[: n_near + len(taken)]].tolist())
                      if w not in taken][:n_near])

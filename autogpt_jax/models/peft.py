@@ -107,11 +107,11 @@ def check(model, cfg: PeftConfig) -> None:
             raise ConfigError("peft.num_virtual_tokens leaves no positions for the input")
 
 
-def apply(model, cfg: PeftConfig, *, seed: int = 0) -> dict[str, Any]:
-    """Attach the method's parameters to ``model`` (in place); returns a summary for report.json."""
+def apply(model, cfg: PeftConfig, *, seed: int = 0) -> None:
+    """Attach the method's parameters to ``model`` (in place)."""
     check(model, cfg)
     if cfg.method == "none":
-        return {"method": "none"}
+        return
     rngs = nnx.Rngs(params=seed + 1009)
     dtype = model.dtype
     D = model.config.hidden_size
@@ -126,7 +126,6 @@ def apply(model, cfg: PeftConfig, *, seed: int = 0) -> dict[str, Any]:
                 d.lora_a = PeftParam(jax.random.uniform(rngs.params(), (d.in_features, r), minval=-bound, maxval=bound),
                                      out_sharding=(ax_in, None))
                 d.lora_b = PeftParam(jnp.zeros((r, d.out_features)), out_sharding=(None, ax_out))
-                d.lora_scale = cfg.alpha / r
             else:
                 d.lora_a = PeftParam(0.02 * jax.random.normal(rngs.params(), (d.in_features, r)), out_sharding=(ax_in, None))
                 d.lora_b = PeftParam(0.02 * jax.random.normal(rngs.params(), (r, d.out_features)), out_sharding=(None, ax_out))
@@ -134,7 +133,7 @@ def apply(model, cfg: PeftConfig, *, seed: int = 0) -> dict[str, Any]:
                 d.lora_mask = AdaLoRAState(jnp.ones((r,)))
                 d.lora_ipt = AdaLoRAState(jnp.zeros((r,)))  # smoothed sensitivity of each triplet
                 d.lora_unc = AdaLoRAState(jnp.zeros((r,)))  # smoothed uncertainty
-                d.lora_scale = cfg.alpha / r
+            d.lora_scale = cfg.alpha / r
             d.lora_dropout = Dropout(cfg.dropout)
     elif m == "adapter":
         for layer in model.layers:
@@ -154,7 +153,6 @@ def apply(model, cfg: PeftConfig, *, seed: int = 0) -> dict[str, Any]:
         lo = max(0, min(1000, V - P))
         idx = np.random.default_rng(seed).choice(np.arange(lo, min(V, lo + 5000)), P, replace=False)
         model.soft_prompt = PeftParam(jnp.asarray(word[idx]), out_sharding=(None, "embed"))
-    return {"method": m}
 
 
 def _axes(d: Dense) -> tuple[Any, Any]:

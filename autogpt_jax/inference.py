@@ -21,15 +21,15 @@ from autogpt_jax.training import objectives
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode", "pooling", "scale"))
-def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, protos, *, mode,
-                  pooling, scale):
+def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, protos, prefix, *,
+                  mode, pooling, scale):
     # Module-level and keyed on the graph definition: every Classifier over the same architecture
     # (each evaluation during fine-tuning builds one) reuses the compiled function per shape.
     model = nnx.merge(graphdef, state)
     if mode == "similarity":
         return objectives.similarity_logits(model, input_ids, attention_mask, protos, scale)
     if mode == "prompt":
-        h = model(input_ids, attention_mask, output_positions_BxP=mask_pos[:, None])
+        h = objectives.prompt_hidden(model, input_ids, attention_mask, mask_pos, prefix_P=prefix)
         return objectives.cloze_logits(model, h, jnp.zeros_like(mask_pos), label_ids, label_wts)
     h = model(input_ids, attention_mask)
     return model.classify(h, attention_mask, pooling=pooling)
@@ -63,12 +63,18 @@ class Classifier:
         self._ids = None if self.label_word_ids is None else jnp.asarray(self.label_word_ids)
         self._wts = None if self.label_word_weights is None else jnp.asarray(self.label_word_weights)
         self._protos = None
+        self._prefix = None  # decoders: the prompt prefix shared by every input, run once per batch
+        if self.mode == "prompt" and objectives.is_decoder(self.model):
+            self._prefix = jnp.asarray(self.template.causal_prefix(self.tokenizer))
         if self.mode == "similarity":
             if self.descriptions is None:
                 raise ValueError("similarity mode needs the class descriptions")
             self._protos = _prototypes(self._graphdef, self._state, *map(jnp.asarray, self.descriptions))
 
     def encode(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        if self.mode == "prompt" and self._prefix is not None:
+            return strip_prefix(*self.template.encode(self.tokenizer, texts, self.max_length, causal=True),
+                                int(self._prefix.shape[0]))
         if self.mode == "prompt":
             return self.template.encode(self.tokenizer, texts, self.max_length)
         seqs = batching.encode(self.tokenizer, list(texts), self.max_length)
@@ -87,13 +93,26 @@ class Classifier:
             src = np.where(real, idx, idx[0])
             lg = _class_logits(self._graphdef, self._state, jnp.asarray(b["input_ids"]),
                                jnp.asarray(b["attention_mask"]), jnp.asarray(mask_pos[src]), self._ids, self._wts, self._protos,
-                               mode=self.mode, pooling=self.pooling, scale=float(self.scale))
+                               self._prefix, mode=self.mode, pooling=self.pooling, scale=float(self.scale))
             out[idx[real]] = np.asarray(lg)[real]
         return out
 
     def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         lg = self.logits(texts, batch_size)
         return np.asarray(jax.nn.softmax(jnp.asarray(lg), axis=-1))
+
+
+def word_table(tokenizer, model, verb, template: Template) -> tuple[np.ndarray, np.ndarray]:
+    """Label-word token ids and weights (C × W): every piece at the mask (encoders), or each word's
+    first token as the next token after the prompt (decoders)."""
+    if objectives.is_decoder(model):
+        return verb.token_table(tokenizer, next_token=True, leading_space=template.space_before_mask)
+    return verb.token_table(tokenizer)
+
+
+def strip_prefix(seqs: list[np.ndarray], pos: np.ndarray, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Drop the shared ``n``-token prefix from decoder prompts (positions shift with it)."""
+    return [s_[n:] for s_ in seqs], pos - n
 
 
 def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, Any]:

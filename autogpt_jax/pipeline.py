@@ -21,7 +21,7 @@ from flax import nnx
 from autogpt_jax.config import Config, ConfigError, OptimConfig, to_dict
 from autogpt_jax.data import batching, fewshot, masking, sources
 from autogpt_jax.data.sources import load_unlabeled
-from autogpt_jax.inference import Classifier, accuracy_f1
+from autogpt_jax.inference import Classifier, accuracy_f1, strip_prefix, word_table
 from autogpt_jax.prompts.templates import RULE_TEMPLATES, Template, Verbalizer, rule_verbalizer
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft as peft_lib
@@ -79,8 +79,9 @@ def build_model(cfg: Config, mesh, num_labels: int = 0) -> tuple[nnx.Module, Any
         hf_cfg = hf.read_config(hf.resolve(m.name_or_path))
         overrides = {}
         if m.dropout is not None:
-            keys = ("hidden_dropout", "attention_dropout") if hf_cfg.get("model_type") == "bert" else \
-                ("resid_dropout", "embd_dropout", "attention_dropout")
+            keys = {"bert": ("hidden_dropout", "attention_dropout"),
+                    "gpt2": ("resid_dropout", "embd_dropout", "attention_dropout")}.get(hf_cfg.get("model_type"),
+                                                                                     ("attention_dropout",))
             overrides = {k: m.dropout for k in keys}
         lm = hf.load_model(m.name_or_path, dtype=dtype, seed=cfg.seed, config_overrides=overrides,
                            num_labels=num_labels, shardings=lambda key, shape, var: shd.variable_sharding(var, mesh))
@@ -263,7 +264,7 @@ def _classifier(run: Run, model, task: Task, mode: str, template: Template | Non
                 labels: list[str] | None = None):
     ids = wts = desc = None
     if mode == "prompt":
-        ids, wts = verb.token_table(run.tokenizer)
+        ids, wts = word_table(run.tokenizer, model, verb, template)
     elif mode == "similarity":
         desc = verb.description_table(run.tokenizer, template)
     return Classifier(model, run.tokenizer, labels or task.names, mode, template, ids, wts,
@@ -283,6 +284,12 @@ def prompt_mode(run: Run) -> str:
     return "similarity" if scoring == "similarity" else "prompt"
 
 
+def _scoring_name(model, mode: str) -> str:
+    if mode == "similarity":
+        return "similarity"
+    return "next_token" if objectives.is_decoder(model) else "cloze"
+
+
 def _evaluate(clf: Classifier, ds, batch_size: int) -> dict[str, Any]:
     pred = clf.logits(list(ds["text"]), batch_size).argmax(-1)
     return accuracy_f1(pred, np.asarray(ds["label"]), len(clf.labels))
@@ -294,7 +301,18 @@ def search_label_words(run: Run, model, task: Task, template: Template) -> tuple
     too many combinations)."""
     tok, k = run.tokenizer, run.cfg.prompt.top_k_words
     vocab = tok.get_vocab()
-    ok_ids = np.asarray(sorted(i for t, i in vocab.items() if t.isalpha() and len(t) > 2 and not t.startswith("##")))
+    decoder = objectives.is_decoder(model)
+    if decoder:  # next-token candidates: whole words, spaced as the template puts them (" great")
+        space = template.space_before_mask
+
+        def as_word(t: str) -> str | None:
+            w = tok.convert_tokens_to_string([t])
+            return w.strip() if w.startswith(" ") == space and w.strip().isalpha() and len(w.strip()) > 2 else None
+    else:
+        def as_word(t: str) -> str | None:
+            return t if t.isalpha() and len(t) > 2 and not t.startswith("##") else None
+    word_of = {i: w for t, i in vocab.items() if (w := as_word(t)) is not None}
+    ok_ids = np.asarray(sorted(word_of))
     ids_VxW = ok_ids[:, None]
     clf = Classifier(model, tok, [str(i) for i in ok_ids], "prompt", template, ids_VxW,
                      np.ones_like(ids_VxW, np.float32), max_length=run.cfg.prompt.max_length)
@@ -319,7 +337,7 @@ def search_label_words(run: Run, model, task: Task, template: Template) -> tuple
         combo = tuple(int(t[0]) for t in top)
         cands.append((float((logp[:, list(combo)].argmax(-1) == labels).mean()), combo))
     cands.sort(key=lambda x: -x[0])
-    words = lambda combo: [tok.convert_ids_to_tokens(int(ok_ids[j])) for j in combo]  # noqa: E731
+    words = lambda combo: [word_of[int(ok_ids[j])] for j in combo]  # noqa: E731
     best = cands[0][1]
     return Verbalizer(tuple((w,) for w in words(best))), [{"label_words": words(c), "train_zero_shot_accuracy": a}
                                                              for a, c in cands[:5]]
@@ -398,9 +416,14 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
     cfg, fc, tok = run.cfg, run.cfg.finetune, run.tokenizer
     texts, labels = list(task.train["text"]), np.asarray(task.train["label"], np.int32)
     if mode == "prompt":
-        ids, wts = verb.token_table(tok)
-        loss = objectives.make_cloze_loss(ids, wts)
-        seqs, mpos = template.encode(tok, texts, cfg.prompt.max_length)
+        ids, wts = word_table(tok, model, verb, template)
+        if objectives.is_decoder(model):  # the shared prompt prefix runs once per batch
+            prefix = template.causal_prefix(tok)
+            seqs, mpos = strip_prefix(*template.encode(tok, texts, cfg.prompt.max_length, causal=True), len(prefix))
+        else:
+            prefix = None
+            seqs, mpos = template.encode(tok, texts, cfg.prompt.max_length)
+        loss = objectives.make_cloze_loss(ids, wts, prefix)
         fields = {"mask_pos": mpos, "labels": labels}
     elif mode == "similarity":
         loss = objectives.make_similarity_loss(*verb.description_table(tok, template), cfg.prompt.similarity_scale)
@@ -417,8 +440,9 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         raise ConfigError(f"finetune.batch_size {bs} must be divisible by the data×fsdp mesh size {shd.batch_divisor(run.mesh)}")
     batches = batching.ExampleBatches(seqs, fields, bs, task.seed, pad_id=tok.pad_token_id or 0)
     if mlm_weight > 0:
-        loss = objectives.joint_loss(loss, objectives.mlm_loss, mlm_weight)
-        batches = JointBatches(batches, _adapt_batches(run, task, template, verb, bs, mlm_only=True))
+        lm_loss = objectives.clm_loss if objectives.is_decoder(model) else objectives.mlm_loss
+        loss = objectives.joint_loss(loss, lm_loss, mlm_weight)
+        batches = JointBatches(batches, _adapt_batches(run, task, model, template, verb, bs, mlm_only=True))
     optim = dataclasses.replace(fc.optim, learning_rate=lr)
     model, peft_kw = with_peft(run, model, loss, steps, head_paths=("classifier",) if mode == "head" else ())
     trainer, state = Trainer.create(model, peft_kw.pop("loss"), optim, steps, run.mesh, fgm_epsilon=fc.fgm_epsilon,
@@ -467,23 +491,31 @@ class JointBatches:
         self.mlm.restore(st["mlm"])
 
 
-def _adapt_batches(run: Run, task: Task, template: Template, verb: Verbalizer, batch_size: int, *,
+def _adapt_batches(run: Run, task: Task, model, template: Template, verb: Verbalizer, batch_size: int, *,
                    mlm_only: bool = False) -> batching.PretrainBatches:
     """Unlabelled task text plus the training sentences prompted with their label word; tokens of
-    the label words are favoured by prompt-aware masking."""
+    the label words are favoured by prompt-aware masking (encoders). Decoders get the same text
+    for causal-LM training, each prompt followed by its label word."""
     ac, tok = run.cfg.adapt, run.tokenizer
     L = ac.seq_len
+    decoder = objectives.is_decoder(model)
     seqs = batching.encode(tok, task.unlabeled, L)
-    ids_CxW, _ = verb.token_table(tok)
+    ids_CxW, _ = word_table(tok, model, verb, template)
     word_ids = np.unique(ids_CxW[ids_CxW > 0])
     train_texts, train_labels = list(task.train["text"]), np.asarray(task.train["label"])
-    p_seqs, mpos = template.encode(tok, train_texts, L)
-    for s_, m_, y in zip(p_seqs, mpos, train_labels):
-        s_[m_] = ids_CxW[y, 0]  # the true label word in the mask slot
+    p_seqs, mpos = template.encode(tok, train_texts, L - 1 if decoder else L, causal=decoder)
+    if decoder:
+        p_seqs = [np.append(s_, np.int32(ids_CxW[y, 0])) for s_, y in zip(p_seqs, train_labels)]
+    else:
+        for s_, m_, y in zip(p_seqs, mpos, train_labels):
+            s_[m_] = ids_CxW[y, 0]  # the true label word in the mask slot
     # The K-shot sentences are few: repeat them so they make up about a fifth of the adaptation data.
     reps = max(1, len(seqs) // (4 * max(len(p_seqs), 1)))
     all_seqs = seqs + p_seqs * reps
     ids, mask = batching.pad_batch(all_seqs, tok.pad_token_id or 0, buckets=(L,))
+    if decoder:
+        return batching.PretrainBatches(batching.Packed(ids, mask, mask == 1, None), batch_size,
+                                        task.seed + (17 if mlm_only else 0), objective="clm")
     special = np.isin(ids, np.asarray(tok.all_special_ids))
     maskable = (mask == 1) & ~special
     boost = np.isin(ids, word_ids) & maskable if ac.masking == "prompt_aware" else None
@@ -495,15 +527,16 @@ def _adapt_batches(run: Run, task: Task, template: Template, verb: Verbalizer, b
 
 
 def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> tuple[nnx.Module, dict]:
-    """Adaptive training: MLM on the task's unlabelled text and prompted training sentences."""
+    """Adaptive training on the task's unlabelled text and prompted training sentences: masked-LM
+    for encoders, causal-LM for decoders."""
     ac, cfg = run.cfg.adapt, run.cfg
-    if not isinstance(model, Bert):
-        raise ConfigError("the adapt stage trains an MLM and needs a BERT-family model")
-    batches = _adapt_batches(run, task, template, verb, ac.batch_size)
+    batches = _adapt_batches(run, task, model, template, verb, ac.batch_size)
     if ac.batch_size % shd.batch_divisor(run.mesh):
         raise ConfigError(f"adapt.batch_size {ac.batch_size} must be divisible by the data×fsdp mesh size")
+    decoder = objectives.is_decoder(model)
     # With PEFT, the fresh MLM head (MiniLM ships none) trains beside the method's parameters.
-    model, peft_kw = with_peft(run, model, objectives.mlm_loss, ac.steps, head_paths=("mlm",))
+    model, peft_kw = with_peft(run, model, objectives.clm_loss if decoder else objectives.mlm_loss, ac.steps,
+                               head_paths=() if decoder else ("mlm",))
     trainer, state = Trainer.create(model, peft_kw.pop("loss"), ac.optim, ac.steps, run.mesh, **peft_kw)
     ckpt = StageCheckpointer(run.out / "checkpoints" / f"adapt-seed{task.seed}", cfg.checkpoint)
     state, start = _resume(run, "adapt", ckpt, state, batches)
@@ -512,7 +545,8 @@ def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> 
                                 save_every=cfg.checkpoint.every, log_every=ac.log_every,
                                 progress=cfg.logging.progress, start_step=start, extra={"seed": task.seed})
     ckpt.close()
-    return trainer.model(state), {"texts": len(task.unlabeled), "masking": ac.masking, **summary}
+    return trainer.model(state), {"texts": len(task.unlabeled), "objective": "clm" if decoder else "mlm",
+                                  "masking": None if decoder else ac.masking, **summary}
 
 
 def grid_finetune(run: Run, task: Task, model, mode: str, template, verb, *, stage: str, mlm_weight: float = 0.0,
@@ -541,9 +575,10 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
     template = Template(candidates[0])
     head_fresh = any(p.startswith("mlm.") or p == "*" for p in run.fresh)
     model = base_model
+    reuse_ft = None
 
     if "prompt" in stages and mode != "head":
-        prompt_rep: dict[str, Any] = {"scoring": "cloze" if mode == "prompt" else "similarity"}
+        prompt_rep: dict[str, Any] = {"scoring": _scoring_name(model, mode)}
         if cfg.prompt.label_words:
             source = "config"
         elif mode == "similarity":
@@ -566,15 +601,18 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
         prompt_rep.update(template=template.source, label_words=verb.to_json(), label_words_source=source)
         rep["prompt"] = prompt_rep
     elif mode != "head":
-        rep["prompt"] = {"scoring": "cloze" if mode == "prompt" else "similarity", "template": template.source,
+        rep["prompt"] = {"scoring": _scoring_name(model, mode), "template": template.source,
                          "label_words": verb.to_json()}
 
     if cfg.eval.compare:
         rep["baselines"] = {}
         rep["baselines"]["zero_shot"] = _evaluate(_classifier(run, model, task, pmode, template, verb),
                                                   task.test, cfg.eval.batch_size)
-        # The same grid as the real fine-tuning, without adaptation: the "no adapt" ablation.
-        m_pft, _ = grid_finetune(run, task, model, pmode, template, verb, stage="baseline-prompt-ft")
+        # The same grid as the real fine-tuning, without adaptation: the "no adapt" ablation. When
+        # the real fine-tuning would repeat it exactly (no adapt stage, no joint loss), it is reused.
+        m_pft, s_pft = grid_finetune(run, task, model, pmode, template, verb, stage="baseline-prompt-ft")
+        if "adapt" not in stages and mode == pmode and cfg.finetune.mlm_weight == 0:
+            reuse_ft = (m_pft, {**s_pft, "same_as": "baselines.prompt_ft"})
         rep["baselines"]["prompt_ft"] = _evaluate(_classifier(run, m_pft, task, pmode, template, verb), task.test,
                                                   cfg.eval.batch_size)
         if getattr(model, "classifier", None) is not None:
@@ -589,7 +627,9 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
             rep["baselines"]["zero_shot_after_adapt"] = _evaluate(
                 _classifier(run, model, task, pmode, template, verb), task.test, cfg.eval.batch_size)
 
-    if "finetune" in stages:
+    if "finetune" in stages and reuse_ft is not None:
+        model, rep["finetune"] = reuse_ft
+    elif "finetune" in stages:
         model, rep["finetune"] = grid_finetune(run, task, model, mode, template, verb, stage="finetune",
                                                mlm_weight=cfg.finetune.mlm_weight)
 
@@ -636,7 +676,7 @@ def run_export(run: Run) -> None:
     if pc.method != "none" and peft_lib.has_peft(model):
         peft_meta = dataclasses.asdict(pc)
         if pc.method in ("lora", "adalora"):
-            if pc.method == "lora" and isinstance(model, Bert):
+            if pc.method == "lora" and not isinstance(model, GPT2):
                 # Unmerged, in the PEFT library's layout, beside the merged model.
                 peft_lib.save_lora_adapter(model, out / "peft_adapter", pc, run.model_source)
                 peft_meta["adapter_dir"] = "peft_adapter"

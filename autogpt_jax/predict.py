@@ -20,7 +20,7 @@ class PredictError(AutoGPTJaxError, ValueError):
 
 def load_classifier(model_dir: str | Path):
     """The exported model with its task metadata (labels, template, label words, head)."""
-    from autogpt_jax.inference import Classifier
+    from autogpt_jax.inference import Classifier, word_table
     from autogpt_jax.models import hf
     from autogpt_jax.prompts.templates import Template, Verbalizer
 
@@ -53,7 +53,7 @@ def load_classifier(model_dir: str | Path):
         template = Template(meta["template"])
         verb = Verbalizer(tuple(tuple(w) for w in meta["label_words"]))
         if mode == "prompt":
-            ids, wts = verb.token_table(tok)
+            ids, wts = word_table(tok, lm.model, verb, template)
         else:
             desc = verb.description_table(tok, template)
     elif mode != "head":

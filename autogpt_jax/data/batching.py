@@ -161,6 +161,9 @@ class PretrainBatches:
 # --------------------------------------------------------------------------------------------
 
 BUCKETS = (16, 32, 64, 128, 256, 512)
+# Evaluation sorts inputs by length, so nearly every batch fills one bucket: finer buckets cut the
+# padding (a decoder prompt of 40 tokens pads to 48, not 64) for a few more compiles.
+EVAL_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 _ENCODE_CACHE: dict[tuple, list[np.ndarray]] = {}
 
@@ -244,7 +247,7 @@ class ExampleBatches:
 
 
 def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, *,
-                 buckets: tuple[int, ...] = BUCKETS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+                 buckets: tuple[int, ...] = EVAL_BUCKETS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Every example once, sorted by length so each batch pads to a small bucket; yields the
     original indices with each batch (the last batch is padded up to ``batch_size`` with copies of
     its first example; callers drop rows whose index is -1)."""

@@ -30,7 +30,7 @@ def _pick(logits_BxV: Array, rng: Array, temperature: float, top_p: float) -> Ar
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p", "use_cache"))
-def _generate(graphdef, state, ids_BxP, mask_BxP, rng, eos_id, *, max_new_tokens, temperature, top_p, use_cache):
+def _generate(graphdef, state, ids_BxP, mask_BxP, rng, eos_ids, *, max_new_tokens, temperature, top_p, use_cache):
     model = nnx.merge(graphdef, state)
     B, P = ids_BxP.shape
     T = P + max_new_tokens
@@ -51,11 +51,11 @@ def _generate(graphdef, state, ids_BxP, mask_BxP, rng, eos_id, *, max_new_tokens
         buf_BxT, bmask_BxT, done_B, cache, logits_BxV, rng = carry
         rng, sub = jax.random.split(rng)
         tok_B = _pick(logits_BxV, sub, temperature, top_p)
-        tok_B = jnp.where(done_B, eos_id, tok_B)
+        tok_B = jnp.where(done_B, eos_ids[0], tok_B)
         pos = P + i
         buf_BxT = jax.lax.dynamic_update_slice_in_dim(buf_BxT, tok_B[:, None], pos, axis=1)
         bmask_BxT = jax.lax.dynamic_update_slice_in_dim(bmask_BxT, jnp.ones((B, 1), jnp.int32), pos, axis=1)
-        done_B = done_B | (tok_B == eos_id)
+        done_B = done_B | jnp.isin(tok_B, eos_ids)
         if use_cache:
             h_Bx1xD, cache = model(tok_B[:, None], jnp.ones((B, 1), jnp.int32), cache=cache)
             logits_BxV = model.logits(h_Bx1xD[:, 0])
@@ -70,19 +70,66 @@ def _generate(graphdef, state, ids_BxP, mask_BxP, rng, eos_id, *, max_new_tokens
 
 
 def generate(model: nnx.Module, input_ids_BxP, attention_mask_BxP=None, *, max_new_tokens: int = 32,
-             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | None = None, seed: int = 0,
+             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int = 0,
              use_cache: bool = True) -> Array:
-    """New tokens (B × max_new_tokens). ``temperature == 0`` is greedy. Rows that emit
-    ``eos_token_id`` are padded with it afterwards. Prompts must be left-padded."""
+    """New tokens (B × max_new_tokens). ``temperature == 0`` is greedy. A row stops at any of the
+    ``eos_token_id`` tokens and is padded with the first of them afterwards. Prompts must be left-padded."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     ids = jnp.asarray(input_ids_BxP, jnp.int32)
     mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
     if bool((mask[:, -1] == 0).any()):
         raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
     graphdef, state = nnx.split(model)
-    eos = jnp.int32(-1 if eos_token_id is None else eos_token_id)
-    return _generate(graphdef, state, ids, mask, jax.random.key(seed), eos, max_new_tokens=max_new_tokens,
-                     temperature=float(temperature), top_p=float(top_p), use_cache=use_cache)
+    eos = [-1] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    return _generate(graphdef, state, ids, mask, jax.random.key(seed), jnp.asarray(eos, jnp.int32),
+                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+                     use_cache=use_cache)
+
+
+def _bucket(n: int, smallest: int = 16) -> int:
+    return max(smallest, 1 << (max(n, 1) - 1).bit_length())
+
+
+def generate_text(model: nnx.Module, tokenizer, prompts: list[str], *, max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | tuple[str, ...] = (),
+                  chat: bool | None = None, seed: int = 0, max_prompt_tokens: int = 1024) -> list[str]:
+    """Replies to text prompts. ``chat`` (default: when the tokenizer has a chat template) wraps
+    each prompt as a user turn with the generation prompt. Generation stops at the tokenizer's end
+    tokens and at any ``stop`` string that is one token; the text is cut at the first ``stop``
+    string of any length. Prompts are left-padded to a power-of-two length (few compiles)."""
+    if chat is None:
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             if chat else p for p in prompts]
+    enc = [tokenizer(t, add_special_tokens=not chat, truncation=True, max_length=max_prompt_tokens)["input_ids"]
+           for t in texts]
+    enc = [e or [tokenizer.bos_token_id or tokenizer.eos_token_id or 0] for e in enc]
+    P = _bucket(max(len(e) for e in enc))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids = [[pad] * (P - len(e)) + e for e in enc]
+    mask = [[0] * (P - len(e)) + [1] * len(e) for e in enc]
+    eos = {i for i in (tokenizer.eos_token_id,) if i is not None}
+    for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
+        if tid is not None:
+            eos.add(tid)
+    for s_ in stop:
+        one = tokenizer(s_, add_special_tokens=False)["input_ids"]
+        if len(one) == 1:
+            eos.add(one[0])
+    out = generate(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                   eos_token_id=sorted(eos) or None, seed=seed)
+    replies = []
+    for row in jax.device_get(out).tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+        for s_ in stop:
+            if s_ and s_ in text:
+                text = text[: text.index(s_)]
+        replies.append(text)
+    return replies

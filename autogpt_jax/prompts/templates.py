@@ -4,6 +4,13 @@ Template syntax: plain text with the placeholders ``{text}`` (the input), option
 and exactly one ``{mask}`` (where the model predicts the label word), e.g.
 ``"{text} All in all, it was {mask}."``. Only the input is truncated, so the mask always survives.
 
+Decoders (GPT-2, Llama) read the template up to ``{mask}``: the label word is the next token, and
+text after the mask is dropped. An optional ``{answer}`` splits the user's turn from the start of
+the model's reply: with a chat model, the part before it goes through the tokenizer's chat template
+(with the generation prompt) and the part after it begins the assistant's answer, e.g.
+``"Is this review positive or negative?\nReview: {text}{answer}The sentiment is {mask}"``.
+Without a chat template, ``{answer}`` is a newline.
+
 A verbalizer maps each class to one or more label words; a word that the tokenizer splits into
 several pieces contributes each piece with an equal share, and a class scores the weighted mean
 of its pieces' logits at the mask.
@@ -18,7 +25,7 @@ import numpy as np
 
 from autogpt_jax.config import ConfigError
 
-_PLACEHOLDER = re.compile(r"\{(text|text_b|mask)\}")
+_PLACEHOLDER = re.compile(r"\{(text|text_b|mask|answer)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +41,10 @@ class Template:
             raise ConfigError(f"template {self.source!r} must contain {{text}} exactly once")
         stray = re.findall(r"\{[^}]*\}", _PLACEHOLDER.sub("", self.source))
         if stray:
-            raise ConfigError(f"template {self.source!r} has unknown placeholder(s) {stray}; use {{text}}, {{text_b}}, {{mask}}")
+            raise ConfigError(f"template {self.source!r} has unknown placeholder(s) {stray}; use {{text}}, {{text_b}}, "
+                              "{mask}, {answer}")
+        if names.count("answer") > 1 or ("answer" in names and names.index("answer") > names.index("mask")):
+            raise ConfigError(f"template {self.source!r}: {{answer}} may appear once, before {{mask}}")
 
     def parts(self) -> list[str]:
         """Literal pieces and placeholder names in order."""
@@ -50,22 +60,74 @@ class Template:
 
     def fill(self, text: str, word: str) -> str:
         """The prompted sentence with the mask replaced by ``word`` (for adaptive training)."""
-        return self.source.replace("{text}", text).replace("{mask}", word).replace("{text_b}", "")
+        return self.source.replace("{text}", text).replace("{mask}", word).replace("{text_b}", "").replace("{answer}", " ")
 
     def describe(self, word: str) -> str:
         """The class description a sentence encoder compares inputs with (similarity scoring): the
         template without its inputs, the mask replaced by the label word ("{text} It was {mask}."
         with "great" → "It was great.")."""
-        s = self.source.replace("{text_b}", "").replace("{text}", "").replace("{mask}", word)
+        s = self.source.replace("{text_b}", "").replace("{text}", "").replace("{answer}", " ").replace("{mask}", word)
         return re.sub(r"\s+", " ", s).strip(" ?,:") or word
 
-    def encode(self, tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """Token ids of each prompted input ([CLS] ... [SEP]) and the mask position of each."""
+    @property
+    def space_before_mask(self) -> bool:
+        """Whether the label word follows a space (decoders then score the word with its space)."""
+        return self.source.split("{mask}")[0].endswith(" ")
+
+    def _causal_pieces(self, tokenizer) -> tuple[str, str]:
+        """The literal text before and after ``{text}`` for a decoder: up to the mask, with the chat
+        template applied around the user's turn when the template has ``{answer}``."""
+        head = self.source.split("{mask}")[0].replace("{text_b}", "")
+        if head.endswith(" "):
+            head = head[:-1]  # the space belongs to the label word's first token
+        if "{answer}" in head:
+            user, reply = head.split("{answer}")
+            if getattr(tokenizer, "chat_template", None):
+                sentinel = "\u2063TEXT\u2063"
+                chat = tokenizer.apply_chat_template([{"role": "user", "content": user.replace("{text}", sentinel)}],
+                                                     tokenize=False, add_generation_prompt=True)
+                head = chat.replace(sentinel, "{text}") + reply
+            else:
+                head = user + "\n" + reply
+        before, after = head.split("{text}")
+        return before, after
+
+    def _causal_split(self, tokenizer) -> tuple[list[int], str, list[int]]:
+        before, after = self._causal_pieces(tokenizer)
+        # A space before the text belongs to the text's first token (byte-level BPE: "Review: A" is
+        # "Review", ":", " A"), so the pieces tokenise as the whole string would.
+        lead = before[len(before.rstrip(" ")):]
+        before = before.rstrip(" ")
+        front = tokenizer("", add_special_tokens=True)["input_ids"]  # what the tokenizer adds itself (BOS)
+        tok = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
+        return list(front) + tok(before), lead, tok(after)
+
+    def causal_prefix(self, tokenizer) -> np.ndarray:
+        """Token ids every prompted input starts with (decoders), computed once and shared. The
+        last shared token stays with each input, so no input is left empty."""
+        return np.asarray(self._causal_split(tokenizer)[0][:-1], np.int32)
+
+    def _encode_causal(self, tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], np.ndarray]:
+        head, lead, tail = self._causal_split(tokenizer)
+        budget = max_length - len(head) - len(tail)
+        if budget < 1:
+            raise ConfigError(f"template {self.source!r} leaves no room for the text at max_length {max_length}")
+        body = tokenizer([lead + t for t in texts], add_special_tokens=False, truncation=True,
+                         max_length=budget)["input_ids"]
+        seqs = [np.asarray(head + ids + tail, np.int32) for ids in body]
+        return seqs, np.asarray([len(s_) - 1 for s_ in seqs], np.int32)
+
+    def encode(self, tokenizer, texts: list[str], max_length: int, *, causal: bool = False
+               ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Token ids of each prompted input and the position whose prediction is the label word:
+        the mask ([CLS] ... [MASK] ... [SEP]) for encoders, the last prompt token for decoders."""
+        if causal:
+            return self._encode_causal(tokenizer, texts, max_length)
         specials_front = [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else []
         specials_back = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
         literal = {}
         for p in self.parts():
-            if p not in ("{text}", "{text_b}", "{mask}") and p not in literal:
+            if p not in ("{text}", "{text_b}", "{mask}", "{answer}") and p not in literal:
                 literal[p] = tokenizer(p.strip(), add_special_tokens=False)["input_ids"] if p.strip() else []
         fixed = len(specials_front) + len(specials_back) + 1 + sum(len(literal[p]) for p in self.parts() if p in literal)
         budget = max_length - fixed
@@ -78,7 +140,7 @@ class Template:
             for p in self.parts():
                 if p == "{text}":
                     out += ids
-                elif p == "{text_b}":
+                elif p in ("{text_b}", "{answer}"):
                     continue
                 elif p == "{mask}":
                     mask_pos[i] = len(out)
@@ -94,18 +156,33 @@ class Template:
 class Verbalizer:
     words: tuple[tuple[str, ...], ...]  # per class, one or more label words
 
-    def token_table(self, tokenizer, *, single_token: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(ids C×W, weights C×W): every piece of every label word of a class, weights summing to 1."""
+    def token_table(self, tokenizer, *, single_token: bool = False, next_token: bool = False,
+                    leading_space: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(ids C×W, weights C×W): every piece of every label word of a class, weights summing to 1.
+
+        ``next_token`` (decoders): a word is scored by its first token, as the model's next token
+        (``leading_space``: the word's tokenisation after a space, " great"); two classes may then
+        not share a first token.
+        """
         rows = []
+        firsts: dict[int, tuple[int, str]] = {}
         for c, words in enumerate(self.words):
             pieces = []
             for w in words:
-                ids = tokenizer(w, add_special_tokens=False)["input_ids"]
+                ids = tokenizer((" " + w) if leading_space else w, add_special_tokens=False)["input_ids"]
                 if not ids or (len(ids) == 1 and ids[0] == tokenizer.unk_token_id):
                     raise ConfigError(f"label word {w!r} (class {c}) is not in the tokenizer's vocabulary")
                 if single_token and len(ids) > 1:
                     raise ConfigError(f"label word {w!r} is split into {len(ids)} tokens "
                                       f"{tokenizer.convert_ids_to_tokens(ids)}; this mode needs single-token words")
+                if next_token:
+                    if ids[0] in firsts and firsts[ids[0]][0] != c:
+                        raise ConfigError(f"label words {firsts[ids[0]][1]!r} and {w!r} of different classes start "
+                                          f"with the same token {tokenizer.convert_ids_to_tokens(ids[0])!r}; a "
+                                          "decoder scores a word by its first token: choose words that differ there")
+                    firsts[ids[0]] = (c, w)
+                    pieces.append((ids[0], 1.0 / len(words)))
+                    continue
                 pieces += [(i, 1.0 / (len(ids) * len(words))) for i in ids]
             rows.append(pieces)
         W = max(len(r) for r in rows)

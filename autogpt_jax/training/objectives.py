@@ -65,6 +65,39 @@ def classification_loss(model, batch: dict, rngs=None, *, pooling: str = "pooler
     return _mean(total, count), {"task_loss_sum": total, "count": count}
 
 
+def is_decoder(model) -> bool:
+    """Causal LMs (GPT-2, Llama) predict the label word as the next token; encoders fill a mask."""
+    return hasattr(model, "init_cache")
+
+
+def prompt_hidden(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, rngs=None,
+                  prefix_P: Array | None = None) -> Array:
+    """Hidden states B×1×D where the label word is predicted: at the mask (encoders; the last layer
+    runs only there) or at the last prompt token, whose next token is the label word (decoders).
+
+    ``prefix_P`` (decoders): token ids that every row starts with and that ``input_ids_BxL`` leaves
+    out (chat preamble, instructions). They run once, as one row, into a key/value cache shared by
+    the batch; gradients flow through them as through the rest of the sequence.
+    """
+    if not is_decoder(model):
+        return model(input_ids_BxL, attention_mask_BxL, output_positions_BxP=pos_B[:, None], rngs=rngs)
+    if prefix_P is None or prefix_P.shape[0] == 0:
+        h_BxLxD, _ = model(input_ids_BxL, attention_mask_BxL, rngs=rngs)
+    else:
+        B, L = input_ids_BxL.shape
+        P = prefix_P.shape[0]
+        cache = model.init_cache(1, P + L)
+        _, cache = model(prefix_P[None], jnp.ones((1, P), jnp.int32), cache=cache, rngs=rngs)
+        cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (B, *x.shape[1:])) if x.ndim else x, cache)
+        h_BxLxD, _ = model(input_ids_BxL, attention_mask_BxL, cache=cache, rngs=rngs)
+    return jnp.take_along_axis(h_BxLxD, pos_B[:, None, None].astype(jnp.int32), axis=1)
+
+
+def vocab_logits(model, h_NxD: Array, vocab_ids=None) -> Array:
+    """LM-head logits over all or the given vocabulary rows (MLM head or next-token head)."""
+    return model.logits(h_NxD, vocab_ids) if is_decoder(model) else model.mlm_logits(h_NxD, vocab_ids=vocab_ids)
+
+
 def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: Array,
                  label_word_weights_CxW: Array | None = None) -> Array:
     """Class logits at the mask position from the label words' MLM logits.
@@ -74,7 +107,7 @@ def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: A
     """
     h_BxD = jnp.take_along_axis(h_BxLxD, mask_pos_B[:, None, None].astype(jnp.int32), axis=1)[:, 0]
     C, W = label_word_ids_CxW.shape
-    logits_BxCW = model.mlm_logits(h_BxD, vocab_ids=label_word_ids_CxW.reshape(-1))
+    logits_BxCW = vocab_logits(model, h_BxD, label_word_ids_CxW.reshape(-1))
     logits_BxCxW = logits_BxCW.reshape(-1, C, W)
     if label_word_weights_CxW is None:
         return logits_BxCxW.mean(-1)
@@ -82,19 +115,20 @@ def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: A
     return jnp.einsum("bcw,cw->bc", logits_BxCxW, w_CxW)
 
 
-def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW) -> Loss:
+def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -> Loss:
     """Prompt-based (cloze) classification loss over the label words' logits at the mask; the
     label-word table is a constant of the compiled step. The encoder's last layer runs only at
     the mask position.
 
-    batch: input_ids, attention_mask, mask_pos (B), labels (B).
+    batch: input_ids, attention_mask, mask_pos (B), labels (B). ``prefix_P``: a decoder's shared
+    prompt prefix, left out of ``input_ids`` (see ``prompt_hidden``).
     """
     ids = jnp.asarray(label_word_ids_CxW)
     wts = jnp.asarray(label_word_weights_CxW)
+    prefix = None if prefix_P is None else jnp.asarray(prefix_P, jnp.int32)
 
     def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
-        h_Bx1xD = model(batch["input_ids"], batch["attention_mask"], output_positions_BxP=batch["mask_pos"][:, None],
-                        rngs=rngs)
+        h_Bx1xD = prompt_hidden(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], rngs, prefix)
         logits_BxC = cloze_logits(model, h_Bx1xD, jnp.zeros_like(batch["mask_pos"]), ids, wts)
         total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
         return _mean(total, count), {"task_loss_sum": total, "count": count}

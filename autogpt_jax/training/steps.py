@@ -58,9 +58,9 @@ def _keys(path) -> tuple[str, ...]:
 
 
 def is_word_embedding(path) -> bool:
-    """The token-embedding table (BERT ``embeddings.word``, GPT-2 ``wte``), which FGM perturbs."""
+    """The token-embedding table (BERT ``embeddings.word``, GPT-2 ``wte``, Llama ``embed_tokens``), which FGM perturbs."""
     keys = [k for k in _keys(path) if k != "value"]
-    return len(keys) >= 2 and keys[-1] == "embedding" and keys[-2] in ("word", "wte")
+    return len(keys) >= 2 and keys[-1] == "embedding" and keys[-2] in ("word", "wte", "embed_tokens")
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, params, mesh: Mesh):

@@ -1,0 +1,250 @@
+"""Llama-family decoders: parity with PyTorch transformers (safetensors and GGUF), GGUF errors,
+generation, and the prompt pipeline with a decoder."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autogpt_jax.errors import ModelLoadError
+from autogpt_jax.models import hf
+from autogpt_jax.models.generation import generate, generate_text
+
+
+def _torch_logits(path, ids, mask=None, gguf_file=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    pt = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kw).eval()
+    with torch.no_grad():
+        m = None if mask is None else torch.tensor(np.asarray(mask))
+        return pt(torch.tensor(np.asarray(ids)), attention_mask=m).logits.numpy()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_decoder_matches_pytorch(arch, tiny_llama_dir, tiny_qwen2_dir):
+    path = tiny_llama_dir if arch == "llama" else tiny_qwen2_dir
+    lm = hf.load_model(path)
+    assert lm.config.num_kv_heads == 2 and lm.config.tie_word_embeddings == (arch == "qwen2")
+    ids = np.random.default_rng(0).integers(3, 1000, (2, 11))
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0  # right padding
+    h, _ = lm.model(jnp.asarray(ids), jnp.asarray(mask))
+    ours = np.asarray(lm.model.logits(h))
+    ref = _torch_logits(path, ids, mask)
+    np.testing.assert_allclose(ours[0], ref[0], atol=1e-4)
+    np.testing.assert_allclose(ours[1, :7], ref[1, :7], atol=1e-4)
+
+
+def test_smollm2_gguf_matches_pytorch_on_two_prompts(smollm2_path, smollm2_tokenizer):
+    lm = hf.load_model(smollm2_path)
+    assert (lm.config.num_layers, lm.config.num_heads, lm.config.num_kv_heads) == (30, 9, 3)
+    for text in ["The movie was a total waste of time.", "Hello, my name is"]:
+        ids = smollm2_tokenizer(text, return_tensors="np")["input_ids"]
+        h, _ = lm.model(jnp.asarray(ids))
+        ours = np.asarray(lm.model.logits(h))
+        ref = _torch_logits(smollm2_path.parent, ids, gguf_file=smollm2_path.name)
+        assert np.abs(ours - ref).max() < 1e-3
+
+
+def _write_gguf(path, lm_dir, *, qtype="F32", truncate=False):
+    """The tiny Llama as llama.cpp would write it: q/k permuted for interleaved rotary pairs."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    weights, _ = hf.read_weights(lm_dir)
+    cfg = hf.read_config(lm_dir)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
+    w.add_vocab_size(cfg["vocab_size"])
+
+    def permute(x, heads):
+        return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+             "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+             "mlp.down_proj.weight": "ffn_down.weight"}
+    for k, v in weights.items():
+        v = np.asarray(v, np.float32)
+        if k.startswith("model.layers."):
+            i, rest = k[len("model.layers."):].split(".", 1)
+            name = f"blk.{i}.{layer[rest]}"
+        else:
+            name = names[k]
+        if name.endswith("attn_q.weight"):
+            v = permute(v, cfg["num_attention_heads"])
+        elif name.endswith("attn_k.weight"):
+            v = permute(v, cfg["num_key_value_heads"])
+        if v.ndim == 2 and qtype == "F16":
+            w.add_tensor(name, v.astype(np.float16))
+        elif v.ndim == 2 and qtype != "F32":
+            q = getattr(Q, qtype)
+            w.add_tensor(name, gguf.quants.quantize(v, q), raw_dtype=q)
+        else:
+            w.add_tensor(name, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if truncate:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - 2000])
+    return path
+
+
+def test_gguf_loading_unpermutes_and_dequantises(tiny_llama_dir, tmp_path):
+    ids = jnp.asarray(np.arange(3, 15)[None])
+    ref = hf.load_model(tiny_llama_dir).model
+    h_ref, _ = ref(ids)
+    for qtype, tol in (("F32", 1e-5), ("F16", 1e-2), ("Q8_0", 5e-2)):
+        d = tmp_path / qtype
+        d.mkdir()
+        shutil.copy(tiny_llama_dir / "tokenizer.json", d)  # a directory with one .gguf and no config.json
+        lm = hf.load_model(_write_gguf(d / "tiny.gguf", tiny_llama_dir, qtype=qtype))
+        h, _ = lm.model(ids)
+        err = float(np.abs(np.asarray(lm.model.logits(h)) - np.asarray(ref.logits(h_ref))).max())
+        assert err < tol, (qtype, err)
+    assert hf.load_model(tmp_path / "F32").path.name == "tiny.gguf"
+
+
+def test_gguf_bad_files_name_the_tensor_and_type(tiny_llama_dir, tmp_path):
+    trunc = _write_gguf(tmp_path / "trunc.gguf", tiny_llama_dir, truncate=True)
+    with pytest.raises(ModelLoadError, match=r"tensor '[\w.]+' \(F32\).*truncated"):
+        hf.load_model(trunc)
+    import gguf
+
+    # A K-quant block layout (Q4_K) that this loader does not dequantise.
+    w = gguf.GGUFWriter(str(tmp_path / "q4k.gguf"), "llama")
+    for k, v in (("block_count", 1), ("context_length", 64), ("embedding_length", 256), ("feed_forward_length", 256),
+                 ("head_count", 4), ("vocab_size", 256)):
+        getattr(w, f"add_{k}")(v)
+    q = gguf.GGMLQuantizationType.Q4_K
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((256, 144), np.uint8), raw_dtype=q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelLoadError, match=r"'blk\.0\.ffn_up\.weight' is stored as Q4_K.*supported types: F32"):
+        hf.load_model(tmp_path / "q4k.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(ModelLoadError, match="not a readable GGUF file"):
+        hf.load_model(tmp_path / "junk.gguf")
+
+
+def test_generation_with_and_without_cache_agree(tiny_llama_dir, smollm2_tokenizer):
+    model = hf.load_model(tiny_llama_dir).model
+    ids = np.asarray([[2, 2, 2, 40, 41, 42, 43], [50, 51, 52, 53, 54, 55, 56]])
+    mask = (np.arange(7)[None] >= np.asarray([[3], [0]])).astype(np.int32)  # row 0 left-padded
+    a = np.asarray(generate(model, ids, mask, max_new_tokens=8, use_cache=True))
+    b = np.asarray(generate(model, ids, mask, max_new_tokens=8, use_cache=False))
+    np.testing.assert_array_equal(a, b)
+    # Left padding does not change a row's continuation.
+    c = np.asarray(generate(model, ids[:1, 3:], max_new_tokens=8))
+    np.testing.assert_array_equal(a[:1], c)
+    # Sampling is reproducible per seed; stop strings cut the text.
+    s1 = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3)
+    s2 = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3)
+    assert s1 == s2
+    full = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=10)[0]
+    if len(full) > 2:
+        cut = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=10, stop=[full[2]])[0]
+        assert cut == full[: full.index(full[2])]
+
+
+def test_decoder_template_tokenises_like_the_whole_string(smollm2_tokenizer):
+    from autogpt_jax.inference import strip_prefix
+    from autogpt_jax.prompts.templates import Template, Verbalizer
+
+    tok = smollm2_tokenizer
+    t = Template("Is this review positive or negative?\nReview: {text}{answer}The sentiment is {mask}")
+    texts = ["A great film.", "dull , lifeless and far too long", ""]
+    seqs, pos = t.encode(tok, texts, 128, causal=True)
+    for x, s, p in zip(texts, seqs, pos):
+        chat = tok.apply_chat_template([{"role": "user", "content": "Is this review positive or negative?\nReview: " + x}],
+                                       tokenize=False, add_generation_prompt=True)
+        assert list(s) == tok(chat + "The sentiment is", add_special_tokens=False)["input_ids"] and p == len(s) - 1
+    prefix = t.causal_prefix(tok)
+    suffixes, spos = strip_prefix(seqs, pos, len(prefix))
+    assert all(list(s[: len(prefix)]) == list(prefix) and len(x) >= 1 for s, x in zip(seqs, suffixes))
+    ids, w = Verbalizer((("negative",), ("positive",))).token_table(tok, next_token=True, leading_space=True)
+    assert [tok.decode(i) for i in ids[:, 0]] == [" negative", " positive"]
+    from autogpt_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="start with the same token"):
+        Verbalizer((("positive",), ("positivezq",))).token_table(tok, next_token=True, leading_space=True)
+
+
+def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tokenizer):
+    from autogpt_jax.inference import Classifier
+    from autogpt_jax.prompts.templates import Template, Verbalizer
+
+    model = hf.load_model(tiny_llama_dir).model
+    t = Template("Review: {text}{answer}Sentiment: {mask}")
+    ids, w = Verbalizer((("bad",), ("good",))).token_table(smollm2_tokenizer, next_token=True, leading_space=True)
+    clf = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64)
+    texts = ["fine", "a long and winding review of a film " * 3, "x"]
+    fast = clf.logits(texts)
+    seqs, pos = t.encode(smollm2_tokenizer, texts, 64, causal=True)
+    for i, (s, p) in enumerate(zip(seqs, pos)):
+        h, _ = model(jnp.asarray(s[None]))
+        np.testing.assert_allclose(fast[i], np.asarray(model.logits(h[0, p], jnp.asarray(ids[:, 0]))), atol=1e-4)
+
+
+def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.predict import load_classifier, predict_records
+
+    out = tmp_path / "run"
+    cfg = load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(out),
+                       "--model.name_or_path", str(tiny_llama_dir),
+                       "--prompt.template", "Review: {text}{answer}The sentiment is {mask}",
+                       "--peft.method", "lora", "--peft.targets", "query,value,gate", "--finetune.learning_rates", "1e-3",
+                       "--finetune.mlm_weight", "0.5"])
+    run = run_pipeline(cfg, return_run=True)
+    rep = json.loads((out / "report.json").read_text())["seeds"][0]
+    assert rep["prompt"]["scoring"] == "next_token" and rep["adapt"]["objective"] == "clm"
+    assert rep["prompt"]["label_word_candidates"]  # the label-word search ran on the decoder
+    assert rep["finetune"]["chosen"]["trainable_parameters"] == 2 * 8 * ((32 + 32) + (32 + 16) + (32 + 64))
+    texts = ["a moving, beautifully acted film", "dull and lifeless", "", "\u2603"]
+    mem = run.classifier.probabilities(texts)
+    clf = load_classifier(out / "export")
+    loaded = predict_records(clf, texts)
+    labels = json.loads((out / "export" / "autogpt_jax.json").read_text())["labels"]
+    np.testing.assert_allclose([[r["probabilities"][l] for l in labels] for r in loaded], mem, atol=1e-5)
+    # The merged export is a LlamaForCausalLM; the unmerged LoRA loads in PyTorch peft: same next-token logits.
+    seqs, pos = clf.template.encode(clf.tokenizer, texts[:2], 64, causal=True)
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "export")).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
+    peft_model = PeftModel.from_pretrained(base, str(out / "export" / "peft_adapter")).eval()
+    for s, p in zip(seqs, pos):
+        h, _ = run.model(jnp.asarray(s[None]))
+        ours = np.asarray(run.model.logits(h[0, p]))
+        with torch.no_grad():
+            for pt in (merged, peft_model):
+                ref = pt(torch.tensor(s[None].astype(np.int64))).logits[0, p].numpy()
+                np.testing.assert_allclose(ours, ref, atol=1e-4)
+    proc = subprocess.run([sys.executable, "-m", "autogpt_jax.predict", "--model_dir", str(out / "export"),
+                           "--text", "a fine film"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["label"] in labels

@@ -6,7 +6,15 @@ For each method: test accuracy mean ± std over the seeds, trainable parameters,
 bytes, train-step time (batch 8, after compilation) and the compiled step's memory (arguments +
 outputs + temporaries, from XLA's memory analysis), plus wall time.
 
+Also per seed: zero-shot accuracy of the same prompt (method ``zero_shot``, nothing trained). The
+default method is picked by accuracy gained over zero-shot per trainable parameter, among the
+methods that gain at all; the table marks it.
+
+Step time is measured in its own pass (``--timing``), which should run alone on the machine; its
+figures replace those taken during the accuracy runs.
+
     python scripts/bench_peft.py [--seeds 13,21,42,87,100] [--methods none,lora,...] [--steps 100]
+    python scripts/bench_peft.py --timing --results R.jsonl; python scripts/bench_peft.py --report R.jsonl
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ LEARNING_RATES = {"none": 2e-5, "lora": 5e-4, "adalora": 5e-4, "adapter": 5e-4, 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="13,21,42,87,100")
-    ap.add_argument("--methods", default="none,lora,adalora,adapter,prefix,prompt,bitfit")
+    ap.add_argument("--methods", default="zero_shot,none,lora,adalora,adapter,prefix,prompt,bitfit")
+    ap.add_argument("--timing", action="store_true", help="only the step-time / memory pass (run it alone)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--results", help="append each (seed, method) result to this JSON Lines file")
     ap.add_argument("--report", nargs="+", metavar="JSONL", help="print the table from earlier result files")
@@ -57,9 +66,30 @@ def main():
     base = run.model
     template, verb = Template("{text} It was {mask}."), Verbalizer((("terrible",), ("great",)))
     rows, stats_by_method = [], {}
+    methods = args.methods.split(",")
+    if args.timing:
+        task = P.prepare_task(run, 13)
+        for method in [m for m in methods if m != "zero_shot"]:
+            run.cfg = load_config([*common, "--peft.method", method])
+            row = {"timing_only": True, "method": method, **step_stats(run, task, base, template, verb, method)}
+            print(json.dumps(row), flush=True)
+            if args.results:
+                with open(args.results, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        return
     for seed in [int(s) for s in args.seeds.split(",")]:
         task = P.prepare_task(run, seed)
-        for method in args.methods.split(","):
+        for method in methods:
+            if method == "zero_shot":
+                t0 = time.perf_counter()
+                acc = P._evaluate(P._classifier(run, base, task, "similarity", template, verb), task.test, 64)["accuracy"]
+                row = {"seed": seed, "method": method, "accuracy": acc, "wall_s": time.perf_counter() - t0}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.results:
+                    with open(args.results, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                continue
             run.cfg = load_config([*common, "--peft.method", method])
             t0 = time.perf_counter()
             model, s = P._train_cls(run, task, base, "similarity", template, verb, lr=LEARNING_RATES[method],
@@ -116,20 +146,48 @@ def step_stats(run, task, base, template, verb, method, n_steps: int = 10) -> di
     return {"trainable": trainable, "optimizer_bytes": opt_bytes, "step_ms": step_ms, "step_memory_bytes": peak}
 
 
+def pick_default(rows: list[dict]) -> str | None:
+    """The method with the largest mean accuracy gain over zero-shot per trainable parameter, among
+    the methods that gain at all (needs ``zero_shot`` rows)."""
+    zs = {r["seed"]: r["accuracy"] for r in rows if r["method"] == "zero_shot"}
+    best, best_rate = None, 0.0
+    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "zero_shot" and "seed" in r):
+        rs = [r for r in rows if r["method"] == m and r.get("seed") in zs]
+        if not rs:
+            continue
+        gain = float(np.mean([r["accuracy"] - zs[r["seed"]] for r in rs]))
+        rate = gain / rs[0]["trainable"]
+        if gain > 0 and rate > best_rate:
+            best, best_rate = m, rate
+    return best
+
+
 def print_table(rows: list[dict]):
+    timing = {r["method"]: r for r in rows if r.get("timing_only")}
+    rows = [r for r in rows if not r.get("timing_only")]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
-    print(f"\nMR, K=16, seeds {seeds}, 2,000 test reviews; MiniLM, similarity prompt, {len(seeds)} seed(s)")
-    print(f"  {'method':<8} {'accuracy %':>13} {'trainable':>11} {'optimiser MB':>13} {'step ms':>8} "
+    zs = {r["seed"]: r["accuracy"] for r in rows if r["method"] == "zero_shot"}
+    pick = pick_default(rows)
+    print(f"\nMR, K=16, seeds {seeds}, 2,000 test reviews; MiniLM, similarity prompt, {len(seeds)} seed(s)"
+          + ("; step ms and memory from the separate --timing pass" if timing else ""))
+    print(f"  {'method':<9} {'accuracy %':>13} {'gain':>6} {'trainable':>11} {'optimiser MB':>13} {'step ms':>8} "
           f"{'step memory MB':>15} {'lr':>7} {'wall s':>7}")
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         a = 100 * np.asarray([r["accuracy"] for r in rs])
-        mem = [r["step_memory_bytes"] for r in rs if r["step_memory_bytes"]]
-        print(f"  {m:<8} {a.mean():6.1f} ± {a.std():4.1f} {rs[0]['trainable']:>11,} "
-              f"{rs[0]['optimizer_bytes'] / 2**20:>13.2f} {np.mean([r['step_ms'] for r in rs]):>8.0f} "
-              f"{(np.mean(mem) / 2**20 if mem else float('nan')):>15.1f} {rs[0]['learning_rate']:>7.0e} "
-              f"{sum(r['wall_s'] for r in rs):>7.0f}")
+        gain = np.mean([100 * (r["accuracy"] - zs[r["seed"]]) for r in rs if r["seed"] in zs]) if zs else float("nan")
+        if m == "zero_shot":
+            print(f"  {m:<9} {a.mean():6.1f} ± {a.std():4.1f} {'':>6} {0:>11,} {'':>13} {'':>8} {'':>15} {'':>7} "
+                  f"{sum(r['wall_s'] for r in rs):>7.0f}")
+            continue
+        st = timing.get(m, rs[0])
+        mem = st.get("step_memory_bytes") or float("nan")
+        print(f"  {m:<9} {a.mean():6.1f} ± {a.std():4.1f} {gain:>+6.1f} {rs[0]['trainable']:>11,} "
+              f"{rs[0]['optimizer_bytes'] / 2**20:>13.2f} {st['step_ms']:>8.0f} {mem / 2**20:>15.1f} "
+              f"{rs[0]['learning_rate']:>7.0e} {sum(r['wall_s'] for r in rs):>7.0f}" + ("   <- default" if m == pick else ""))
+    if pick:
+        print(f"  default: {pick} (largest accuracy gain over zero-shot per trainable parameter)")
 
 
 if __name__ == "__main__":

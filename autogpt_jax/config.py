@@ -17,7 +17,7 @@ import yaml
 
 from autogpt_jax.errors import AutoGPTJaxError
 
-STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "export")
+STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "export")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -327,6 +327,31 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Stage ``distill``: the fine-tuned model (teacher) soft-labels the unlabelled task pool, and a
+    small student with a classification head learns those labels (plus the K-shot examples' own),
+    for fast serving. Exported to ``export/student/``."""
+
+    student: str = "minilm-l6"
+    steps: int = 300
+    batch_size: int = 32
+    # Unlabelled texts the teacher labels (the task's pool, capped).
+    max_unlabeled: int = 4000
+    # Teacher logits are divided by this before the softmax (soft targets).
+    temperature: float = 1.0
+    max_length: int = 64
+    pooling: str = "mean"
+    eval_every: int = 50
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=5e-5, warmup_steps=30))
+
+    def __post_init__(self):
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.max_unlabeled >= 1 and self.eval_every >= 1,
+               "distill.steps, batch_size, max_unlabeled and eval_every must be >= 1")
+        _check(self.temperature > 0, f"distill.temperature must be > 0, got {self.temperature}")
+        _check(self.pooling in ("cls", "mean", "pooler"), f"distill.pooling must be cls, mean or pooler, got {self.pooling!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     # Save every N steps (and always at the end of a stage).
     every: int = 100
@@ -355,7 +380,7 @@ class LoggingConfig:
 class Config:
     output_dir: str = "runs/default"
     seed: int = 0
-    # Comma-separated subset of: pretrain,prompt,adapt,finetune,evaluate,export
+    # Comma-separated subset of: pretrain,prompt,adapt,finetune,evaluate,distill,export
     stages: str = "pretrain"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -366,6 +391,7 @@ class Config:
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 

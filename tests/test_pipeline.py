@@ -183,3 +183,47 @@ def test_bad_task_input_fails_before_training(tmp_path):
     assert p.returncode == 2 and "gives 1 classes; the task has 2" in p.stderr
     p = _cli("--finetune.lerning_rates", "1e-4", "--output_dir", str(tmp_path / "d"))
     assert p.returncode == 2 and "did you mean 'finetune.learning_rates'" in p.stderr
+
+
+def test_distill_stage_trains_and_exports_a_student(tmp_path, tiny_bert_dir):
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.predict import load_classifier, predict_records
+
+    out = tmp_path / "run"
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,evaluate,distill,export",
+                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
+                       "--distill.student", str(tiny_bert_dir), "--distill.steps", "6", "--distill.batch_size", "8",
+                       "--distill.max_unlabeled", "64", "--distill.eval_every", "3", "--distill.max_length", "32"])
+    run = run_pipeline(cfg, return_run=True)
+    report = json.loads((out / "report.json").read_text())
+    d = report["seeds"][0]["distill"]
+    assert d["pool"] == 64 and d["best_step"] in (3, 6) and d["student"] == str(tiny_bert_dir)
+    assert 0 <= d["student_test"]["accuracy"] <= 1 and np.asarray(d["student_test"]["confusion"]).sum() == 2000
+    assert d["teacher_test"]["accuracy"] == report["seeds"][0]["test"]["accuracy"]
+    assert d["student_sentences_per_s"] > 0 and d["speedup"] == pytest.approx(
+        d["student_sentences_per_s"] / d["teacher_sentences_per_s"])
+    assert report["summary"]["student_test_accuracy"]["n"] == 1
+    # The student is exported on its own and served by predict like any head model.
+    sdir = out / "export" / "student"
+    meta = json.loads((sdir / "autogpt_jax.json").read_text())
+    assert meta["mode"] == "head" and meta["labels"] == ["negative", "positive"]
+    texts = ["a moving, beautifully acted film", "dull and lifeless", ""]
+    loaded = predict_records(load_classifier(sdir), texts)
+    np.testing.assert_allclose([[r["probabilities"][l] for l in meta["labels"]] for r in loaded],
+                               run.student.probabilities(texts), atol=1e-5)
+
+
+def test_distill_loss_is_cross_entropy_to_soft_labels(tiny_bert_dir):
+    import jax
+    import jax.numpy as jnp
+
+    from autogpt_jax.training import objectives
+
+    m = hf.load_model(tiny_bert_dir, num_labels=2).model
+    ids = jnp.asarray(np.random.default_rng(0).integers(1000, 2000, (3, 7)))
+    mask = jnp.ones_like(ids)
+    soft = jnp.asarray([[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]], jnp.float32)
+    loss, _ = objectives.distill_loss(m, {"input_ids": ids, "attention_mask": mask, "soft_labels": soft})
+    logits = m.classify(m(ids, mask), mask, pooling="mean")
+    want = -(soft * jax.nn.log_softmax(logits, -1)).sum(-1).mean()
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)

@@ -98,6 +98,18 @@ def vocab_logits(model, h_NxD: Array, vocab_ids=None) -> Array:
     return model.logits(h_NxD, vocab_ids) if is_decoder(model) else model.mlm_logits(h_NxD, vocab_ids=vocab_ids)
 
 
+def distill_loss(model, batch: dict, rngs=None, *, pooling: str = "mean") -> tuple[Array, dict]:
+    """Cross-entropy of the student's classifier against the teacher's soft labels.
+
+    batch: input_ids, attention_mask, soft_labels (B × C, rows sum to 1).
+    """
+    h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
+    logp_BxC = jax.nn.log_softmax(model.classify(h, batch["attention_mask"], pooling=pooling, rngs=rngs), axis=-1)
+    ce_B = -jnp.sum(batch["soft_labels"].astype(jnp.float32) * logp_BxC, axis=-1)
+    total, count = jnp.sum(ce_B), jnp.asarray(ce_B.shape[0], jnp.float32)
+    return _mean(total, count), {"task_loss_sum": total, "count": count}
+
+
 def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: Array,
                  label_word_weights_CxW: Array | None = None) -> Array:
     """Class logits at the mask position from the label words' MLM logits.

@@ -329,6 +329,9 @@ def main_decoder(args):
             record({"decoder_speed": decoder_speed(cfg, lm.model, tok, tdec, train, list(mr["test"]["text"])[:256])})
         # Zero-shot does not depend on the split seed (the test set is fixed): once.
         t = time.perf_counter()
+        if args.skip_zero_shot:
+            seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work, args, record)
+            return
         zs = run_pipeline(load_config(["--config_path", DECODER_CFG, "--output_dir", tempfile.mkdtemp(dir=work),
                                        "--stages", "prompt,evaluate", "--eval.compare", "false",
                                        "--logging.progress", "false", "--logging.tensorboard", "false"]))
@@ -337,29 +340,37 @@ def main_decoder(args):
         acc = float((tdec.predict(tdec.base, test_seqs, test_pos) == test_y).mean())
         row["decoder zero-shot (PyTorch)"] = (acc, time.perf_counter() - t)
         record({"seed": None, "k_shot": cfg.data.k_shot, "results": row})
-        for seed in seeds:
-            row = {}
-            base = ["--config_path", DECODER_CFG, "--data.split_seed", str(seed), "--eval.compare", "false",
-                    "--stages", "prompt,finetune,evaluate", "--logging.progress", "false", "--logging.tensorboard", "false"]
+        seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work, args, record)
+
+
+def seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work, args, record):
+    from autogpt_jax.config import load_config
+    from autogpt_jax.data import fewshot
+    from autogpt_jax.pipeline import run_pipeline
+
+    for seed in seeds:
+        row = {}
+        base = ["--config_path", DECODER_CFG, "--data.split_seed", str(seed), "--eval.compare", "false",
+                "--stages", "prompt,finetune,evaluate", "--logging.progress", "false", "--logging.tensorboard", "false"]
+        t = time.perf_counter()
+        rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work)]))
+        row["decoder prompt LoRA (ours)"] = (rep["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
+        if args.decoder_best:
             t = time.perf_counter()
-            rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work)]))
-            row["decoder prompt LoRA (ours)"] = (rep["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
-            if args.decoder_best:
-                t = time.perf_counter()
-                rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work),
-                                                "--stages", "prompt,adapt,finetune,evaluate",
-                                                "--finetune.mlm_weight", "0.5"]))
-                row["decoder + adapt + joint λ=0.5 (ours)"] = (rep["seeds"][0]["test"]["accuracy"],
-                                                              time.perf_counter() - t)
-            train, dev = fewshot.fewshot_split(mr["train"], cfg.data.k_shot, seed)
-            t = time.perf_counter()
-            tr = decoder_inputs(cfg, tok, lm.model, train["text"])[:2] + (np.asarray(list(train["label"])),)
-            dv = decoder_inputs(cfg, tok, lm.model, dev["text"])[:2] + (np.asarray(list(dev["label"])),)
-            model, _ = tdec.lora(tr, dv, cfg.finetune.lr_grid, cfg.finetune.steps, cfg.finetune.batch_size, seed,
-                                 cfg.finetune.eval_every)
-            acc = float((tdec.predict(model, test_seqs, test_pos) == test_y).mean())
-            row["decoder PyTorch + PEFT LoRA (same recipe and grid)"] = (acc, time.perf_counter() - t)
-            record({"seed": seed, "k_shot": cfg.data.k_shot, "results": row})
+            rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work),
+                                            "--stages", "prompt,adapt,finetune,evaluate",
+                                            "--finetune.mlm_weight", "0.5"]))
+            row["decoder + adapt + joint λ=0.5 (ours)"] = (rep["seeds"][0]["test"]["accuracy"],
+                                                          time.perf_counter() - t)
+        train, dev = fewshot.fewshot_split(mr["train"], cfg.data.k_shot, seed)
+        t = time.perf_counter()
+        tr = decoder_inputs(cfg, tok, lm.model, train["text"])[:2] + (np.asarray(list(train["label"])),)
+        dv = decoder_inputs(cfg, tok, lm.model, dev["text"])[:2] + (np.asarray(list(dev["label"])),)
+        model, _ = tdec.lora(tr, dv, cfg.finetune.lr_grid, cfg.finetune.steps, cfg.finetune.batch_size, seed,
+                             cfg.finetune.eval_every)
+        acc = float((tdec.predict(model, test_seqs, test_pos) == test_y).mean())
+        row["decoder PyTorch + PEFT LoRA (same recipe and grid)"] = (acc, time.perf_counter() - t)
+        record({"seed": seed, "k_shot": cfg.data.k_shot, "results": row})
 
 
 def print_decoder_table(rows: list[dict]):
@@ -393,6 +404,7 @@ def main():
     ap.add_argument("--decoder", action="store_true", help="the decoder rows (SmolLM2) against PyTorch + PEFT")
     ap.add_argument("--decoder-best", action="store_true", help="with --decoder: also our adapt + joint-loss recipe")
     ap.add_argument("--skip-speed", action="store_true", help="with --decoder: no speed pass")
+    ap.add_argument("--skip-zero-shot", action="store_true", help="with --decoder: no zero-shot rows (already in --results)")
     args = ap.parse_args()
     if args.report:
         rows = [json.loads(l) for f in args.report for l in open(f) if l.strip()]

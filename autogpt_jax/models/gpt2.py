@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from autogpt_jax.models.layers import Attention, Dropout, LayerCache, activation, causal_mask, dense, embed, layer_norm
+from autogpt_jax.models.layers import (Attention, Cache, Dropout, activation, advance_cache, decoder_inputs, dense,
+                                       embed, layer_norm)
 
 Array = jax.Array
 
@@ -87,16 +88,6 @@ class GPT2Config:
         }
 
 
-class Cache(NamedTuple):
-    """Fixed-size generation buffer: per-layer keys/values, which slots hold real tokens, the next
-    write slot, and each row's next position id (rows may be left-padded)."""
-
-    layers: tuple[LayerCache, ...]
-    valid_BxS: Array
-    index: Array
-    next_pos_B: Array
-
-
 class GPT2Block(nnx.Module):
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, dtype, param_dtype):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -140,10 +131,7 @@ class GPT2(nnx.Module):
         if max_len > self.config.n_positions:
             raise ValueError(f"cache length {max_len} exceeds n_positions {self.config.n_positions}")
         H = self.config.num_heads
-        K = self.config.hidden_size // H
-        z = jnp.zeros((batch, H, max_len, K), dtype or self.dtype)
-        return Cache(tuple(LayerCache(z, z) for _ in self.layers), jnp.zeros((batch, max_len), bool),
-                     jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
+        return Cache.empty(len(self.layers), batch, H, max_len, self.config.hidden_size // H, dtype or self.dtype)
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, *, cache: Cache | None = None,
                  inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None) -> tuple[Array, Cache | None]:
@@ -156,16 +144,7 @@ class GPT2(nnx.Module):
         if attention_mask_BxL is None:
             attention_mask_BxL = jnp.ones((B, L), jnp.int32)
         attention_mask_BxL = attention_mask_BxL.astype(jnp.int32)
-        if cache is None:
-            pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL, axis=1) - 1, 0)
-            mask_BxLxS = causal_mask(attention_mask_BxL, 0, L)
-            index = None
-        else:
-            pos_BxL = cache.next_pos_B[:, None] + jnp.maximum(jnp.cumsum(attention_mask_BxL, axis=1) - 1, 0)
-            valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, attention_mask_BxL.astype(bool),
-                                                            cache.index, axis=1)
-            mask_BxLxS = causal_mask(valid_BxS, cache.index, L)
-            index = cache.index
+        pos_BxL, mask_BxLxS, index, valid_BxS = decoder_inputs(attention_mask_BxL, cache)
         x_BxLxD = self.wte(input_ids_BxL) if inputs_embeds_BxLxD is None else inputs_embeds_BxLxD
         x_BxLxD = self.dropout(x_BxLxD + self.wpe(pos_BxL), deterministic=rngs is None, rngs=rngs)
         new_layers = []
@@ -175,8 +154,7 @@ class GPT2(nnx.Module):
             new_layers.append(lc)
         h_BxLxD = self.ln_f(x_BxLxD)
         if cache is not None:
-            cache = Cache(tuple(new_layers), valid_BxS, cache.index + L,
-                          cache.next_pos_B + attention_mask_BxL.sum(axis=1))
+            cache = advance_cache(cache, new_layers, valid_BxS, attention_mask_BxL)
         return h_BxLxD, cache
 
     def logits(self, h_NxD: Array, vocab_ids=None) -> Array:

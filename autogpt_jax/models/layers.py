@@ -279,6 +279,40 @@ class RMSNorm(nnx.Module):
         return (self.scale[...].astype(jnp.float32) * y).astype(self.dtype)
 
 
+class Cache(NamedTuple):
+    """Fixed-size generation buffer of a decoder: per-layer keys/values, which slots hold real
+    tokens, the next write slot, and each row's next position id (rows may be left-padded)."""
+
+    layers: tuple[LayerCache, ...]
+    valid_BxS: Array
+    index: Array
+    next_pos_B: Array
+
+    @classmethod
+    def empty(cls, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype) -> "Cache":
+        z = jnp.zeros((batch, kv_heads, max_len, head_dim), dtype)
+        return cls(tuple(LayerCache(z, z) for _ in range(num_layers)), jnp.zeros((batch, max_len), bool),
+                   jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
+
+
+def decoder_inputs(attention_mask_BxL: Array, cache: Cache | None):
+    """Position ids, the causal mask over the keys, the cache write index and the updated slot
+    validity for a decoder call. Positions come from the attention mask (cumsum − 1), so left-padded
+    rows get the positions of unpadded ones, with or without a cache."""
+    L = attention_mask_BxL.shape[1]
+    pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL, axis=1) - 1, 0)
+    if cache is None:
+        return pos_BxL, causal_mask(attention_mask_BxL, 0, L), None, None
+    valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, attention_mask_BxL.astype(bool), cache.index,
+                                                    axis=1)
+    return cache.next_pos_B[:, None] + pos_BxL, causal_mask(valid_BxS, cache.index, L), cache.index, valid_BxS
+
+
+def advance_cache(cache: Cache, layers: list[LayerCache], valid_BxS: Array, attention_mask_BxL: Array) -> Cache:
+    return Cache(tuple(layers), valid_BxS, cache.index + attention_mask_BxL.shape[1],
+                 cache.next_pos_B + attention_mask_BxL.sum(axis=1))
+
+
 def padding_mask(attention_mask_BxS: Array, query_len: int) -> Array:
     """Bidirectional mask: every query attends every non-padding key."""
     return jnp.broadcast_to(attention_mask_BxS[:, None, :].astype(bool),

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from autogpt_jax.models.gpt2 import Cache
-from autogpt_jax.models.layers import (Attention, Dropout, LayerCache, RMSNorm, activation, causal_mask, dense, embed,
-                                       rope_tables)
+from autogpt_jax.models.layers import (Attention, Cache, RMSNorm, activation, advance_cache, decoder_inputs, dense,
+                                       embed, rope_tables)
 
 Array = jax.Array
 
@@ -161,15 +160,13 @@ class Llama(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.lm_head = None if cfg.tie_word_embeddings else dense(
             cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), std=cfg.initializer_range, use_bias=False, **kw)
-        self.dropout = Dropout(0.0)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> Cache:
         if max_len > self.config.max_position_embeddings:
             raise ValueError(f"cache length {max_len} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
-        z = jnp.zeros((batch, self.config.num_kv_heads, max_len, self.config.dim_per_head), dtype or self.dtype)
-        return Cache(tuple(LayerCache(z, z) for _ in self.layers), jnp.zeros((batch, max_len), bool),
-                     jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
+        return Cache.empty(len(self.layers), batch, self.config.num_kv_heads, max_len, self.config.dim_per_head,
+                           dtype or self.dtype)
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, *, cache: Cache | None = None,
                  inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None) -> tuple[Array, Cache | None]:
@@ -179,16 +176,7 @@ class Llama(nnx.Module):
         if attention_mask_BxL is None:
             attention_mask_BxL = jnp.ones((B, L), jnp.int32)
         attention_mask_BxL = attention_mask_BxL.astype(jnp.int32)
-        pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL, axis=1) - 1, 0)
-        if cache is None:
-            mask_BxLxS = causal_mask(attention_mask_BxL, 0, L)
-            index = None
-        else:
-            pos_BxL = cache.next_pos_B[:, None] + pos_BxL
-            valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, attention_mask_BxL.astype(bool),
-                                                            cache.index, axis=1)
-            mask_BxLxS = causal_mask(valid_BxS, cache.index, L)
-            index = cache.index
+        pos_BxL, mask_BxLxS, index, valid_BxS = decoder_inputs(attention_mask_BxL, cache)
         rope = rope_tables(pos_BxL, self.config.dim_per_head, self.config.rope_theta)
         x_BxLxD = self.embed_tokens(input_ids_BxL) if inputs_embeds_BxLxD is None else inputs_embeds_BxLxD
         new_layers = []
@@ -198,8 +186,7 @@ class Llama(nnx.Module):
             new_layers.append(lc)
         h_BxLxD = self.norm(x_BxLxD)
         if cache is not None:
-            cache = Cache(tuple(new_layers), valid_BxS, cache.index + L,
-                          cache.next_pos_B + attention_mask_BxL.sum(axis=1))
+            cache = advance_cache(cache, new_layers, valid_BxS, attention_mask_BxL)
         return h_BxLxD, cache
 
     def logits(self, h_NxD: Array, vocab_ids=None) -> Array:

@@ -376,16 +376,9 @@ def seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work,
 def print_decoder_table(rows: list[dict]):
     speed = next((r["decoder_speed"] for r in rows if "decoder_speed" in r), None)
     rows = [r for r in rows if "results" in r]
-    names: list[str] = []
-    for r in rows:
-        names += [k for k in r["results"] if k not in names]
     seeds = [r["seed"] for r in rows if r["seed"] is not None]
-    print(f"\nMR, K={rows[0]['k_shot']}, seeds {seeds}, test = 2,000 fixed reviews; SmolLM2-135M-Instruct; "
-          "accuracy % mean ± std (n), wall time summed")
-    w = max(len(k) for k in names)
-    for k in names:
-        vals = [r["results"][k] for r in rows if k in r["results"]]
-        print(f"  {k:<{w}}  {mean_std([v for v, _ in vals])} (n={len(vals)})   ({sum(t for _, t in vals):.0f} s)")
+    print_rows(rows, f"MR, K={rows[0]['k_shot']}, seeds {seeds}, test = 2,000 fixed reviews; SmolLM2-135M-Instruct; "
+                     "accuracy % mean ± std (n), wall time summed")
     if speed:
         print(f"  train step (batch 8, LoRA): ours {speed['ours_step_s']:.2f} s, PyTorch {speed['torch_step_s']:.2f} s "
               f"({speed['torch_step_s'] / speed['ours_step_s']:.2f}x)")
@@ -480,17 +473,21 @@ def main():
     print_table(rows)
 
 
-def print_table(rows: list[dict]):
+def print_rows(rows: list[dict], header: str):
+    """One line per method: accuracy mean ± std over the rows that have it, wall time summed."""
     names: list[str] = []
     for r in rows:
         names += [k for k in r["results"] if k not in names]
-    seeds = [r["seed"] for r in rows]
-    print(f"\nMR, K={rows[0]['k_shot']}, seeds {seeds}, test = 2,000 fixed reviews; accuracy % mean ± std (n seeds), "
-          "wall time summed over seeds")
+    print("\n" + header)
     w = max(len(k) for k in names)
     for k in names:
         vals = [r["results"][k] for r in rows if k in r["results"]]
         print(f"  {k:<{w}}  {mean_std([v for v, _ in vals])} (n={len(vals)})   ({sum(t for _, t in vals):.0f} s)")
+
+
+def print_table(rows: list[dict]):
+    print_rows(rows, f"MR, K={rows[0]['k_shot']}, seeds {[r['seed'] for r in rows]}, test = 2,000 fixed reviews; "
+                     "accuracy % mean ± std (n seeds), wall time summed over seeds")
     print(rows[0]["setfit"])
 
 

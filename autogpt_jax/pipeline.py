@@ -22,7 +22,7 @@ from autogpt_jax.config import Config, ConfigError, OptimConfig, to_dict
 from autogpt_jax.data import batching, fewshot, masking, sources
 from autogpt_jax.data.sources import load_unlabeled
 from autogpt_jax.inference import Classifier, accuracy_f1, strip_prefix, word_table
-from autogpt_jax.prompts.templates import RULE_TEMPLATES, Template, Verbalizer, rule_verbalizer
+from autogpt_jax.prompts.templates import Template, Verbalizer, rule_prompts
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft as peft_lib
 from autogpt_jax.models.bert import Bert, BertConfig
@@ -571,8 +571,10 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
     rep: dict[str, Any] = {"seed": seed, "sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}}
     pmode = prompt_mode(run)  # prompt (cloze) | similarity
     mode = pmode if cfg.finetune.mode == "prompt" else "head"
-    verb = parse_label_words(cfg.prompt.label_words, task.names) or rule_verbalizer(task.names)
-    candidates = [cfg.prompt.template] if cfg.prompt.template else list(RULE_TEMPLATES[cfg.prompt.task_type])
+    chat = objectives.is_decoder(base_model) and bool(getattr(run.tokenizer, "chat_template", None))
+    rule_templates, rule_verb = rule_prompts(cfg.prompt.task_type, task.names, chat=chat)
+    verb = parse_label_words(cfg.prompt.label_words, task.names) or rule_verb
+    candidates = [cfg.prompt.template] if cfg.prompt.template else rule_templates
     template = Template(candidates[0])
     head_fresh = any(p.startswith("mlm.") or p == "*" for p in run.fresh)
     model = base_model

@@ -248,3 +248,20 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
                            "--text", "a fine film"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["label"] in labels
+
+
+def test_decoder_template_search_uses_chat_candidates(tiny_llama_dir, tmp_path):
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.prompts.templates import CHAT_TEMPLATES, rule_prompts
+
+    templates, verb = rule_prompts("sentiment", ["negative", "positive"], chat=True)
+    assert templates == list(CHAT_TEMPLATES["sentiment"]) and verb.words == (("negative",), ("positive",))
+    assert rule_prompts("sentiment", ["rotten", "fresh"], chat=False)[1].words == (("terrible",), ("great",))
+    cfg = load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(tmp_path / "run"),
+                       "--model.name_or_path", str(tiny_llama_dir), "--stages", "prompt,evaluate",
+                       "--prompt.candidates", "2", "--prompt.search_steps", "2", "--prompt.task_type", "sentiment"])
+    rep = run_pipeline(cfg)["seeds"][0]["prompt"]
+    assert [c["template"] for c in rep["template_candidates"]] != [] and \
+        {c["template"] for c in rep["template_candidates"]} <= set(CHAT_TEMPLATES["sentiment"])
+    assert rep["template"] in CHAT_TEMPLATES["sentiment"][:2] and rep["scoring"] == "next_token"

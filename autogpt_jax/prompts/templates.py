@@ -225,6 +225,16 @@ RULE_TEMPLATES = {
     "nli": ("{text} ? {mask}, {text_b}",),
 }
 
+# For chat decoders (the model answers a question about the input): the user asks, the reply
+# starts, and the class name itself is the next word.
+CHAT_TEMPLATES = {
+    "sentiment": ("Is the sentiment of this movie review positive or negative?\nReview: {text}{answer}The sentiment is {mask}",
+                  "Review: {text}\nIs this review positive or negative?{answer}This review is {mask}",
+                  "What is the sentiment of the following text?\n{text}{answer}The sentiment of this text is {mask}"),
+    "topic": ("What is the topic of this text?\n{text}{answer}The topic is {mask}",),
+    "intent": ("A customer wrote: {text}\nWhat does the customer want?{answer}The customer wants {mask}",),
+}
+
 RULE_WORDS = {
     "positive": ("great",), "negative": ("terrible",), "neutral": ("okay",),
     "pos": ("great",), "neg": ("terrible",), "fresh": ("great",), "rotten": ("terrible",),
@@ -232,7 +242,19 @@ RULE_WORDS = {
 }
 
 
-def rule_verbalizer(label_names: list[str]) -> Verbalizer:
+def rule_verbalizer(label_names: list[str], *, literal: bool = False) -> Verbalizer:
     """Label words from the label names: a known sentiment/NLI word, else the name's own words
-    (``card_arrival`` → "card arrival")."""
+    (``card_arrival`` → "card arrival"). ``literal`` (chat decoders): always the name's own words,
+    with fresh/rotten read as positive/negative."""
+    if literal:
+        alias = {"fresh": "positive", "rotten": "negative", "pos": "positive", "neg": "negative"}
+        return Verbalizer(tuple((alias.get(n.lower(), n.replace("_", " ").lower()),) for n in label_names))
     return Verbalizer(tuple(RULE_WORDS.get(n.lower(), (n.replace("_", " ").lower(),)) for n in label_names))
+
+
+def rule_prompts(task_type: str, label_names: list[str], *, chat: bool) -> tuple[list[str], Verbalizer]:
+    """Candidate templates and rule label words: chat-style for chat decoders (when the task type
+    has them), LM-BFF-style otherwise."""
+    if chat and task_type in CHAT_TEMPLATES:
+        return list(CHAT_TEMPLATES[task_type]), rule_verbalizer(label_names, literal=True)
+    return list(RULE_TEMPLATES[task_type]), rule_verbalizer(label_names)

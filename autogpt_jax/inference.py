@@ -72,11 +72,8 @@ class Classifier:
             self._protos = _prototypes(self._graphdef, self._state, *map(jnp.asarray, self.descriptions))
 
     def encode(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-        if self.mode == "prompt" and self._prefix is not None:
-            return strip_prefix(*self.template.encode(self.tokenizer, texts, self.max_length, causal=True),
-                                int(self._prefix.shape[0]))
         if self.mode == "prompt":
-            return self.template.encode(self.tokenizer, texts, self.max_length)
+            return prompt_inputs(self.tokenizer, self.model, self.template, texts, self.max_length)[:2]
         seqs = batching.encode(self.tokenizer, list(texts), self.max_length)
         return seqs, np.zeros(len(seqs), np.int32)
 
@@ -108,6 +105,16 @@ def word_table(tokenizer, model, verb, template: Template) -> tuple[np.ndarray, 
     if objectives.is_decoder(model):
         return verb.token_table(tokenizer, next_token=True, leading_space=template.space_before_mask)
     return verb.token_table(tokenizer)
+
+
+def prompt_inputs(tokenizer, model, template: Template, texts: list[str], max_length: int
+                  ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+    """Token ids of the prompted texts, the position whose prediction is the label word, and, for
+    decoders, the shared prefix that the ids leave out (None for encoders)."""
+    if not objectives.is_decoder(model):
+        return (*template.encode(tokenizer, texts, max_length), None)
+    prefix = template.causal_prefix(tokenizer)
+    return (*strip_prefix(*template.encode(tokenizer, texts, max_length, causal=True), len(prefix)), prefix)
 
 
 def strip_prefix(seqs: list[np.ndarray], pos: np.ndarray, n: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -21,7 +21,7 @@ from flax import nnx
 from autogpt_jax.config import Config, ConfigError, OptimConfig, to_dict
 from autogpt_jax.data import batching, fewshot, masking, sources
 from autogpt_jax.data.sources import load_unlabeled
-from autogpt_jax.inference import Classifier, accuracy_f1, strip_prefix, word_table
+from autogpt_jax.inference import Classifier, accuracy_f1, prompt_inputs, word_table
 from autogpt_jax.prompts.templates import Template, Verbalizer, rule_prompts
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft as peft_lib
@@ -418,12 +418,8 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
     texts, labels = list(task.train["text"]), np.asarray(task.train["label"], np.int32)
     if mode == "prompt":
         ids, wts = word_table(tok, model, verb, template)
-        if objectives.is_decoder(model):  # the shared prompt prefix runs once per batch
-            prefix = template.causal_prefix(tok)
-            seqs, mpos = strip_prefix(*template.encode(tok, texts, cfg.prompt.max_length, causal=True), len(prefix))
-        else:
-            prefix = None
-            seqs, mpos = template.encode(tok, texts, cfg.prompt.max_length)
+        # Decoders: the shared prompt prefix is split off and runs once per batch.
+        seqs, mpos, prefix = prompt_inputs(tok, model, template, texts, cfg.prompt.max_length)
         loss = objectives.make_cloze_loss(ids, wts, prefix)
         fields = {"mask_pos": mpos, "labels": labels}
     elif mode == "similarity":

@@ -258,7 +258,7 @@ def decoder_speed(cfg, run_model, tok, tdec, train, test_texts):
 
     from autogpt_jax import pipeline as P
     from autogpt_jax.data import batching
-    from autogpt_jax.inference import Classifier, strip_prefix, word_table
+    from autogpt_jax.inference import Classifier, prompt_inputs, word_table
     from autogpt_jax.prompts.templates import Template
     from autogpt_jax.training import objectives
     from autogpt_jax.training import sharding as shd
@@ -268,9 +268,8 @@ def decoder_speed(cfg, run_model, tok, tdec, train, test_texts):
     template = Template(cfg.prompt.template)
     verb = P.parse_label_words(cfg.prompt.label_words, ["negative", "positive"])
     ids, wts = word_table(tok, run_model, verb, template)
-    prefix = template.causal_prefix(tok)
     texts, ys = list(train["text"]), np.asarray(list(train["label"]), np.int32)
-    seqs, mpos = strip_prefix(*template.encode(tok, texts, cfg.prompt.max_length, causal=True), len(prefix))
+    seqs, mpos, prefix = prompt_inputs(tok, run_model, template, texts, cfg.prompt.max_length)
     mesh = shd.make_mesh(cfg.mesh)
     work = tempfile.mkdtemp()
     run = P.Run(cfg, mesh, __import__("pathlib").Path(work), MetricsLogger(work, cfg.logging, {}))

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from autogpt_jax.data.batching import bucket_length
+
 Array = jax.Array
 
 
@@ -91,17 +93,13 @@ def generate(model: nnx.Module, input_ids_BxP, attention_mask_BxP=None, *, max_n
                      use_cache=use_cache)
 
 
-def _bucket(n: int, smallest: int = 16) -> int:
-    return max(smallest, 1 << (max(n, 1) - 1).bit_length())
-
-
 def generate_text(model: nnx.Module, tokenizer, prompts: list[str], *, max_new_tokens: int = 64,
                   temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | tuple[str, ...] = (),
                   chat: bool | None = None, seed: int = 0, max_prompt_tokens: int = 1024) -> list[str]:
     """Replies to text prompts. ``chat`` (default: when the tokenizer has a chat template) wraps
     each prompt as a user turn with the generation prompt. Generation stops at the tokenizer's end
     tokens and at any ``stop`` string that is one token; the text is cut at the first ``stop``
-    string of any length. Prompts are left-padded to a power-of-two length (few compiles)."""
+    string of any length. Prompts are left-padded to a length bucket (few compiles)."""
     if chat is None:
         chat = bool(getattr(tokenizer, "chat_template", None))
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -109,7 +107,7 @@ def generate_text(model: nnx.Module, tokenizer, prompts: list[str], *, max_new_t
     enc = [tokenizer(t, add_special_tokens=not chat, truncation=True, max_length=max_prompt_tokens)["input_ids"]
            for t in texts]
     enc = [e or [tokenizer.bos_token_id or tokenizer.eos_token_id or 0] for e in enc]
-    P = _bucket(max(len(e) for e in enc))
+    P = bucket_length(max(len(e) for e in enc))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     ids = [[pad] * (P - len(e)) + e for e in enc]
     mask = [[0] * (P - len(e)) + [1] * len(e) for e in enc]

@@ -175,8 +175,13 @@ class PromptConfig:
     # similarity when the checkpoint has no MLM head, else cloze.
     scoring: str = "auto"
     similarity_scale: float = 20.0
+    # Decoders: labelled training examples per class shown before each input as earlier turns of
+    # the conversation (in-context demonstrations, LM-BFF); they run once per batch as part of the
+    # shared prefix. 0: none.
+    demonstrations: int = 0
 
     def __post_init__(self):
+        _check(self.demonstrations >= 0, f"prompt.demonstrations must be >= 0, got {self.demonstrations}")
         _check(self.task_type in ("sentiment", "topic", "intent", "nli"),
                f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
         _check(self.scoring in ("auto", "cloze", "similarity"),
@@ -377,6 +382,23 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    # Backbone selection: comma-separated config files, one per candidate backbone (e.g. the MiniLM
+    # and the SmolLM2 config). Each candidate is screened on this run's split with its own prompt,
+    # PEFT method and first learning rate for `steps` steps; the one with the best dev accuracy then
+    # runs its own config (stages included) into this run's output_dir, and the report says which.
+    configs: Optional[str] = None
+    steps: int = 20
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"select.steps must be >= 1, got {self.steps}")
+
+    @property
+    def config_list(self) -> list[str]:
+        return [c.strip() for c in (self.configs or "").split(",") if c.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     output_dir: str = "runs/default"
     seed: int = 0
@@ -392,6 +414,7 @@ class Config:
     peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 

@@ -546,6 +546,22 @@ def adapt(run: Run, task: Task, model, template: Template, verb: Verbalizer) -> 
                                   "masking": None if decoder else ac.masking, **summary}
 
 
+def pick_demonstrations(task: Task, verb: Verbalizer, per_class: int, seed: int, model) -> list[tuple[str, str]]:
+    """``per_class`` training examples of each class (a seeded draw), each with its class's first
+    label word, interleaved class by class; decoders only."""
+    if not objectives.is_decoder(model):
+        raise ConfigError("prompt.demonstrations needs a decoder (GPT-2 or Llama family): an encoder has no "
+                          "shared prefix to put them in; set prompt.demonstrations to 0")
+    labels = np.asarray(task.train["label"])
+    order = np.random.default_rng(seed + 7919).permutation(len(labels))
+    picked = [[i for i in order if labels[i] == c][:per_class] for c in range(len(verb.words))]
+    if any(len(p) < per_class for p in picked):
+        raise ConfigError(f"prompt.demonstrations {per_class} per class: the training split has fewer examples "
+                          "of some class")
+    texts = list(task.train["text"])
+    return [(texts[p[j]], verb.words[c][0]) for j in range(per_class) for c, p in enumerate(picked)]
+
+
 def grid_finetune(run: Run, task: Task, model, mode: str, template, verb, *, stage: str, mlm_weight: float = 0.0,
                   lrs: tuple[float, ...] | None = None):
     """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev."""
@@ -602,6 +618,9 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
     elif mode != "head":
         rep["prompt"] = {"scoring": _scoring_name(model, mode), "template": template.source,
                          "label_words": verb.to_json()}
+    if cfg.prompt.demonstrations and mode != "head":
+        template = template.with_demos(pick_demonstrations(task, verb, cfg.prompt.demonstrations, seed, model))
+        rep["prompt"]["demonstrations"] = [list(d) for d in template.demos]
 
     if cfg.eval.compare:
         rep["baselines"] = {}
@@ -761,6 +780,7 @@ def run_export(run: Run) -> None:
             meta.update(task={"dataset": run.cfg.data.dataset, "train_file": run.cfg.data.train_file},
                         labels=clf.labels, mode=clf.mode, max_length=clf.max_length, pooling=clf.pooling,
                         template=clf.template.source if clf.template else None,
+                        demonstrations=[list(d) for d in clf.template.demos] if clf.template else None,
                         label_words=clf.label_words, peft=peft_meta,
                         similarity_scale=clf.scale if clf.mode == "similarity" else None)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -789,7 +809,51 @@ def _num_labels(cfg: Config) -> int:
     raise ConfigError("no labelled data: set --data.dataset or --data.train_file")
 
 
+def _forwarded(cfg: Config) -> list[str]:
+    """The settings of a selecting config that its candidates run under."""
+    return ["--data.split_seed", str(cfg.data.split_seed), "--data.k_shot", str(cfg.data.k_shot),
+            "--seed", str(cfg.seed), "--checkpoint.resume", str(cfg.checkpoint.resume).lower(),
+            "--logging.progress", str(cfg.logging.progress).lower(),
+            "--logging.tensorboard", str(cfg.logging.tensorboard).lower()]
+
+
+def select_backbone(cfg: Config, *, return_run: bool = False):
+    """Screen each candidate config (its first learning rate, ``select.steps`` steps, no test
+    evaluation) on this run's split; run the one with the best dev accuracy (ties: the earlier
+    candidate) with its own stages into this run's output_dir."""
+    from autogpt_jax.config import load_config
+
+    out, rows = Path(cfg.output_dir), []
+    for path in cfg.select.config_list:
+        cand = load_config(["--config_path", path])
+        if cand.select.config_list:
+            raise ConfigError(f"select.configs: candidate {path} selects among candidates itself; list plain configs")
+        if cand.data.dataset != cfg.data.dataset:
+            raise ConfigError(f"select.configs: candidate {path} uses dataset {cand.data.dataset!r}, this config "
+                              f"{cfg.data.dataset!r}; candidates must share the task")
+        t = time.perf_counter()
+        screen = load_config(["--config_path", path, *_forwarded(cfg), "--output_dir", str(out / "select" / Path(path).stem),
+                              "--stages", "finetune", "--eval.compare", "false",
+                              "--finetune.learning_rates", repr(cand.finetune.lr_grid[0]),
+                              "--finetune.steps", str(cfg.select.steps)])
+        rep = run_pipeline(screen)
+        chosen = rep["seeds"][0]["finetune"]["chosen"]
+        rows.append({"config": path, "model": rep["model"], "parameters": rep["parameters"],
+                     "dev_accuracy": chosen["best_dev_accuracy"], "learning_rate": cand.finetune.lr_grid[0],
+                     "steps": cfg.select.steps, "seconds": round(time.perf_counter() - t, 1)})
+        logging.getLogger(__name__).warning("select: %s (%s) dev accuracy %.3f", path, rep["model"],
+                                            chosen["best_dev_accuracy"])
+    best = max(rows, key=lambda r: r["dev_accuracy"])  # max keeps the first of equal scores
+    run = run_pipeline(load_config(["--config_path", best["config"], *_forwarded(cfg), "--output_dir", str(out)]),
+                       return_run=True)
+    run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows}
+    run.write_report()
+    return run if return_run else run.report
+
+
 def run_pipeline(cfg: Config, *, return_run: bool = False):
+    if cfg.select.config_list:
+        return select_backbone(cfg, return_run=return_run)
     not_built = [s for s in cfg.stage_list if s not in BUILT_STAGES]
     if not_built:
         raise ConfigError(f"stage(s) {not_built} are not built yet; available stages: {','.join(BUILT_STAGES)} "

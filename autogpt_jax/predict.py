@@ -50,7 +50,7 @@ def load_classifier(model_dir: str | Path):
         peft.load_params(lm.model, d / "peft.safetensors")
     ids = wts = template = desc = None
     if mode in ("prompt", "similarity"):
-        template = Template(meta["template"])
+        template = Template(meta["template"]).with_demos(meta.get("demonstrations") or [])
         verb = Verbalizer(tuple(tuple(w) for w in meta["label_words"]))
         if mode == "prompt":
             ids, wts = word_table(tok, lm.model, verb, template)

@@ -9,6 +9,11 @@ import sys
 def _print_report(report: dict) -> None:
     lines = [f"model: {report.get('model')} ({report.get('parameters', 0):,} parameters) on "
              f"{report['devices']['count']} {report['devices']['platform']} device(s), mesh {report['devices']['mesh']}"]
+    sel = report.get("backbone_selection")
+    if sel:
+        screened = ", ".join(f"{c['model']} {100 * c['dev_accuracy']:.1f}" for c in sel["candidates"])
+        lines.append(f"backbone: {sel['model']} ({sel['chosen']}), best dev accuracy (%) in a "
+                     f"{sel['candidates'][0]['steps']}-step screen: {screened}")
     pre = report.get("pretrain")
     if pre:
         first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")

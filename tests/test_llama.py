@@ -188,6 +188,23 @@ def test_decoder_template_tokenises_like_the_whole_string(smollm2_tokenizer):
 
     with pytest.raises(ConfigError, match="start with the same token"):
         Verbalizer((("positive",), ("positivezq",))).token_table(tok, next_token=True, leading_space=True)
+    # Demonstrations are earlier turns of the conversation, inside the shared prefix; max_length
+    # bounds each input's own part, so they do not shorten the input.
+    demos = [("a gorgeous film .", "positive"), ("dull .", "negative")]
+    td = t.with_demos(demos)
+    long = "word " * 60
+    dseqs, dpos = td.encode(tok, [texts[0], long], 80, causal=True)
+    turns = []
+    for x, w in demos:
+        turns += [{"role": "user", "content": "Is this review positive or negative?\nReview: " + x},
+                  {"role": "assistant", "content": "The sentiment is " + w}]
+    turns.append({"role": "user", "content": "Is this review positive or negative?\nReview: " + texts[0]})
+    chat = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert list(dseqs[0]) == tok(chat + "The sentiment is", add_special_tokens=False)["input_ids"]
+    dprefix = td.causal_prefix(tok)
+    assert len(dprefix) > len(prefix) + 20 and list(dseqs[0][: len(dprefix)]) == list(dprefix)
+    plain = t.encode(tok, [long], 80, causal=True)[0][0]
+    assert len(dseqs[1]) - len(dprefix) == len(plain) - len(prefix)
 
 
 def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tokenizer):
@@ -220,9 +237,13 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
                        "--model.name_or_path", str(tiny_llama_dir),
                        "--prompt.template", "Review: {text}{answer}The sentiment is {mask}",
                        "--peft.method", "lora", "--peft.targets", "query,value,gate", "--finetune.learning_rates", "1e-3",
-                       "--finetune.mlm_weight", "0.5"])
+                       "--finetune.mlm_weight", "0.5", "--prompt.demonstrations", "1"])
     run = run_pipeline(cfg, return_run=True)
     rep = json.loads((out / "report.json").read_text())["seeds"][0]
+    # One demonstration per class, from the training split, with its class's label word.
+    words = [w for ws in rep["prompt"]["label_words"] for w in ws]
+    assert len(rep["prompt"]["demonstrations"]) == 2 and {d[1] for d in rep["prompt"]["demonstrations"]} <= set(words)
+    assert run.classifier.template.demos == tuple(map(tuple, rep["prompt"]["demonstrations"]))
     assert rep["prompt"]["scoring"] == "next_token" and rep["adapt"]["objective"] == "clm"
     assert rep["prompt"]["label_word_candidates"]  # the label-word search ran on the decoder
     assert rep["finetune"]["chosen"]["trainable_parameters"] == 2 * 8 * ((32 + 32) + (32 + 16) + (32 + 64))
@@ -265,3 +286,36 @@ def test_decoder_template_search_uses_chat_candidates(tiny_llama_dir, tmp_path):
     assert [c["template"] for c in rep["template_candidates"]] != [] and \
         {c["template"] for c in rep["template_candidates"]} <= set(CHAT_TEMPLATES["sentiment"])
     assert rep["template"] in CHAT_TEMPLATES["sentiment"][:2] and rep["scoring"] == "next_token"
+
+
+def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_llama_dir, tmp_path):
+    import yaml
+
+    from autogpt_jax.config import ConfigError, load_config
+    from autogpt_jax.pipeline import run_pipeline
+
+    base = yaml.safe_load(open("tests/configs/tiny_fewshot.yaml"))
+    enc = {**base, "stages": "prompt,finetune,evaluate", "eval": {"compare": False, "batch_size": 64}}
+    dec = {**enc, "model": {"name_or_path": str(tiny_llama_dir)},
+           "prompt": {**base["prompt"], "template": "Review: {text}{answer}The sentiment is {mask}",
+                      "label_words": "negative|positive"}}
+    paths = []
+    for name, c in (("enc", enc), ("dec", dec)):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(c))
+    out = tmp_path / "run"
+    cfg = load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(out),
+                       "--select.configs", ",".join(map(str, paths)), "--select.steps", "4"])
+    rep = run_pipeline(cfg)
+    sel = rep["backbone_selection"]
+    assert [c["config"] for c in sel["candidates"]] == list(map(str, paths))
+    assert all(c["steps"] == 4 and 0.0 <= c["dev_accuracy"] <= 1.0 for c in sel["candidates"])
+    best = max(sel["candidates"], key=lambda c: c["dev_accuracy"])
+    assert sel["chosen"] == best["config"] and rep["model"] == best["model"] == sel["model"]
+    assert rep["stages"] == ["prompt", "finetune", "evaluate"] and "accuracy" in rep["seeds"][0]["test"]
+    assert json.loads((out / "report.json").read_text())["backbone_selection"] == sel
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(yaml.safe_dump({**enc, "select": {"configs": str(paths[0])}}))
+    with pytest.raises(ConfigError, match="selects among candidates itself"):
+        run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir",
+                                  str(tmp_path / "n"), "--select.configs", str(nested)]))

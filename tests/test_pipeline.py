@@ -146,6 +146,17 @@ def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, minilm_dir):
     sim = load_config(["--config_path", CFG, "--prompt.scoring", "similarity"])
     with pytest.raises(ConfigError, match="needs a BERT-family sentence encoder"):
         prompt_mode(types.SimpleNamespace(cfg=sim, model=gpt, fresh=[]))
+    from autogpt_jax.pipeline import pick_demonstrations
+    from autogpt_jax.prompts.templates import Verbalizer
+
+    task = types.SimpleNamespace(train={"text": ["a", "b", "c"], "label": [0, 1, 1]})
+    verb = Verbalizer((("bad",), ("good",)))
+    with pytest.raises(ConfigError, match="prompt.demonstrations needs a decoder"):
+        pick_demonstrations(task, verb, 1, 0, lm.model)
+    with pytest.raises(ConfigError, match="fewer examples of some class"):
+        pick_demonstrations(task, verb, 2, 0, gpt)
+    demos = pick_demonstrations(task, verb, 1, 0, gpt)
+    assert demos[0] == ("a", "bad") and demos[1][1] == "good" and demos[1][0] in ("b", "c")
 
     out = tmp_path / "sim"
     run = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--prompt.scoring", "similarity",

@@ -11,6 +11,11 @@ the model's reply: with a chat model, the part before it goes through the tokeni
 ``"Is this review positive or negative?\nReview: {text}{answer}The sentiment is {mask}"``.
 Without a chat template, ``{answer}`` is a newline.
 
+Demonstrations (decoders): labelled examples, each filled into the template with its label word,
+placed before the input as earlier turns of the conversation (LM-BFF's demonstrations, as
+in-context examples). They are part of the prefix that every input shares, so a decoder runs them
+once per batch, not once per input.
+
 A verbalizer maps each class to one or more label words; a word that the tokenizer splits into
 several pieces contributes each piece with an equal share, and a class scores the weighted mean
 of its pieces' logits at the mask.
@@ -31,6 +36,7 @@ _PLACEHOLDER = re.compile(r"\{(text|text_b|mask|answer)\}")
 @dataclasses.dataclass(frozen=True)
 class Template:
     source: str
+    demos: tuple[tuple[str, str], ...] = ()  # (text, label word): decoders' in-context demonstrations
 
     def __post_init__(self):
         names = _PLACEHOLDER.findall(self.source)
@@ -62,6 +68,9 @@ class Template:
         """The prompted sentence with the mask replaced by ``word`` (for adaptive training)."""
         return self.source.replace("{text}", text).replace("{mask}", word).replace("{text_b}", "").replace("{answer}", " ")
 
+    def with_demos(self, demos: list[tuple[str, str]]) -> "Template":
+        return dataclasses.replace(self, demos=tuple((str(t), str(w)) for t, w in demos))
+
     def describe(self, word: str) -> str:
         """The class description a sentence encoder compares inputs with (similarity scoring): the
         template without its inputs, the mask replaced by the label word ("{text} It was {mask}."
@@ -76,21 +85,38 @@ class Template:
 
     def _causal_pieces(self, tokenizer) -> tuple[str, str]:
         """The literal text before and after ``{text}`` for a decoder: up to the mask, with the chat
-        template applied around the user's turn when the template has ``{answer}``."""
+        template applied around the user's turn when the template has ``{answer}``, and the
+        demonstrations (as earlier turns) in front."""
         head = self.source.split("{mask}")[0].replace("{text_b}", "")
         if head.endswith(" "):
             head = head[:-1]  # the space belongs to the label word's first token
+        sentinel = "\u2063TEXT\u2063"
         if "{answer}" in head:
             user, reply = head.split("{answer}")
             if getattr(tokenizer, "chat_template", None):
-                sentinel = "\u2063TEXT\u2063"
-                chat = tokenizer.apply_chat_template([{"role": "user", "content": user.replace("{text}", sentinel)}],
-                                                     tokenize=False, add_generation_prompt=True)
+                turns = []
+                for text, word in self.demos:
+                    turns += [{"role": "user", "content": user.replace("{text}", text)},
+                              {"role": "assistant", "content": self._reply(word)}]
+                turns.append({"role": "user", "content": user.replace("{text}", sentinel)})
+                chat = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
                 head = chat.replace(sentinel, "{text}") + reply
             else:
-                head = user + "\n" + reply
+                head = self._plain_demos() + user + "\n" + reply
+        else:
+            head = self._plain_demos() + head
         before, after = head.split("{text}")
         return before, after
+
+    def _reply(self, word: str) -> str:
+        """A demonstration's answer: the template after ``{answer}`` with the label word filled in."""
+        return self.source.split("{answer}")[1].replace("{mask}", word).strip()
+
+    def _plain_demos(self) -> str:
+        """Demonstrations without a chat template: each filled template, a blank line after each."""
+        filled = (self.source.replace("{answer}", "\n").replace("{text_b}", "").replace("{mask}", word).replace("{text}", text)
+                  for text, word in self.demos)
+        return "".join(f + "\n\n" for f in filled)
 
     def _causal_split(self, tokenizer) -> tuple[list[int], str, list[int]]:
         before, after = self._causal_pieces(tokenizer)
@@ -109,7 +135,9 @@ class Template:
 
     def _encode_causal(self, tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], np.ndarray]:
         head, lead, tail = self._causal_split(tokenizer)
-        budget = max_length - len(head) - len(tail)
+        # max_length bounds each input's own prompt: the shared demonstrations do not count.
+        own = len(dataclasses.replace(self, demos=())._causal_split(tokenizer)[0]) if self.demos else len(head)
+        budget = max_length - own - len(tail)
         if budget < 1:
             raise ConfigError(f"template {self.source!r} leaves no room for the text at max_length {max_length}")
         body = tokenizer([lead + t for t in texts], add_special_tokens=False, truncation=True,

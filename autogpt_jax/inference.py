@@ -29,8 +29,8 @@ def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_id
     if mode == "similarity":
         return objectives.similarity_logits(model, input_ids, attention_mask, protos, scale)
     if mode == "prompt":
-        h = objectives.prompt_hidden(model, input_ids, attention_mask, mask_pos, prefix_P=prefix)
-        return objectives.cloze_logits(model, h, jnp.zeros_like(mask_pos), label_ids, label_wts)
+        return objectives.prompt_class_logits(model, input_ids, attention_mask, mask_pos, label_ids, label_wts,
+                                              prefix_P=prefix)
     h = model(input_ids, attention_mask)
     return model.classify(h, attention_mask, pooling=pooling)
 
@@ -49,7 +49,7 @@ class Classifier:
     labels: list[str]
     mode: str  # prompt (cloze at the mask) | similarity (cosine to class descriptions) | head
     template: Template | None = None
-    label_word_ids: np.ndarray | None = None  # C × W
+    label_word_ids: np.ndarray | None = None  # C × W (encoders) or C × W × T (decoders: each word's tokens)
     label_word_weights: np.ndarray | None = None
     max_length: int = 128
     pooling: str = "mean"
@@ -100,10 +100,10 @@ class Classifier:
 
 
 def word_table(tokenizer, model, verb, template: Template) -> tuple[np.ndarray, np.ndarray]:
-    """Label-word token ids and weights (C × W): every piece at the mask (encoders), or each word's
-    first token as the next token after the prompt (decoders)."""
+    """Label-word token ids and weights: every piece at the mask (encoders, C × W), or each word's
+    tokens as the continuation of the prompt (decoders, C × W × T, padded with -1)."""
     if objectives.is_decoder(model):
-        return verb.token_table(tokenizer, next_token=True, leading_space=template.space_before_mask)
+        return verb.sequence_table(tokenizer, leading_space=template.space_before_mask)
     return verb.token_table(tokenizer)
 
 

@@ -500,9 +500,9 @@ def _adapt_batches(run: Run, task: Task, model, template: Template, verb: Verbal
     ids_CxW, _ = word_table(tok, model, verb, template)
     word_ids = np.unique(ids_CxW[ids_CxW > 0])
     train_texts, train_labels = list(task.train["text"]), np.asarray(task.train["label"])
-    p_seqs, mpos = template.encode(tok, train_texts, L - 1 if decoder else L, causal=decoder)
-    if decoder:
-        p_seqs = [np.append(s_, np.int32(ids_CxW[y, 0])) for s_, y in zip(p_seqs, train_labels)]
+    p_seqs, mpos = template.encode(tok, train_texts, L - ids_CxW.shape[-1] if decoder else L, causal=decoder)
+    if decoder:  # ids C×W×T: the prompt continues with every token of the class's first word
+        p_seqs = [np.append(s_, ids_CxW[y, 0][ids_CxW[y, 0] >= 0]).astype(np.int32) for s_, y in zip(p_seqs, train_labels)]
     else:
         for s_, m_, y in zip(p_seqs, mpos, train_labels):
             s_[m_] = ids_CxW[y, 0]  # the true label word in the mask slot

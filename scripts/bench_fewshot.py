@@ -145,8 +145,8 @@ def decoder_inputs(cfg, tok, model, texts):
     template = Template(cfg.prompt.template)
     verb = parse_label_words(cfg.prompt.label_words, ["negative", "positive"])
     seqs, pos = template.encode(tok, list(texts), cfg.prompt.max_length, causal=True)
-    ids, _ = word_table(tok, model, verb, template)
-    return seqs, pos, ids[:, 0]
+    ids, _ = word_table(tok, model, verb, template)  # C × W × T; the label words here are single tokens
+    return seqs, pos, ids[:, 0, 0]
 
 
 class TorchDecoder:

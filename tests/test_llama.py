@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -182,12 +183,14 @@ def test_decoder_template_tokenises_like_the_whole_string(smollm2_tokenizer):
     prefix = t.causal_prefix(tok)
     suffixes, spos = strip_prefix(seqs, pos, len(prefix))
     assert all(list(s[: len(prefix)]) == list(prefix) and len(x) >= 1 for s, x in zip(seqs, suffixes))
-    ids, w = Verbalizer((("negative",), ("positive",))).token_table(tok, next_token=True, leading_space=True)
-    assert [tok.decode(i) for i in ids[:, 0]] == [" negative", " positive"]
+    ids, w = Verbalizer((("negative",), ("positive",))).sequence_table(tok, leading_space=True)
+    assert ids.shape == (2, 1, 1) and [tok.decode(i) for i in ids[:, 0, 0]] == [" negative", " positive"]
     from autogpt_jax.config import ConfigError
 
-    with pytest.raises(ConfigError, match="start with the same token"):
-        Verbalizer((("positive",), ("positivezq",))).token_table(tok, next_token=True, leading_space=True)
+    ids, w = Verbalizer((("positive",), ("positivezq", "bad"))).sequence_table(tok, leading_space=True)
+    assert ids.shape[:2] == (2, 2) and ids.shape[2] > 1 and ids[0, 0, 1] == -1 and list(w[0]) == [1.0, 0.0]
+    with pytest.raises(ConfigError, match="of different classes are the same tokens"):
+        Verbalizer((("good",), ("good",))).sequence_table(tok, leading_space=True)
     # Demonstrations are earlier turns of the conversation, inside the shared prefix; max_length
     # bounds each input's own part, so they do not shorten the input.
     demos = [("a gorgeous film .", "positive"), ("dull .", "negative")]
@@ -213,14 +216,34 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
 
     model = hf.load_model(tiny_llama_dir).model
     t = Template("Review: {text}{answer}Sentiment: {mask}")
-    ids, w = Verbalizer((("bad",), ("good",))).token_table(smollm2_tokenizer, next_token=True, leading_space=True)
+    ids, w = Verbalizer((("bad",), ("good",))).sequence_table(smollm2_tokenizer, leading_space=True)
     clf = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64)
     texts = ["fine", "a long and winding review of a film " * 3, "x"]
     fast = clf.logits(texts)
     seqs, pos = t.encode(smollm2_tokenizer, texts, 64, causal=True)
     for i, (s, p) in enumerate(zip(seqs, pos)):
         h, _ = model(jnp.asarray(s[None]))
-        np.testing.assert_allclose(fast[i], np.asarray(model.logits(h[0, p], jnp.asarray(ids[:, 0]))), atol=1e-4)
+        np.testing.assert_allclose(fast[i], np.asarray(model.logits(h[0, p], jnp.asarray(ids[:, 0, 0]))), atol=1e-4)
+    # Multi-token words (two classes may share a first token): each word scores its whole
+    # log-likelihood, computed in one pass with the words as a tree of continuations; a class
+    # scores the mean over its words.
+    verb = Verbalizer((("terribly awful", "bad"), ("goodish", "good")))
+    ids, w = verb.sequence_table(smollm2_tokenizer, leading_space=True)
+    assert ids.shape[2] >= 2
+    clf = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64)
+    fast = clf.logits(texts)
+    for i, (s, p) in enumerate(zip(seqs, pos)):
+        want = []
+        for c in range(2):
+            lls = []
+            for word in verb.words[c]:
+                wt = smollm2_tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+                full = np.concatenate([s[: p + 1], wt]).astype(np.int32)
+                h, _ = model(jnp.asarray(full[None]))
+                lp = np.asarray(jax.nn.log_softmax(model.logits(h[0]), -1))
+                lls.append(sum(lp[p + j, t_] for j, t_ in enumerate(wt)))
+            want.append(np.mean(lls))
+        np.testing.assert_allclose(fast[i], want, atol=1e-4)
 
 
 def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir, tmp_path):
@@ -298,7 +321,7 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     enc = {**base, "stages": "prompt,finetune,evaluate", "eval": {"compare": False, "batch_size": 64}}
     dec = {**enc, "model": {"name_or_path": str(tiny_llama_dir)},
            "prompt": {**base["prompt"], "template": "Review: {text}{answer}The sentiment is {mask}",
-                      "label_words": "negative|positive"}}
+                      "label_words": "terribly bad|goodish"}}  # multi-token words: trained as sequences
     paths = []
     for name, c in (("enc", enc), ("dec", dec)):
         paths.append(tmp_path / f"{name}.yaml")

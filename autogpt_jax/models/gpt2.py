@@ -134,7 +134,8 @@ class GPT2(nnx.Module):
         return Cache.empty(len(self.layers), batch, H, max_len, self.config.hidden_size // H, dtype or self.dtype)
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, *, cache: Cache | None = None,
-                 inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None) -> tuple[Array, Cache | None]:
+                 inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None, positions_BxL: Array | None = None,
+                 block_mask_BxLxL: Array | None = None) -> tuple[Array, Cache | None]:
         """Final hidden states (after ln_f) and the updated cache.
 
         Positions come from the attention mask (cumsum − 1), so left-padded prompts get the same
@@ -144,7 +145,8 @@ class GPT2(nnx.Module):
         if attention_mask_BxL is None:
             attention_mask_BxL = jnp.ones((B, L), jnp.int32)
         attention_mask_BxL = attention_mask_BxL.astype(jnp.int32)
-        pos_BxL, mask_BxLxS, index, valid_BxS = decoder_inputs(attention_mask_BxL, cache)
+        pos_BxL, mask_BxLxS, index, valid_BxS = decoder_inputs(attention_mask_BxL, cache, positions_BxL,
+                                                                  block_mask_BxLxL)
         x_BxLxD = self.wte(input_ids_BxL) if inputs_embeds_BxLxD is None else inputs_embeds_BxLxD
         x_BxLxD = self.dropout(x_BxLxD + self.wpe(pos_BxL), deterministic=rngs is None, rngs=rngs)
         new_layers = []

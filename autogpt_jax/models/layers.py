@@ -295,17 +295,27 @@ class Cache(NamedTuple):
                    jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
-def decoder_inputs(attention_mask_BxL: Array, cache: Cache | None):
+def decoder_inputs(attention_mask_BxL: Array, cache: Cache | None, positions_BxL: Array | None = None,
+                   block_mask_BxLxL: Array | None = None):
     """Position ids, the causal mask over the keys, the cache write index and the updated slot
     validity for a decoder call. Positions come from the attention mask (cumsum − 1), so left-padded
-    rows get the positions of unpadded ones, with or without a cache."""
+    rows get the positions of unpadded ones, with or without a cache.
+
+    ``positions_BxL`` / ``block_mask_BxLxL`` override the positions (relative to the cache) and the
+    mask among this call's tokens (True: query l may attend key l'), e.g. for several candidate
+    continuations that share a context but not each other."""
     L = attention_mask_BxL.shape[1]
-    pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL, axis=1) - 1, 0)
+    pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL, axis=1) - 1, 0) if positions_BxL is None else positions_BxL
+    keys_BxL = attention_mask_BxL.astype(bool)
     if cache is None:
-        return pos_BxL, causal_mask(attention_mask_BxL, 0, L), None, None
-    valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, attention_mask_BxL.astype(bool), cache.index,
-                                                    axis=1)
-    return cache.next_pos_B[:, None] + pos_BxL, causal_mask(valid_BxS, cache.index, L), cache.index, valid_BxS
+        mask = causal_mask(attention_mask_BxL, 0, L) if block_mask_BxLxL is None else block_mask_BxLxL & keys_BxL[:, None]
+        return pos_BxL, mask, None, None
+    valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, keys_BxL, cache.index, axis=1)
+    mask_BxLxS = causal_mask(valid_BxS, cache.index, L)
+    if block_mask_BxLxL is not None:
+        mask_BxLxS = jax.lax.dynamic_update_slice_in_dim(mask_BxLxS, block_mask_BxLxL & keys_BxL[:, None],
+                                                         cache.index, axis=2)
+    return cache.next_pos_B[:, None] + pos_BxL, mask_BxLxS, cache.index, valid_BxS
 
 
 def advance_cache(cache: Cache, layers: list[LayerCache], valid_BxS: Array, attention_mask_BxL: Array) -> Cache:

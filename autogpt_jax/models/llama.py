@@ -169,14 +169,16 @@ class Llama(nnx.Module):
                            dtype or self.dtype)
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, *, cache: Cache | None = None,
-                 inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None) -> tuple[Array, Cache | None]:
+                 inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None, positions_BxL: Array | None = None,
+                 block_mask_BxLxL: Array | None = None) -> tuple[Array, Cache | None]:
         """Final hidden states (after the last RMSNorm) and the updated cache. Positions come from
         the attention mask (cumsum − 1), so left-padded rows get the positions of unpadded ones."""
         B, L = input_ids_BxL.shape
         if attention_mask_BxL is None:
             attention_mask_BxL = jnp.ones((B, L), jnp.int32)
         attention_mask_BxL = attention_mask_BxL.astype(jnp.int32)
-        pos_BxL, mask_BxLxS, index, valid_BxS = decoder_inputs(attention_mask_BxL, cache)
+        pos_BxL, mask_BxLxS, index, valid_BxS = decoder_inputs(attention_mask_BxL, cache, positions_BxL,
+                                                                  block_mask_BxLxL)
         rope = rope_tables(pos_BxL, self.config.dim_per_head, self.config.rope_theta)
         x_BxLxD = self.embed_tokens(input_ids_BxL) if inputs_embeds_BxLxD is None else inputs_embeds_BxLxD
         new_layers = []

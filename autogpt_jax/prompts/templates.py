@@ -16,9 +16,11 @@ placed before the input as earlier turns of the conversation (LM-BFF's demonstra
 in-context examples). They are part of the prefix that every input shares, so a decoder runs them
 once per batch, not once per input.
 
-A verbalizer maps each class to one or more label words; a word that the tokenizer splits into
-several pieces contributes each piece with an equal share, and a class scores the weighted mean
-of its pieces' logits at the mask.
+A verbalizer maps each class to one or more label words. Encoders: a word that the tokenizer splits
+into several pieces contributes each piece with an equal share, and a class scores the weighted mean
+of its pieces' logits at the mask. Decoders: a word is the continuation of the prompt, scored by its
+next-token logit when every word is one token, else by its whole log-likelihood (the sum over its
+tokens); a class scores the mean over its words.
 """
 
 from __future__ import annotations
@@ -184,33 +186,23 @@ class Template:
 class Verbalizer:
     words: tuple[tuple[str, ...], ...]  # per class, one or more label words
 
-    def token_table(self, tokenizer, *, single_token: bool = False, next_token: bool = False,
-                    leading_space: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(ids C×W, weights C×W): every piece of every label word of a class, weights summing to 1.
+    def _word_ids(self, tokenizer, c: int, w: str, leading_space: bool = False) -> list[int]:
+        ids = tokenizer((" " + w) if leading_space else w, add_special_tokens=False)["input_ids"]
+        if not ids or (len(ids) == 1 and ids[0] == tokenizer.unk_token_id):
+            raise ConfigError(f"label word {w!r} (class {c}) is not in the tokenizer's vocabulary")
+        return list(ids)
 
-        ``next_token`` (decoders): a word is scored by its first token, as the model's next token
-        (``leading_space``: the word's tokenisation after a space, " great"); two classes may then
-        not share a first token.
-        """
+    def token_table(self, tokenizer, *, single_token: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Encoders: (ids C×W, weights C×W), every piece of every label word of a class at the mask,
+        weights summing to 1."""
         rows = []
-        firsts: dict[int, tuple[int, str]] = {}
         for c, words in enumerate(self.words):
             pieces = []
             for w in words:
-                ids = tokenizer((" " + w) if leading_space else w, add_special_tokens=False)["input_ids"]
-                if not ids or (len(ids) == 1 and ids[0] == tokenizer.unk_token_id):
-                    raise ConfigError(f"label word {w!r} (class {c}) is not in the tokenizer's vocabulary")
+                ids = self._word_ids(tokenizer, c, w)
                 if single_token and len(ids) > 1:
                     raise ConfigError(f"label word {w!r} is split into {len(ids)} tokens "
                                       f"{tokenizer.convert_ids_to_tokens(ids)}; this mode needs single-token words")
-                if next_token:
-                    if ids[0] in firsts and firsts[ids[0]][0] != c:
-                        raise ConfigError(f"label words {firsts[ids[0]][1]!r} and {w!r} of different classes start "
-                                          f"with the same token {tokenizer.convert_ids_to_tokens(ids[0])!r}; a "
-                                          "decoder scores a word by its first token: choose words that differ there")
-                    firsts[ids[0]] = (c, w)
-                    pieces.append((ids[0], 1.0 / len(words)))
-                    continue
                 pieces += [(i, 1.0 / (len(ids) * len(words))) for i in ids]
             rows.append(pieces)
         W = max(len(r) for r in rows)
@@ -219,6 +211,26 @@ class Verbalizer:
         for c, r in enumerate(rows):
             for j, (i, w) in enumerate(r):
                 ids[c, j], weights[c, j] = i, w
+        return ids, weights
+
+    def sequence_table(self, tokenizer, *, leading_space: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Decoders: (ids C×W×T, weights C×W), each label word's tokens as the continuation of the
+        prompt (``leading_space``: as they follow a space, " great"), padded with -1; a class scores
+        the mean of its words' log-likelihoods. Two classes may not share a word."""
+        seqs = [[tuple(self._word_ids(tokenizer, c, w, leading_space)) for w in words] for c, words in enumerate(self.words)]
+        owner: dict[tuple[int, ...], tuple[int, str]] = {}
+        for c, (words, ws) in enumerate(zip(self.words, seqs)):
+            for w, t in zip(words, ws):
+                if t in owner and owner[t][0] != c:
+                    raise ConfigError(f"label words {owner[t][1]!r} and {w!r} of different classes are the same tokens "
+                                      f"{tokenizer.convert_ids_to_tokens(list(t))}")
+                owner[t] = (c, w)
+        W, T = max(len(ws) for ws in seqs), max(len(t) for ws in seqs for t in ws)
+        ids = np.full((len(seqs), W, T), -1, np.int32)
+        weights = np.zeros((len(seqs), W), np.float32)
+        for c, ws in enumerate(seqs):
+            for j, t in enumerate(ws):
+                ids[c, j, :len(t)], weights[c, j] = t, 1.0 / len(ws)
         return ids, weights
 
     def description_table(self, tokenizer, template: Template, max_length: int = 32

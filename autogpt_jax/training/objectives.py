@@ -81,16 +81,70 @@ def prompt_hidden(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B:
     """
     if not is_decoder(model):
         return model(input_ids_BxL, attention_mask_BxL, output_positions_BxP=pos_B[:, None], rngs=rngs)
-    if prefix_P is None or prefix_P.shape[0] == 0:
-        h_BxLxD, _ = model(input_ids_BxL, attention_mask_BxL, rngs=rngs)
-    else:
-        B, L = input_ids_BxL.shape
-        P = prefix_P.shape[0]
-        cache = model.init_cache(1, P + L)
-        _, cache = model(prefix_P[None], jnp.ones((1, P), jnp.int32), cache=cache, rngs=rngs)
-        cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (B, *x.shape[1:])) if x.ndim else x, cache)
-        h_BxLxD, _ = model(input_ids_BxL, attention_mask_BxL, cache=cache, rngs=rngs)
+    h_BxLxD = _decoder_hidden(model, input_ids_BxL, attention_mask_BxL, rngs, prefix_P)
     return jnp.take_along_axis(h_BxLxD, pos_B[:, None, None].astype(jnp.int32), axis=1)
+
+
+def _decoder_hidden(model, input_ids_BxL: Array, attention_mask_BxL: Array, rngs=None, prefix_P: Array | None = None,
+                    **kw) -> Array:
+    """A decoder's hidden states B×L×D, the shared prefix (if any) run once into a broadcast cache."""
+    if prefix_P is None or prefix_P.shape[0] == 0:
+        return model(input_ids_BxL, attention_mask_BxL, rngs=rngs, **kw)[0]
+    B, L = input_ids_BxL.shape
+    P = prefix_P.shape[0]
+    cache = model.init_cache(1, P + L)
+    _, cache = model(prefix_P[None], jnp.ones((1, P), jnp.int32), cache=cache, rngs=rngs)
+    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (B, *x.shape[1:])) if x.ndim else x, cache)
+    return model(input_ids_BxL, attention_mask_BxL, cache=cache, rngs=rngs, **kw)[0]
+
+
+def word_logprobs(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, words_NxT: Array, rngs=None,
+                  prefix_P: Array | None = None) -> Array:
+    """log P(word | prompt) B×N of N candidate words of up to T tokens (padded with -1) as the
+    decoder's continuation after position ``pos_B``: the sum of each token's log-probability.
+
+    One forward pass: every word's first T−1 tokens are appended to each row and attend to the
+    prompt and to their own word's earlier tokens only (a tree of continuations), at the positions
+    they would have after the prompt.
+    """
+    B, L = input_ids_BxL.shape
+    N, T = words_NxT.shape
+    M = N * (T - 1)
+    cont_M = jnp.maximum(words_NxT[:, :-1], 0).reshape(-1)
+    ids = jnp.concatenate([input_ids_BxL, jnp.broadcast_to(cont_M[None], (B, M)).astype(input_ids_BxL.dtype)], 1)
+    mask = jnp.concatenate([attention_mask_BxL.astype(jnp.int32), jnp.ones((B, M), jnp.int32)], 1)
+    word_M, step_M = jnp.repeat(jnp.arange(N), T - 1), jnp.tile(jnp.arange(T - 1), N)
+    pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL.astype(jnp.int32), axis=1) - 1, 0)
+    positions = jnp.concatenate([pos_BxL, pos_B[:, None].astype(jnp.int32) + 1 + step_M[None]], 1)
+    causal_LxL = jnp.tril(jnp.ones((L, L), bool))
+    tree_MxM = (word_M[:, None] == word_M[None]) & (step_M[None] <= step_M[:, None])
+    block = jnp.block([[causal_LxL, jnp.zeros((L, M), bool)], [jnp.ones((M, L), bool), tree_MxM]])
+    h_BxSxD = _decoder_hidden(model, ids, mask, rngs, prefix_P, positions_BxL=positions,
+                              block_mask_BxLxL=jnp.broadcast_to(block[None], (B, L + M, L + M)))
+    h_first_BxD = jnp.take_along_axis(h_BxSxD, pos_B[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    h_BxNxTxD = jnp.concatenate([h_first_BxD[:, None, None].repeat(N, 1),
+                                 h_BxSxD[:, L:].reshape(B, N, T - 1, -1)], axis=2)
+    logp_BxNxTxV = jax.nn.log_softmax(model.logits(h_BxNxTxD), axis=-1)
+    tok_NxT = jnp.maximum(words_NxT, 0)
+    lp_BxNxT = jnp.take_along_axis(logp_BxNxTxV, jnp.broadcast_to(tok_NxT[None, ..., None], (B, N, T, 1)), -1)[..., 0]
+    return jnp.sum(jnp.where(words_NxT[None] >= 0, lp_BxNxT, 0.0), axis=-1)
+
+
+def prompt_class_logits(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, label_ids: Array,
+                        label_wts: Array | None, rngs=None, prefix_P: Array | None = None) -> Array:
+    """Class scores B×C of a prompt: the label words' logits at the mask (encoders) or as the next
+    token (decoders, ``label_ids`` C×W×T). Decoders' multi-token words (T > 1) score their whole
+    log-likelihood (``word_logprobs``); single-token words their next-token logit."""
+    if label_ids.ndim == 3 and label_ids.shape[-1] > 1:
+        C, W, T = label_ids.shape
+        lp_BxCxW = word_logprobs(model, input_ids_BxL, attention_mask_BxL, pos_B, label_ids.reshape(C * W, T), rngs,
+                                 prefix_P).reshape(-1, C, W)
+        w_CxW = jnp.ones((C, W)) if label_wts is None else label_wts
+        w_CxW = w_CxW / jnp.maximum(w_CxW.sum(-1, keepdims=True), 1e-9)
+        return jnp.einsum("bcw,cw->bc", lp_BxCxW, w_CxW)
+    ids = label_ids[..., 0] if label_ids.ndim == 3 else label_ids
+    h = prompt_hidden(model, input_ids_BxL, attention_mask_BxL, pos_B, rngs, prefix_P)
+    return cloze_logits(model, h, jnp.zeros_like(pos_B), ids, label_wts)
 
 
 def vocab_logits(model, h_NxD: Array, vocab_ids=None) -> Array:
@@ -140,8 +194,8 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -
     prefix = None if prefix_P is None else jnp.asarray(prefix_P, jnp.int32)
 
     def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
-        h_Bx1xD = prompt_hidden(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], rngs, prefix)
-        logits_BxC = cloze_logits(model, h_Bx1xD, jnp.zeros_like(batch["mask_pos"]), ids, wts)
+        logits_BxC = prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids, wts,
+                                         rngs, prefix)
         total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 

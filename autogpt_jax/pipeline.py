@@ -658,7 +658,7 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
         rep["test"] = _evaluate(run.classifier, task.test, cfg.eval.batch_size)
         rep["dev"] = _evaluate(run.classifier, task.dev, cfg.eval.batch_size)
     if "distill" in stages:
-        run.student, rep["distill"] = distill(run, task, run.classifier)
+        run.student, rep["distill"] = distill(run, task, run.classifier, teacher_test=rep.get("test"))
     return rep
 
 
@@ -669,9 +669,11 @@ def _sentences_per_s(clf: Classifier, texts: list[str], batch_size: int) -> floa
     return len(texts) / (time.perf_counter() - t0)
 
 
-def distill(run: Run, task: Task, teacher: Classifier) -> tuple[Classifier, dict[str, Any]]:
+def distill(run: Run, task: Task, teacher: Classifier, teacher_test: dict | None = None
+            ) -> tuple[Classifier, dict[str, Any]]:
     """The teacher soft-labels the unlabelled pool; a student with a classification head learns
-    those labels and the K-shot examples' own (one-hot), keeping its best dev step."""
+    those labels and the K-shot examples' own (one-hot), keeping its best dev step.
+    ``teacher_test``: the teacher's test result when the evaluate stage already has it."""
     cfg, dc = run.cfg, run.cfg.distill
     pool = list(task.unlabeled)[: dc.max_unlabeled]
     t0 = time.perf_counter()
@@ -715,7 +717,7 @@ def distill(run: Run, task: Task, teacher: Classifier) -> tuple[Classifier, dict
                            "teacher_labelling_s": round(label_s, 1), "best_step": best["step"],
                            "best_dev_accuracy": best["acc"], "train_wall_time_s": summary["wall_time_s"]}
     rep["student_test"] = _evaluate(clf, task.test, cfg.eval.batch_size)
-    rep["teacher_test"] = _evaluate(teacher, task.test, cfg.eval.batch_size)
+    rep["teacher_test"] = teacher_test or _evaluate(teacher, task.test, cfg.eval.batch_size)
     sample = list(task.test["text"])[:256]
     rep["student_sentences_per_s"] = _sentences_per_s(clf, sample, cfg.eval.batch_size)
     rep["teacher_sentences_per_s"] = _sentences_per_s(teacher, sample, cfg.eval.batch_size)

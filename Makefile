@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-CONFIG ?= configs/sentiment_mr.yaml
+CONFIG ?= configs/sentiment_mr_auto.yaml
 
 .PHONY: train pretrain test demo bench clean
 

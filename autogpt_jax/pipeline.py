@@ -846,7 +846,8 @@ def select_backbone(cfg: Config, *, return_run: bool = False):
         logging.getLogger(__name__).warning("select: %s (%s) dev accuracy %.3f", path, rep["model"],
                                             chosen["best_dev_accuracy"])
     best = max(rows, key=lambda r: r["dev_accuracy"])  # max keeps the first of equal scores
-    run = run_pipeline(load_config(["--config_path", best["config"], *_forwarded(cfg), "--output_dir", str(out)]),
+    seeds = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
+    run = run_pipeline(load_config(["--config_path", best["config"], *_forwarded(cfg), *seeds, "--output_dir", str(out)]),
                        return_run=True)
     run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows}
     run.write_report()

@@ -232,6 +232,10 @@ class FinetuneConfig:
     early_stop_patience: int = 6
     # head mode: pooler | cls | mean
     pooling: str = "mean"
+    # Decoders (prompt mode, single-token label words): pack each batch's prompts end to end into
+    # rows of at least 128 tokens, each attending only to itself, instead of padding every prompt to
+    # the longest; the same loss with fewer padding tokens computed.
+    pack: bool = True
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=10,
                                                                                weight_decay=0.01))
 

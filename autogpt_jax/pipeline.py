@@ -411,6 +411,19 @@ def with_peft(run: Run, model, loss, steps: int, head_paths: tuple[str, ...]) ->
     return model, kw
 
 
+def example_batches(run: Run, model, seqs: list[np.ndarray], fields: dict[str, np.ndarray], batch_size: int, seed: int,
+                    label_ids: np.ndarray | None = None):
+    """Fine-tuning batches: decoder prompts with single-token label words packed into rows
+    (``finetune.pack``), everything else padded to a length bucket."""
+    pad = run.tokenizer.pad_token_id or 0
+    if (run.cfg.finetune.pack and label_ids is not None and objectives.is_decoder(model)
+            and label_ids.shape[-1] == 1):
+        row_len = max(128, batching.bucket_length(max(len(s_) for s_ in seqs)))
+        return batching.PackedExampleBatches(seqs, fields, batch_size, seed, pad_id=pad, row_len=row_len,
+                                             row_multiple=shd.batch_divisor(run.mesh))
+    return batching.ExampleBatches(seqs, fields, batch_size, seed, pad_id=pad)
+
+
 def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None, verb: Verbalizer | None, *,
                lr: float, steps: int, stage: str, mlm_weight: float = 0.0, early_stop: bool = True):
     """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
@@ -435,7 +448,7 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
     bs = fc.batch_size
     if bs % shd.batch_divisor(run.mesh):
         raise ConfigError(f"finetune.batch_size {bs} must be divisible by the data×fsdp mesh size {shd.batch_divisor(run.mesh)}")
-    batches = batching.ExampleBatches(seqs, fields, bs, task.seed, pad_id=tok.pad_token_id or 0)
+    batches = example_batches(run, model, seqs, fields, bs, task.seed, ids if mode == "prompt" else None)
     if mlm_weight > 0:
         lm_loss = objectives.clm_loss if objectives.is_decoder(model) else objectives.mlm_loss
         loss = objectives.joint_loss(loss, lm_loss, mlm_weight)

@@ -258,7 +258,6 @@ def decoder_speed(cfg, run_model, tok, tdec, train, test_texts):
     import jax
 
     from autogpt_jax import pipeline as P
-    from autogpt_jax.data import batching
     from autogpt_jax.inference import Classifier, prompt_inputs, word_table
     from autogpt_jax.prompts.templates import Template
     from autogpt_jax.training import objectives
@@ -276,7 +275,8 @@ def decoder_speed(cfg, run_model, tok, tdec, train, test_texts):
     run = P.Run(cfg, mesh, __import__("pathlib").Path(work), MetricsLogger(work, cfg.logging, {}))
     model, kw = P.with_peft(run, run_model, objectives.make_cloze_loss(ids, wts, prefix), 40, head_paths=())
     trainer, state = Trainer.create(model, kw.pop("loss"), cfg.finetune.optim, 40, mesh, **kw)
-    batches = batching.ExampleBatches(seqs, {"mask_pos": mpos, "labels": ys}, 8, 0, pad_id=tok.pad_token_id or 0)
+    run.tokenizer = tok
+    batches = P.example_batches(run, run_model, seqs, {"mask_pos": mpos, "labels": ys}, 8, 0, ids)  # packed rows
     times = []
     for i in range(8):  # the first batches compile their length buckets
         b = shd.put_batch(next(batches), mesh)

@@ -342,3 +342,37 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     with pytest.raises(ConfigError, match="selects among candidates itself"):
         run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir",
                                   str(tmp_path / "n"), "--select.configs", str(nested)]))
+
+
+def test_packed_decoder_batches_give_the_unpacked_loss_and_gradients(tiny_llama_dir, smollm2_tokenizer):
+    from flax import nnx
+
+    from autogpt_jax.data import batching
+    from autogpt_jax.inference import prompt_inputs
+    from autogpt_jax.prompts.templates import Template, Verbalizer
+    from autogpt_jax.training import objectives
+
+    model = hf.load_model(tiny_llama_dir).model
+    tok = smollm2_tokenizer
+    t = Template("Review: {text}{answer}The sentiment is {mask}")
+    texts = ["fine", "a long and winding review of a film " * 3, "x", "not good at all", "great", "meh " * 9]
+    seqs, mpos, prefix = prompt_inputs(tok, model, t, texts, 64)
+    labels = np.asarray([0, 1, 0, 0, 1, 1], np.int32)
+    ids, w = Verbalizer((("bad",), ("good",))).sequence_table(tok, leading_space=True)
+    fields = {"mask_pos": mpos, "labels": labels}
+    idx = np.asarray([5, 1, 0, 3, 2, 4])
+    plain = batching.ExampleBatches(seqs, fields, 6, 0, pad_id=0).batch(idx)
+    packed = batching.PackedExampleBatches(seqs, fields, 6, 0, pad_id=0, row_len=64).batch(idx)
+    assert packed["input_ids"].shape[0] < len(idx) and packed["attention_mask"].sum() == plain["attention_mask"].sum()
+    loss = objectives.make_cloze_loss(ids, w, prefix)
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def f(p, b):
+        return loss(nnx.merge(gd, p, rest), {k: jnp.asarray(v) for k, v in b.items()})[0]
+
+    (l1, g1), (l2, g2) = jax.value_and_grad(f)(params, plain), jax.value_and_grad(f)(params, packed)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit a packed row"):
+        batching.PackedExampleBatches(seqs, fields, 6, 0, pad_id=0, row_len=8)

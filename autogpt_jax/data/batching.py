@@ -246,6 +246,58 @@ class ExampleBatches:
         self.it.restore(state)
 
 
+class PackedExampleBatches(ExampleBatches):
+    """Decoder prompt batches packed into rows: the examples of a batch lie end to end (first-fit,
+    longest first) in rows of ``row_len`` tokens, each attending only to itself (and the prefix
+    that every row shares) at its own positions, so the step computes few padding tokens. The row
+    count is the fewest that hold the batch, rounded up to ``row_multiple``; shapes, and so
+    compilations, stay few.
+
+    Yields input_ids, attention_mask, positions (each example from 0), segments (0 = padding,
+    else 1 + the example's slot in its row), label_index (flat row × row_len index of each
+    example's ``pos_field`` position, in batch order) and the other fields.
+    """
+
+    def __init__(self, seqs: list[np.ndarray], fields: dict[str, np.ndarray], batch_size: int, seed: int, *,
+                 pad_id: int, row_len: int, row_multiple: int = 1, pos_field: str = "mask_pos"):
+        super().__init__(seqs, fields, batch_size, seed, pad_id=pad_id)
+        longest = max(len(s_) for s_ in seqs)
+        if longest > row_len:
+            raise ValueError(f"an example of {longest} tokens does not fit a packed row of {row_len}")
+        self.row_len, self.row_multiple, self.pos_field = row_len, row_multiple, pos_field
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        Lr = self.row_len
+        rows: list[list[int]] = []  # per row: the batch slots it holds
+        used: list[int] = []
+        for j in sorted(range(len(idx)), key=lambda j: -len(self.seqs[idx[j]])):
+            n = len(self.seqs[idx[j]])
+            r = next((r for r, u in enumerate(used) if u + n <= Lr), None)
+            if r is None:
+                rows.append([]), used.append(0)
+                r = len(rows) - 1
+            rows[r].append(j)
+            used[r] += n
+        R = -(-len(rows) // self.row_multiple) * self.row_multiple
+        ids = np.full((R, Lr), self.pad_id, np.int32)
+        mask, positions, segments = (np.zeros((R, Lr), np.int32) for _ in range(3))
+        label_index = np.zeros(len(idx), np.int32)
+        pos = np.asarray(self.fields[self.pos_field])
+        for r, slots in enumerate(rows):
+            off = 0
+            for k, j in enumerate(slots):
+                s_ = self.seqs[idx[j]]
+                ids[r, off:off + len(s_)] = s_
+                mask[r, off:off + len(s_)] = 1
+                positions[r, off:off + len(s_)] = np.arange(len(s_))
+                segments[r, off:off + len(s_)] = k + 1
+                label_index[j] = r * Lr + off + pos[idx[j]]
+                off += len(s_)
+        return {"input_ids": ids, "attention_mask": mask, "positions": positions, "segments": segments,
+                "label_index": label_index,
+                **{k: np.asarray(v)[idx] for k, v in self.fields.items() if k != self.pos_field}}
+
+
 def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, *,
                  buckets: tuple[int, ...] = EVAL_BUCKETS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Every example once, sorted by length so each batch pads to a small bucket; yields the

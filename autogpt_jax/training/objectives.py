@@ -147,6 +147,23 @@ def prompt_class_logits(model, input_ids_BxL: Array, attention_mask_BxL: Array, 
     return cloze_logits(model, h, jnp.zeros_like(pos_B), ids, label_wts)
 
 
+def packed_class_logits(model, batch: dict, label_ids: Array, label_wts: Array | None, rngs=None,
+                        prefix_P: Array | None = None) -> Array:
+    """Class logits B×C of decoder prompts packed into rows (input_ids, attention_mask, positions,
+    segments R×L; label_index B): each example attends causally within its own segment and to the
+    shared prefix; single-token label words."""
+    if label_ids.ndim == 3 and label_ids.shape[-1] > 1:
+        raise ValueError("packed batches score single-token label words; multi-token words need unpacked batches")
+    seg_RxL = batch["segments"]
+    L = seg_RxL.shape[1]
+    block = (seg_RxL[:, :, None] == seg_RxL[:, None, :]) & jnp.tril(jnp.ones((L, L), bool))[None]
+    h_RxLxD = _decoder_hidden(model, batch["input_ids"], batch["attention_mask"], rngs, prefix_P,
+                              positions_BxL=batch["positions"], block_mask_BxLxL=block)
+    h_Bx1xD = h_RxLxD.reshape(-1, h_RxLxD.shape[-1])[batch["label_index"]][:, None]
+    ids = label_ids[..., 0] if label_ids.ndim == 3 else label_ids
+    return cloze_logits(model, h_Bx1xD, jnp.zeros(h_Bx1xD.shape[:1], jnp.int32), ids, label_wts)
+
+
 def vocab_logits(model, h_NxD: Array, vocab_ids=None) -> Array:
     """LM-head logits over all or the given vocabulary rows (MLM head or next-token head)."""
     return model.logits(h_NxD, vocab_ids) if is_decoder(model) else model.mlm_logits(h_NxD, vocab_ids=vocab_ids)
@@ -194,8 +211,11 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -
     prefix = None if prefix_P is None else jnp.asarray(prefix_P, jnp.int32)
 
     def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
-        logits_BxC = prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids, wts,
-                                         rngs, prefix)
+        if "segments" in batch:  # decoder examples packed into rows (data.batching.PackedExampleBatches)
+            logits_BxC = packed_class_logits(model, batch, ids, wts, rngs, prefix)
+        else:
+            logits_BxC = prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids,
+                                             wts, rngs, prefix)
         total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 

@@ -835,7 +835,7 @@ def _forwarded(cfg: Config) -> list[str]:
 def select_backbone(cfg: Config, *, return_run: bool = False):
     """Screen each candidate config (its first learning rate, ``select.steps`` steps, no test
     evaluation) on this run's split; run the one with the best dev accuracy (ties: the earlier
-    candidate) with its own stages into this run's output_dir."""
+    candidate) into this run's output_dir, with its own stages unless this config sets some."""
     from autogpt_jax.config import load_config
 
     out, rows = Path(cfg.output_dir), []
@@ -859,8 +859,10 @@ def select_backbone(cfg: Config, *, return_run: bool = False):
         logging.getLogger(__name__).warning("select: %s (%s) dev accuracy %.3f", path, rep["model"],
                                             chosen["best_dev_accuracy"])
     best = max(rows, key=lambda r: r["dev_accuracy"])  # max keeps the first of equal scores
-    seeds = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
-    run = run_pipeline(load_config(["--config_path", best["config"], *_forwarded(cfg), *seeds, "--output_dir", str(out)]),
+    extra = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
+    if cfg.stages != Config.stages:  # stages set on the selecting config (or its command line) win
+        extra += ["--stages", cfg.stages]
+    run = run_pipeline(load_config(["--config_path", best["config"], *_forwarded(cfg), *extra, "--output_dir", str(out)]),
                        return_run=True)
     run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows}
     run.write_report()

@@ -327,8 +327,9 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
         paths.append(tmp_path / f"{name}.yaml")
         paths[-1].write_text(yaml.safe_dump(c))
     out = tmp_path / "run"
-    cfg = load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(out),
-                       "--select.configs", ",".join(map(str, paths)), "--select.steps", "4"])
+    selector = tmp_path / "select.yaml"
+    selector.write_text(yaml.safe_dump({"data": base["data"], "select": {"configs": ",".join(map(str, paths)), "steps": 4}}))
+    cfg = load_config(["--config_path", str(selector), "--output_dir", str(out)])
     rep = run_pipeline(cfg)
     sel = rep["backbone_selection"]
     assert [c["config"] for c in sel["candidates"]] == list(map(str, paths))
@@ -337,6 +338,10 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     assert sel["chosen"] == best["config"] and rep["model"] == best["model"] == sel["model"]
     assert rep["stages"] == ["prompt", "finetune", "evaluate"] and "accuracy" in rep["seeds"][0]["test"]
     assert json.loads((out / "report.json").read_text())["backbone_selection"] == sel
+    # Stages set on the selecting config apply to the chosen candidate.
+    rep2 = run_pipeline(load_config(["--config_path", str(selector), "--output_dir", str(tmp_path / "run2"),
+                                     "--select.steps", "2", "--stages", "prompt,evaluate"]))
+    assert rep2["stages"] == ["prompt", "evaluate"] and "finetune" not in rep2["seeds"][0]
     nested = tmp_path / "nested.yaml"
     nested.write_text(yaml.safe_dump({**enc, "select": {"configs": str(paths[0])}}))
     with pytest.raises(ConfigError, match="selects among candidates itself"):

@@ -202,5 +202,7 @@ def test_unknown_names_fail_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="no such directory"):
         resolve("./does/not/exist")
+    with pytest.raises(ModelNotFoundError, match=r"model '/nope/m.Q4_1.gguf': no such file.*a \.gguf file"):
+        resolve("/nope/m.Q4_1.gguf")
     with pytest.raises(ModelNotFoundError, match=r"packaged short name.*minilm-l6.*offline"):
         resolve("someone/some-model")

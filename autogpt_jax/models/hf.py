@@ -71,8 +71,9 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     looks_like_path = name.startswith(("/", "./", "../", "~")) or p.suffix or name.count("/") > 1
     if looks_like_path or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise ModelNotFoundError(
-            f"model {name!r}: no such directory. Pass an existing checkout directory, one of the packaged "
-            f"short names {sorted(PACKAGED_MODELS)}, or a Hugging Face hub id such as 'bert-base-uncased'.")
+            f"model {name!r}: no such {'file' if p.suffix == '.gguf' else 'directory'}. Pass an existing checkout "
+            f"directory, a .gguf file, one of the packaged short names {sorted(PACKAGED_MODELS)}, or a Hugging "
+            "Face hub id such as 'bert-base-uncased'.")
     try:
         from huggingface_hub import snapshot_download
 

@@ -36,6 +36,11 @@ def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_id
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
+def _packed_logits(graphdef, state, batch, label_ids, label_wts, prefix):
+    return objectives.packed_class_logits(nnx.merge(graphdef, state), batch, label_ids, label_wts, prefix_P=prefix)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _prototypes(graphdef, state, ids, mask, weights):
     return objectives.class_prototypes(nnx.merge(graphdef, state), ids, mask, weights)
 
@@ -57,6 +62,9 @@ class Classifier:
     # similarity mode: the class descriptions (ids, mask N × L; weights C × N) and the logit scale
     descriptions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     scale: float = 20.0
+    # decoders with single-token label words: pack the prompts end to end into rows (see
+    # data.batching.packed_eval_batches) instead of padding each to a length bucket
+    pack: bool = True
 
     def __post_init__(self):
         self._graphdef, self._state = nnx.split(self.model)
@@ -84,6 +92,14 @@ class Classifier:
         seqs, mask_pos = self.encode(texts)
         out = np.zeros((len(seqs), len(self.labels)), np.float32)
         pad = self.tokenizer.pad_token_id or 0
+        if self.pack and self._prefix is not None and self._ids.shape[-1] == 1:
+            row_len = max(128, batching.bucket_length(max(len(s_) for s_ in seqs), batching.EVAL_BUCKETS))
+            rows = max(1, batch_size * 64 // row_len)  # about as many tokens per call as padded batches
+            for idx, b in batching.packed_eval_batches(seqs, mask_pos, rows, row_len, pad):
+                lg = np.asarray(_packed_logits(self._graphdef, self._state, {k: jnp.asarray(v) for k, v in b.items()},
+                                               self._ids, self._wts, self._prefix))
+                out[idx[idx >= 0]] = lg[idx >= 0]
+            return out
         bs = min(batch_size, max(8, 1 << (len(seqs) - 1).bit_length()))
         for idx, b in batching.eval_batches(seqs, bs, pad):
             real = idx >= 0

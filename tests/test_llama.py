@@ -219,7 +219,10 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
     ids, w = Verbalizer((("bad",), ("good",))).sequence_table(smollm2_tokenizer, leading_space=True)
     clf = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64)
     texts = ["fine", "a long and winding review of a film " * 3, "x"]
-    fast = clf.logits(texts)
+    fast = clf.logits(texts)  # packed into rows (single-token words)
+    many = [f"review number {i} " * (i % 7) for i in range(40)]
+    padded = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64, pack=False)
+    np.testing.assert_allclose(clf.logits(many, batch_size=8), padded.logits(many, batch_size=8), atol=1e-4)
     seqs, pos = t.encode(smollm2_tokenizer, texts, 64, causal=True)
     for i, (s, p) in enumerate(zip(seqs, pos)):
         h, _ = model(jnp.asarray(s[None]))

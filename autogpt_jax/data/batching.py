@@ -298,6 +298,48 @@ class PackedExampleBatches(ExampleBatches):
                 **{k: np.asarray(v)[idx] for k, v in self.fields.items() if k != self.pos_field}}
 
 
+def packed_eval_batches(seqs: list[np.ndarray], pos: np.ndarray, rows: int, row_len: int, pad_id: int
+                        ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Every example once, packed end to end (first-fit, longest first) into ``rows`` rows of
+    ``row_len`` tokens per batch, in the layout of ``PackedExampleBatches``; yields the original
+    indices with each batch (label_index and the indices are padded to a power of two, -1 marks
+    the padding)."""
+    order = np.argsort([-len(s_) for s_ in seqs], kind="stable")
+    if len(seqs[order[0]]) > row_len:
+        raise ValueError(f"an example of {len(seqs[order[0]])} tokens does not fit a packed row of {row_len}")
+    packed: list[list[int]] = []
+    used: list[int] = []
+    for i in order:
+        n = len(seqs[i])
+        r = next((r for r, u in enumerate(used) if u + n <= row_len), None)
+        if r is None:
+            packed.append([]), used.append(0)
+            r = len(packed) - 1
+        packed[r].append(int(i))
+        used[r] += n
+    for start in range(0, len(packed), rows):
+        chunk = packed[start:start + rows]
+        count = sum(len(r) for r in chunk)
+        n_pad = 1 << (count - 1).bit_length()
+        ids = np.full((rows, row_len), pad_id, np.int32)
+        mask, positions, segments = (np.zeros((rows, row_len), np.int32) for _ in range(3))
+        label_index, out_idx = np.zeros(n_pad, np.int32), np.full(n_pad, -1, np.int64)
+        k = 0
+        for r, members in enumerate(chunk):
+            off = 0
+            for slot, i in enumerate(members):
+                s_ = seqs[i]
+                ids[r, off:off + len(s_)] = s_
+                mask[r, off:off + len(s_)] = 1
+                positions[r, off:off + len(s_)] = np.arange(len(s_))
+                segments[r, off:off + len(s_)] = slot + 1
+                label_index[k], out_idx[k] = r * row_len + off + pos[i], i
+                off += len(s_)
+                k += 1
+        yield out_idx, {"input_ids": ids, "attention_mask": mask, "positions": positions, "segments": segments,
+                        "label_index": label_index}
+
+
 def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, *,
                  buckets: tuple[int, ...] = EVAL_BUCKETS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Every example once, sorted by length so each batch pads to a small bucket; yields the

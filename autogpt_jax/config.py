@@ -389,13 +389,14 @@ class LoggingConfig:
 class SelectConfig:
     # Backbone selection: comma-separated config files, one per candidate backbone (e.g. the MiniLM
     # and the SmolLM2 config). Each candidate is screened on this run's split with its own prompt,
-    # PEFT method and first learning rate for `steps` steps; the one with the best dev accuracy then
-    # runs its own config (stages included) into this run's output_dir, and the report says which.
+    # PEFT method and first learning rate for `steps` steps (0: its own finetune.steps); the one
+    # with the best dev accuracy (ties: lower dev log-loss) then runs its own config into this
+    # run's output_dir, and the report says which.
     configs: Optional[str] = None
-    steps: int = 20
+    steps: int = 0
 
     def __post_init__(self):
-        _check(self.steps >= 1, f"select.steps must be >= 1, got {self.steps}")
+        _check(self.steps >= 0, f"select.steps must be >= 0, got {self.steps}")
 
     @property
     def config_list(self) -> list[str]:

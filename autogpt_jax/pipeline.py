@@ -52,6 +52,9 @@ class Run:
     classifier: Classifier | None = None
     student: Classifier | None = None  # the distill stage's student (head mode), exported to export/student
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # (split seed, learning rate) -> (model, summary) of a fine-tuning already done on the same
+    # split from the same base model with the same recipe (backbone selection's screen)
+    reuse: dict[tuple[int, float], tuple[Any, dict]] = dataclasses.field(default_factory=dict)
 
     def write_report(self):
         if is_main():
@@ -292,8 +295,10 @@ def _scoring_name(model, mode: str) -> str:
 
 
 def _evaluate(clf: Classifier, ds, batch_size: int) -> dict[str, Any]:
-    pred = clf.logits(list(ds["text"]), batch_size).argmax(-1)
-    return accuracy_f1(pred, np.asarray(ds["label"]), len(clf.labels))
+    logits, gold = clf.logits(list(ds["text"]), batch_size), np.asarray(ds["label"])
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
+    log_loss = float(-logp[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
+    return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss}
 
 
 def search_label_words(run: Run, model, task: Task, template: Template) -> tuple[Verbalizer, list[dict]]:
@@ -461,11 +466,12 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
 
     def eval_fn(st):
         m = trainer.model(st)
-        acc = _evaluate(_classifier(run, m, task, mode, template, verb), task.dev, cfg.eval.batch_size)["accuracy"]
+        res = _evaluate(_classifier(run, m, task, mode, template, verb), task.dev, cfg.eval.batch_size)
+        acc = res["accuracy"]
         # The untrained model (step 0) is not a candidate, and ties go to the later step: with K-shot
         # dev sets, accuracy moves in steps of 1/|dev| and early ties are common.
         if int(st.step) > 0 and acc >= best["acc"]:
-            best.update(acc=acc, params=jax.tree.map(lambda x: x.copy(), st.params),
+            best.update(acc=acc, log_loss=res["log_loss"], params=jax.tree.map(lambda x: x.copy(), st.params),
                         frozen=jax.tree.map(lambda x: x.copy(), st.frozen) if trainer.hook else None, step=int(st.step))
         return {"dev_accuracy": acc}
 
@@ -475,7 +481,8 @@ def _train_cls(run: Run, task: Task, model, mode: str, template: Template | None
         early_stop_patience=fc.early_stop_patience if early_stop else 0, best_metric="dev_accuracy", best_mode="max",
         progress=cfg.logging.progress)
     model = nnx.merge(trainer.graphdef, best["params"], best["frozen"] or state.frozen)
-    return model, {"learning_rate": lr, "best_dev_accuracy": best["acc"], "best_step": best["step"],
+    return model, {"learning_rate": lr, "best_dev_accuracy": best["acc"], "best_dev_log_loss": best.get("log_loss"),
+                   "best_step": best["step"],
                    "trainable_parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
                    "steps_run": summary["steps"], "wall_time_s": summary["wall_time_s"],
                    "tokens_per_s": summary["tokens_per_s"], "stopped_early": summary["stopped_early"]}
@@ -580,8 +587,13 @@ def grid_finetune(run: Run, task: Task, model, mode: str, template, verb, *, sta
     """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev."""
     best, grid = None, []
     for lr in lrs or run.cfg.finetune.lr_grid:
-        m, s_ = _train_cls(run, task, model, mode, template, verb, lr=lr, steps=run.cfg.finetune.steps, stage=stage,
-                           mlm_weight=mlm_weight)
+        hit = run.reuse.get((task.seed, lr)) if mlm_weight == 0 and mode != "head" and "adapt" not in run.cfg.stage_list \
+            else None
+        if hit is not None:
+            m, s_ = hit[0], {**hit[1], "reused": "backbone selection's screen (same split, recipe and lr)"}
+        else:
+            m, s_ = _train_cls(run, task, model, mode, template, verb, lr=lr, steps=run.cfg.finetune.steps,
+                               stage=stage, mlm_weight=mlm_weight)
         grid.append(s_)
         if best is None or s_["best_dev_accuracy"] > best[1]["best_dev_accuracy"]:
             best = (m, s_)
@@ -833,12 +845,12 @@ def _forwarded(cfg: Config) -> list[str]:
 
 
 def select_backbone(cfg: Config, *, return_run: bool = False):
-    """Screen each candidate config (its first learning rate, ``select.steps`` steps, no test
-    evaluation) on this run's split; run the one with the best dev accuracy (ties: the earlier
-    candidate) into this run's output_dir, with its own stages unless this config sets some."""
+    """Screen each candidate config (its first learning rate, ``select.steps`` steps or its own,
+    no test evaluation) on this run's split; run the one with the best dev accuracy (ties: the lower
+    dev log-loss) into this run's output_dir, with its own stages unless this config sets some."""
     from autogpt_jax.config import load_config
 
-    out, rows = Path(cfg.output_dir), []
+    out, rows, screens = Path(cfg.output_dir), [], {}
     for path in cfg.select.config_list:
         cand = load_config(["--config_path", path])
         if cand.select.config_list:
@@ -850,26 +862,35 @@ def select_backbone(cfg: Config, *, return_run: bool = False):
         screen = load_config(["--config_path", path, *_forwarded(cfg), "--output_dir", str(out / "select" / Path(path).stem),
                               "--stages", "finetune", "--eval.compare", "false",
                               "--finetune.learning_rates", repr(cand.finetune.lr_grid[0]),
-                              "--finetune.steps", str(cfg.select.steps)])
-        rep = run_pipeline(screen)
+                              "--finetune.steps", str(cfg.select.steps or cand.finetune.steps)])
+        srun = run_pipeline(screen, return_run=True)
+        rep = srun.report
         chosen = rep["seeds"][0]["finetune"]["chosen"]
+        # The winner's own run can start from this screen when the screen is exactly its first grid
+        # point: same steps, no adaptation or joint loss before it, fixed template and label words.
+        if (screen.finetune.steps == cand.finetune.steps and "adapt" not in cand.stage_list
+                and cand.finetune.mlm_weight == 0 and cand.prompt.template and cand.prompt.label_words):
+            screens[path] = {(cfg.data.split_seed, cand.finetune.lr_grid[0]): (srun.model, chosen)}
+        del srun
         rows.append({"config": path, "model": rep["model"], "parameters": rep["parameters"],
-                     "dev_accuracy": chosen["best_dev_accuracy"], "learning_rate": cand.finetune.lr_grid[0],
-                     "steps": cfg.select.steps, "seconds": round(time.perf_counter() - t, 1)})
+                     "dev_accuracy": chosen["best_dev_accuracy"], "dev_log_loss": chosen["best_dev_log_loss"],
+                     "learning_rate": cand.finetune.lr_grid[0], "steps": cfg.select.steps or cand.finetune.steps,
+                     "seconds": round(time.perf_counter() - t, 1)})
         logging.getLogger(__name__).warning("select: %s (%s) dev accuracy %.3f", path, rep["model"],
                                             chosen["best_dev_accuracy"])
-    best = max(rows, key=lambda r: r["dev_accuracy"])  # max keeps the first of equal scores
+    # Dev accuracy moves in steps of 1/|dev|: ties go to the lower dev log-loss (then the earlier).
+    best = max(rows, key=lambda r: (r["dev_accuracy"], -r["dev_log_loss"]))
     extra = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
     if cfg.stages != Config.stages:  # stages set on the selecting config (or its command line) win
         extra += ["--stages", cfg.stages]
     run = run_pipeline(load_config(["--config_path", best["config"], *_forwarded(cfg), *extra, "--output_dir", str(out)]),
-                       return_run=True)
+                       return_run=True, reuse=screens.pop(best["config"], None))
     run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows}
     run.write_report()
     return run if return_run else run.report
 
 
-def run_pipeline(cfg: Config, *, return_run: bool = False):
+def run_pipeline(cfg: Config, *, return_run: bool = False, reuse: dict | None = None):
     if cfg.select.config_list:
         return select_backbone(cfg, return_run=return_run)
     not_built = [s for s in cfg.stage_list if s not in BUILT_STAGES]
@@ -888,7 +909,7 @@ def run_pipeline(cfg: Config, *, return_run: bool = False):
     out.mkdir(parents=True, exist_ok=True)
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
     t0 = time.perf_counter()
-    run = Run(cfg, mesh, out, logger)
+    run = Run(cfg, mesh, out, logger, reuse=reuse or {})
     n_labels = 0
     if cfg.finetune.mode == "head" or (cfg.eval.compare and "finetune" in cfg.stage_list):
         n_labels = _num_labels(cfg)

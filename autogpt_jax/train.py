@@ -11,9 +11,9 @@ def _print_report(report: dict) -> None:
              f"{report['devices']['count']} {report['devices']['platform']} device(s), mesh {report['devices']['mesh']}"]
     sel = report.get("backbone_selection")
     if sel:
-        screened = ", ".join(f"{c['model']} {100 * c['dev_accuracy']:.1f}" for c in sel["candidates"])
-        lines.append(f"backbone: {sel['model']} ({sel['chosen']}), best dev accuracy (%) in a "
-                     f"{sel['candidates'][0]['steps']}-step screen: {screened}")
+        screened = ", ".join(f"{c['config']} {100 * c['dev_accuracy']:.1f} ({c['steps']} steps, loss "
+                             f"{c['dev_log_loss']:.3f})" for c in sel["candidates"])
+        lines.append(f"backbone: {sel['model']} ({sel['chosen']}); screen dev accuracy %: {screened}")
     pre = report.get("pretrain")
     if pre:
         first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")

@@ -336,8 +336,9 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     rep = run_pipeline(cfg)
     sel = rep["backbone_selection"]
     assert [c["config"] for c in sel["candidates"]] == list(map(str, paths))
-    assert all(c["steps"] == 4 and 0.0 <= c["dev_accuracy"] <= 1.0 for c in sel["candidates"])
-    best = max(sel["candidates"], key=lambda c: c["dev_accuracy"])
+    assert all(c["steps"] == 4 and 0.0 <= c["dev_accuracy"] <= 1.0 and c["dev_log_loss"] > 0
+               for c in sel["candidates"])
+    best = max(sel["candidates"], key=lambda c: (c["dev_accuracy"], -c["dev_log_loss"]))
     assert sel["chosen"] == best["config"] and rep["model"] == best["model"] == sel["model"]
     assert rep["stages"] == ["prompt", "finetune", "evaluate"] and "accuracy" in rep["seeds"][0]["test"]
     assert json.loads((out / "report.json").read_text())["backbone_selection"] == sel
@@ -345,6 +346,12 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     rep2 = run_pipeline(load_config(["--config_path", str(selector), "--output_dir", str(tmp_path / "run2"),
                                      "--select.steps", "2", "--stages", "prompt,evaluate"]))
     assert rep2["stages"] == ["prompt", "evaluate"] and "finetune" not in rep2["seeds"][0]
+    # A screen that is exactly the winner's first grid point (own steps, fixed prompt, no adapt) is reused.
+    rep3 = run_pipeline(load_config(["--config_path", str(selector), "--output_dir", str(tmp_path / "run3"),
+                                     "--select.configs", str(paths[1]), "--select.steps", "0"]))
+    screen, ft = rep3["backbone_selection"]["candidates"][0], rep3["seeds"][0]["finetune"]["chosen"]
+    assert screen["steps"] == dec["finetune"]["steps"] and "reused" in ft
+    assert ft["best_dev_accuracy"] == screen["dev_accuracy"] == rep3["seeds"][0]["dev"]["accuracy"]
     nested = tmp_path / "nested.yaml"
     nested.write_text(yaml.safe_dump({**enc, "select": {"configs": str(paths[0])}}))
     with pytest.raises(ConfigError, match="selects among candidates itself"):

@@ -368,17 +368,18 @@ def seeds_only(seeds, cfg, mr, tok, lm, tdec, test_seqs, test_pos, test_y, work,
             row["decoder prompt LoRA (ours)"] = (rep["seeds"][0]["test"]["accuracy"], time.perf_counter() - t)
         if args.decoder_best:
             t = time.perf_counter()
-            rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work),
-                                            "--stages", "prompt,finetune,evaluate,distill",
+            stages = "prompt,finetune,evaluate" + (",distill" if args.distill_steps else "")
+            rep = run_pipeline(load_config([*base, "--output_dir", tempfile.mkdtemp(dir=work), "--stages", stages,
                                             "--prompt.demonstrations", str(args.demonstrations),
-                                            "--distill.steps", str(args.distill_steps)]))
+                                            "--distill.steps", str(max(args.distill_steps, 1))]))
             s_ = rep["seeds"][0]
             row[f"decoder + {args.demonstrations} demonstrations/class (ours)"] = (s_["test"]["accuracy"],
                                                                                 time.perf_counter() - t)
-            row["MiniLM student distilled from it"] = (s_["distill"]["student_test"]["accuracy"],
-                                                       s_["distill"]["train_wall_time_s"])
-            record({"seed": seed, "distill": {k: s_["distill"][k] for k in (
-                "best_step", "student_sentences_per_s", "teacher_sentences_per_s", "speedup")}})
+            if args.distill_steps:
+                row["MiniLM student distilled from it"] = (s_["distill"]["student_test"]["accuracy"],
+                                                           s_["distill"]["train_wall_time_s"])
+                record({"seed": seed, "distill": {k: s_["distill"][k] for k in (
+                    "best_step", "student_sentences_per_s", "teacher_sentences_per_s", "speedup")}})
         if args.skip_torch:
             record({"seed": seed, "k_shot": cfg.data.k_shot, "results": row})
             continue
@@ -425,7 +426,7 @@ def main():
     ap.add_argument("--speed-only", action="store_true", help="with --decoder: only the speed pass (run it alone)")
     ap.add_argument("--best-only", action="store_true", help="--decoder-best: skip the plain prompt-LoRA row")
     ap.add_argument("--demonstrations", type=int, default=2, help="--decoder-best: demonstrations per class")
-    ap.add_argument("--distill-steps", type=int, default=600, help="--decoder-best: student training steps")
+    ap.add_argument("--distill-steps", type=int, default=600, help="--decoder-best: student training steps (0: no student)")
     ap.add_argument("--skip-speed", action="store_true", help="with --decoder: no speed pass")
     ap.add_argument("--skip-zero-shot", action="store_true", help="with --decoder: no zero-shot rows (already in --results)")
     args = ap.parse_args()

@@ -246,6 +246,44 @@ class ExampleBatches:
         self.it.restore(state)
 
 
+def first_fit(lengths: list[int], row_len: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows of at most ``row_len`` tokens (first fit, longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if order and lengths[order[0]] > row_len:
+        raise ValueError(f"an example of {lengths[order[0]]} tokens does not fit a packed row of {row_len}")
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in order:
+        r = next((r for r, u in enumerate(used) if u + lengths[i] <= row_len), None)
+        if r is None:
+            rows.append([]), used.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        used[r] += lengths[i]
+    return rows
+
+
+def pack_rows(seqs: list[np.ndarray], pos: np.ndarray, rows: list[list[int]], n_rows: int, row_len: int, pad_id: int
+              ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+    """The packed arrays (input_ids, attention_mask, positions from 0 per example, segments: 0 =
+    padding, else 1 + the example's slot in its row) of ``rows`` (indices into ``seqs``) in
+    ``n_rows`` rows, and (example, flat row × row_len index of its ``pos``) in row order."""
+    ids = np.full((n_rows, row_len), pad_id, np.int32)
+    mask, positions, segments = (np.zeros((n_rows, row_len), np.int32) for _ in range(3))
+    labels: list[tuple[int, int]] = []
+    for r, members in enumerate(rows):
+        off = 0
+        for slot, i in enumerate(members):
+            n = len(seqs[i])
+            ids[r, off:off + n] = seqs[i]
+            mask[r, off:off + n] = 1
+            positions[r, off:off + n] = np.arange(n)
+            segments[r, off:off + n] = slot + 1
+            labels.append((i, r * row_len + off + int(pos[i])))
+            off += n
+    return {"input_ids": ids, "attention_mask": mask, "positions": positions, "segments": segments}, labels
+
+
 class PackedExampleBatches(ExampleBatches):
     """Decoder prompt batches packed into rows: the examples of a batch lie end to end (first-fit,
     longest first) in rows of ``row_len`` tokens, each attending only to itself (and the prefix
@@ -253,48 +291,26 @@ class PackedExampleBatches(ExampleBatches):
     count is the fewest that hold the batch, rounded up to ``row_multiple``; shapes, and so
     compilations, stay few.
 
-    Yields input_ids, attention_mask, positions (each example from 0), segments (0 = padding,
-    else 1 + the example's slot in its row), label_index (flat row × row_len index of each
-    example's ``pos_field`` position, in batch order) and the other fields.
+    Yields the arrays of ``pack_rows``, label_index (flat row × row_len index of each example's
+    ``pos_field`` position, in batch order) and the other fields.
     """
 
     def __init__(self, seqs: list[np.ndarray], fields: dict[str, np.ndarray], batch_size: int, seed: int, *,
                  pad_id: int, row_len: int, row_multiple: int = 1, pos_field: str = "mask_pos"):
         super().__init__(seqs, fields, batch_size, seed, pad_id=pad_id)
-        longest = max(len(s_) for s_ in seqs)
-        if longest > row_len:
-            raise ValueError(f"an example of {longest} tokens does not fit a packed row of {row_len}")
+        first_fit([len(s_) for s_ in seqs], row_len)  # every example must fit a row
         self.row_len, self.row_multiple, self.pos_field = row_len, row_multiple, pos_field
 
     def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        Lr = self.row_len
-        rows: list[list[int]] = []  # per row: the batch slots it holds
-        used: list[int] = []
-        for j in sorted(range(len(idx)), key=lambda j: -len(self.seqs[idx[j]])):
-            n = len(self.seqs[idx[j]])
-            r = next((r for r, u in enumerate(used) if u + n <= Lr), None)
-            if r is None:
-                rows.append([]), used.append(0)
-                r = len(rows) - 1
-            rows[r].append(j)
-            used[r] += n
-        R = -(-len(rows) // self.row_multiple) * self.row_multiple
-        ids = np.full((R, Lr), self.pad_id, np.int32)
-        mask, positions, segments = (np.zeros((R, Lr), np.int32) for _ in range(3))
+        seqs = [self.seqs[i] for i in idx]
+        pos = np.asarray(self.fields[self.pos_field])[idx]
+        rows = first_fit([len(s_) for s_ in seqs], self.row_len)
+        n_rows = -(-len(rows) // self.row_multiple) * self.row_multiple
+        arrays, labels = pack_rows(seqs, pos, rows, n_rows, self.row_len, self.pad_id)
         label_index = np.zeros(len(idx), np.int32)
-        pos = np.asarray(self.fields[self.pos_field])
-        for r, slots in enumerate(rows):
-            off = 0
-            for k, j in enumerate(slots):
-                s_ = self.seqs[idx[j]]
-                ids[r, off:off + len(s_)] = s_
-                mask[r, off:off + len(s_)] = 1
-                positions[r, off:off + len(s_)] = np.arange(len(s_))
-                segments[r, off:off + len(s_)] = k + 1
-                label_index[j] = r * Lr + off + pos[idx[j]]
-                off += len(s_)
-        return {"input_ids": ids, "attention_mask": mask, "positions": positions, "segments": segments,
-                "label_index": label_index,
+        for j, flat in labels:
+            label_index[j] = flat
+        return {**arrays, "label_index": label_index,
                 **{k: np.asarray(v)[idx] for k, v in self.fields.items() if k != self.pos_field}}
 
 
@@ -304,40 +320,14 @@ def packed_eval_batches(seqs: list[np.ndarray], pos: np.ndarray, rows: int, row_
     ``row_len`` tokens per batch, in the layout of ``PackedExampleBatches``; yields the original
     indices with each batch (label_index and the indices are padded to a power of two, -1 marks
     the padding)."""
-    order = np.argsort([-len(s_) for s_ in seqs], kind="stable")
-    if len(seqs[order[0]]) > row_len:
-        raise ValueError(f"an example of {len(seqs[order[0]])} tokens does not fit a packed row of {row_len}")
-    packed: list[list[int]] = []
-    used: list[int] = []
-    for i in order:
-        n = len(seqs[i])
-        r = next((r for r, u in enumerate(used) if u + n <= row_len), None)
-        if r is None:
-            packed.append([]), used.append(0)
-            r = len(packed) - 1
-        packed[r].append(int(i))
-        used[r] += n
+    packed = first_fit([len(s_) for s_ in seqs], row_len)
     for start in range(0, len(packed), rows):
-        chunk = packed[start:start + rows]
-        count = sum(len(r) for r in chunk)
-        n_pad = 1 << (count - 1).bit_length()
-        ids = np.full((rows, row_len), pad_id, np.int32)
-        mask, positions, segments = (np.zeros((rows, row_len), np.int32) for _ in range(3))
+        arrays, labels = pack_rows(seqs, pos, packed[start:start + rows], rows, row_len, pad_id)
+        n_pad = 1 << (len(labels) - 1).bit_length()
         label_index, out_idx = np.zeros(n_pad, np.int32), np.full(n_pad, -1, np.int64)
-        k = 0
-        for r, members in enumerate(chunk):
-            off = 0
-            for slot, i in enumerate(members):
-                s_ = seqs[i]
-                ids[r, off:off + len(s_)] = s_
-                mask[r, off:off + len(s_)] = 1
-                positions[r, off:off + len(s_)] = np.arange(len(s_))
-                segments[r, off:off + len(s_)] = slot + 1
-                label_index[k], out_idx[k] = r * row_len + off + pos[i], i
-                off += len(s_)
-                k += 1
-        yield out_idx, {"input_ids": ids, "attention_mask": mask, "positions": positions, "segments": segments,
-                        "label_index": label_index}
+        for k, (i, flat) in enumerate(labels):
+            label_index[k], out_idx[k] = flat, i
+        yield out_idx, {**arrays, "label_index": label_index}
 
 
 def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, *,

@@ -17,7 +17,7 @@ import yaml
 
 from autogpt_jax.errors import AutoGPTJaxError
 
-STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "export")
+STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "retrieval", "export")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -75,11 +75,13 @@ class DataConfig:
     max_unlabeled: Optional[int] = None
     # Fraction of unlabelled documents held out to measure the pretraining loss.
     eval_fraction: float = 0.02
+    # Labelled examples per class for train (and as many again for dev); 0: the whole pool (full
+    # data, a stratified 10% of it for dev).
     k_shot: int = 16
     split_seed: int = 42
 
     def __post_init__(self):
-        _check(self.k_shot >= 1, f"data.k_shot must be >= 1, got {self.k_shot}")
+        _check(self.k_shot >= 0, f"data.k_shot must be >= 0 (0: all the data), got {self.k_shot}")
         _check(0.0 <= self.eval_fraction < 0.5, f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
         _check(self.max_unlabeled is None or self.max_unlabeled >= 1, "data.max_unlabeled must be >= 1 or null")
 
@@ -361,6 +363,68 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HandoverConfig:
+    """Out-of-scope handling (see autogpt_jax.handover): the evaluate stage fits a temperature and a
+    confidence threshold on dev; below the threshold ``predict`` says to hand over to a human."""
+
+    enabled: bool = False
+    # Out-of-scope queries for calibration (validation split) and measurement (test split): a
+    # registered source (clinc150). Null: the threshold keeps in_scope_recall of the correctly
+    # answered dev questions.
+    out_of_scope: Optional[str] = None
+    in_scope_recall: float = 0.95
+    # A fixed threshold on calibrated confidence instead of the chosen one.
+    threshold: Optional[float] = None
+
+    def __post_init__(self):
+        _check(0.0 < self.in_scope_recall <= 1.0, f"handover.in_scope_recall must be in (0, 1], got {self.in_scope_recall}")
+        _check(self.threshold is None or 0.0 <= self.threshold <= 1.0,
+               f"handover.threshold must be in [0, 1] or null, got {self.threshold}")
+        if self.out_of_scope is not None:
+            from autogpt_jax.data.sources import OUT_OF_SCOPE
+
+            _check(self.out_of_scope in OUT_OF_SCOPE, f"handover.out_of_scope {self.out_of_scope!r} is not a registered "
+                                                      f"source of out-of-scope queries ({', '.join(sorted(OUT_OF_SCOPE))})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """Stage ``retrieval`` (customer-service answers, see autogpt_jax.retrieval): a bi-encoder
+    fine-tuned contrastively on question -> answer pairs, and the answer index; exported to
+    ``export/retriever/``."""
+
+    # A registered dataset with question/answer/intent columns and a held-out test split.
+    dataset: Optional[str] = "bitext_support"
+    # The encoder (null: model.name_or_path, the run's own BERT).
+    model: Optional[str] = None
+    steps: int = 100
+    batch_size: int = 32
+    # InfoNCE temperature: similarities are divided by it before the softmax.
+    temperature: float = 0.05
+    # Other answers of the same intent in a batch are not negatives.
+    mask_same_intent: bool = True
+    question_max_length: int = 64
+    answer_max_length: int = 128
+    # The index holds at most this many responses of each intent.
+    answers_per_intent: int = 20
+    # Answers returned per question (one per intent).
+    top_k: int = 3
+    # Company details filled into the answers' {{placeholders}}, e.g. {"Website Name": "shop.example"}
+    # (merged over autogpt_jax.retrieval.DEFAULT_COMPANY).
+    company: dict[str, str] = dataclasses.field(default_factory=dict)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=3e-5, warmup_steps=10))
+
+    def __post_init__(self):
+        _check(self.temperature > 0, f"retrieval.temperature must be > 0, got {self.temperature}")
+        _check(self.steps >= 0 and self.batch_size >= 2, "retrieval.steps must be >= 0 and retrieval.batch_size >= 2")
+        _check(self.answers_per_intent >= 1 and self.top_k >= 1, "retrieval.answers_per_intent and top_k must be >= 1")
+        _check(self.question_max_length >= 8 and self.answer_max_length >= 8,
+               "retrieval.question_max_length and answer_max_length must be >= 8")
+        _check(isinstance(self.company, dict) and all(isinstance(v, str) for v in self.company.values()),
+               "retrieval.company must map placeholder names to strings")
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     # Save every N steps (and always at the end of a stage).
     every: int = 100
@@ -419,6 +483,8 @@ class Config:
     peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    handover: HandoverConfig = dataclasses.field(default_factory=HandoverConfig)
+    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
@@ -430,6 +496,8 @@ class Config:
         _check(not (self.finetune.fgm_epsilon > 0 and self.peft.method != "none"),
                "finetune.fgm_epsilon perturbs the trained word embeddings; with peft.method "
                f"{self.peft.method} they are frozen. Use one or the other")
+        _check(not self.handover.enabled or "evaluate" in self.stage_list,
+               "handover.enabled calibrates the hand-over threshold in the evaluate stage; add evaluate to --stages")
 
     @property
     def stage_list(self) -> tuple[str, ...]:

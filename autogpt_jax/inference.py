@@ -65,6 +65,8 @@ class Classifier:
     # decoders with single-token label words: pack the prompts end to end into rows (see
     # data.batching.packed_eval_batches) instead of padding each to a length bucket
     pack: bool = True
+    # a fitted autogpt_jax.handover.Handover (temperature + hand-over threshold), when there is one
+    handover: Any = None
 
     def __post_init__(self):
         self._graphdef, self._state = nnx.split(self.model)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from autogpt_jax import handover
 from autogpt_jax.config import Config, ConfigError, OptimConfig, to_dict
 from autogpt_jax.data import batching, fewshot, masking, sources
 from autogpt_jax.data.sources import load_unlabeled
@@ -35,7 +36,7 @@ from autogpt_jax.training.steps import Trainer
 
 log = logging.getLogger(__name__)
 
-BUILT_STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "export")
+BUILT_STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "retrieval", "export")
 TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate", "distill")
 
 
@@ -51,6 +52,8 @@ class Run:
     fresh: list[str] = dataclasses.field(default_factory=list)
     classifier: Classifier | None = None
     student: Classifier | None = None  # the distill stage's student (head mode), exported to export/student
+    handover: handover.Handover | None = None  # fitted by the evaluate stage when handover.enabled
+    retriever: Any = None  # the retrieval stage's retrieval.Retriever, exported to export/retriever
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     # (split seed, learning rate) -> (model, summary) of a fine-tuning already done on the same
     # split from the same base model with the same recipe (backbone selection's screen)
@@ -294,8 +297,9 @@ def _scoring_name(model, mode: str) -> str:
     return "next_token" if objectives.is_decoder(model) else "cloze"
 
 
-def _evaluate(clf: Classifier, ds, batch_size: int) -> dict[str, Any]:
-    logits, gold = clf.logits(list(ds["text"]), batch_size), np.asarray(ds["label"])
+def _evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = None) -> dict[str, Any]:
+    gold = np.asarray(ds["label"])
+    logits = clf.logits(list(ds["text"]), batch_size) if logits is None else logits
     logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
     log_loss = float(-logp[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
     return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss}
@@ -680,11 +684,32 @@ def run_task_seed(run: Run, seed: int, base_model) -> dict[str, Any]:
                                  verb if mode != "head" else None)
     run.model = model
     if "evaluate" in stages:
-        rep["test"] = _evaluate(run.classifier, task.test, cfg.eval.batch_size)
-        rep["dev"] = _evaluate(run.classifier, task.dev, cfg.eval.batch_size)
+        bs = cfg.eval.batch_size
+        test_logits, dev_logits = (run.classifier.logits(list(ds["text"]), bs) for ds in (task.test, task.dev))
+        rep["test"] = _evaluate(run.classifier, task.test, bs, logits=test_logits)
+        rep["dev"] = _evaluate(run.classifier, task.dev, bs, logits=dev_logits)
+        if cfg.handover.enabled:
+            run.handover, rep["handover"] = fit_handover(run, task, dev_logits, test_logits)
     if "distill" in stages:
         run.student, rep["distill"] = distill(run, task, run.classifier, teacher_test=rep.get("test"))
     return rep
+
+
+def fit_handover(run: Run, task: Task, dev_logits: np.ndarray, test_logits: np.ndarray
+                 ) -> tuple[handover.Handover, dict[str, Any]]:
+    """Temperature and hand-over threshold fitted on dev (plus out-of-scope dev queries when
+    configured), measured on test (plus out-of-scope test queries)."""
+    hc, bs = run.cfg.handover, run.cfg.eval.batch_size
+    oos = sources.OUT_OF_SCOPE[hc.out_of_scope]() if hc.out_of_scope else None
+    oos_dev = run.classifier.logits(oos["dev"], bs) if oos else None
+    h = handover.calibrate(dev_logits, np.asarray(task.dev["label"]), oos_dev, in_scope_recall=hc.in_scope_recall,
+                           threshold=hc.threshold)
+    rep = {**h.to_json(), "out_of_scope": hc.out_of_scope, "threshold_source": "config" if hc.threshold is not None
+           else ("dev + out-of-scope dev" if oos else f"dev (keeps {hc.in_scope_recall:.0%} of correct answers)"),
+           "dev": handover.measure(h, dev_logits, np.asarray(task.dev["label"]), oos_dev),
+           "test": handover.measure(h, test_logits, np.asarray(task.test["label"]),
+                                    run.classifier.logits(oos["test"], bs) if oos else None)}
+    return h, rep
 
 
 def _sentences_per_s(clf: Classifier, texts: list[str], batch_size: int) -> float:
@@ -770,6 +795,10 @@ def run_task(run: Run) -> None:
         summary["test_macro_f1"] = _mean_std([r["test"]["macro_f1"] for r in per_seed])
     for name in (per_seed[0].get("baselines") or {}):
         summary[f"{name}_accuracy"] = _mean_std([r["baselines"][name]["accuracy"] for r in per_seed])
+    if all("handover" in r for r in per_seed):
+        for key in ("in_scope_accuracy", "out_of_scope_recall"):
+            if all(key in r["handover"]["test"] for r in per_seed):
+                summary[f"handover_{key}"] = _mean_std([r["handover"]["test"][key] for r in per_seed])
     if all("distill" in r for r in per_seed):
         summary["student_test_accuracy"] = _mean_std([r["distill"]["student_test"]["accuracy"] for r in per_seed])
         summary["student_speedup"] = _mean_std([r["distill"]["speedup"] for r in per_seed])
@@ -809,9 +838,18 @@ def run_export(run: Run) -> None:
                         template=clf.template.source if clf.template else None,
                         demonstrations=[list(d) for d in clf.template.demos] if clf.template else None,
                         label_words=clf.label_words, peft=peft_meta,
-                        similarity_scale=clf.scale if clf.mode == "similarity" else None)
+                        similarity_scale=clf.scale if clf.mode == "similarity" else None,
+                        handover=run.handover.to_json() if run.handover is not None else None)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
     run.report["export"] = {"dir": str(out)}
+    if run.retriever is not None:
+        rc = run.cfg.retrieval
+        run.retriever.save(out / "retriever", dataset=rc.dataset, top_k=rc.top_k, company=rc.company)
+        if is_main():
+            meta = json.loads((out / "autogpt_jax.json").read_text())
+            meta.update(retriever="retriever", top_k=rc.top_k)
+            (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
+        run.report["export"]["retriever_dir"] = str(out / "retriever")
     if run.student is not None:  # the distilled student: a BertForSequenceClassification that predict serves
         st, sdir = run.student, out / "student"
         hf.save_pretrained(st.model, sdir, tokenizer=st.tokenizer, labels=st.labels)
@@ -824,7 +862,13 @@ def run_export(run: Run) -> None:
         run.report["export"]["student_dir"] = str(sdir)
 
 
-STAGE_FUNCS = {"pretrain": run_pretrain, "task": run_task, "export": run_export}
+def run_retrieval(run: Run) -> None:
+    from autogpt_jax import retrieval
+
+    run.retriever, run.report["retrieval"] = retrieval.train_retriever(run)
+
+
+STAGE_FUNCS = {"pretrain": run_pretrain, "task": run_task, "retrieval": run_retrieval, "export": run_export}
 
 
 def _num_labels(cfg: Config) -> int:

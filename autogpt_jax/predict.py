@@ -1,7 +1,10 @@
 """``python -m autogpt_jax.predict --model_dir runs/x/export (--text "..." | --input_file F) [--output_file F]``
 
 Writes JSON Lines, one object per input in input order: ``label`` and ``probabilities``
-(label → probability). Inputs are batched and compiled once per length bucket.
+(label → probability). Inputs are batched and compiled once per length bucket. An export with a
+hand-over calibration adds ``confidence`` and ``handover``; a customer-service export (a run with
+the retrieval stage) answers each question: ``intent``, ``confidence``, ``handover`` with its
+``reason``, and ``answers`` (the top answers with their scores).
 """
 
 from __future__ import annotations
@@ -58,15 +61,31 @@ def load_classifier(model_dir: str | Path):
             desc = verb.description_table(tok, template)
     elif mode != "head":
         raise PredictError(f"{meta_path}: unknown mode {mode!r} (expected prompt, similarity or head)")
-    return Classifier(lm.model, tok, labels, mode, template, ids, wts, max_length=meta.get("max_length", 128),
-                      pooling=meta.get("pooling", "mean"), label_words=meta.get("label_words"), descriptions=desc,
-                      scale=meta.get("similarity_scale") or 20.0)
+    clf = Classifier(lm.model, tok, labels, mode, template, ids, wts, max_length=meta.get("max_length", 128),
+                     pooling=meta.get("pooling", "mean"), label_words=meta.get("label_words"), descriptions=desc,
+                     scale=meta.get("similarity_scale") or 20.0)
+    if meta.get("handover"):
+        from autogpt_jax.handover import Handover
+
+        clf.handover = Handover(**meta["handover"])
+    return clf
 
 
 def predict_records(clf, texts: list[str], batch_size: int = 64) -> list[dict]:
-    probs = clf.probabilities(texts, batch_size)
-    return [{"label": clf.labels[int(p.argmax())], "probabilities": {l: float(v) for l, v in zip(clf.labels, p)}}
-            for p in probs]
+    """One record per text: ``label`` and ``probabilities``; with a hand-over calibration in the
+    export, the probabilities are calibrated and ``confidence`` and ``handover`` are added."""
+    h = getattr(clf, "handover", None)
+    if h is None:
+        probs, hand = clf.probabilities(texts, batch_size), None
+    else:
+        probs, hand = h.decide(clf.logits(texts, batch_size))
+    out = []
+    for i, p in enumerate(probs):
+        r = {"label": clf.labels[int(p.argmax())], "probabilities": {l: float(v) for l, v in zip(clf.labels, p)}}
+        if hand is not None:
+            r.update(confidence=float(p.max()), handover=bool(hand[i]))
+        out.append(r)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         from autogpt_jax.data.sources import read_table
 
         texts = args.text if args.text else [str(r["text"]) for r in read_table(args.input_file)]
-        clf = load_classifier(args.model_dir)
-        records = predict_records(clf, texts, args.batch_size)
+        meta_path = Path(args.model_dir) / "autogpt_jax.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("retriever"):
+            from autogpt_jax.retrieval import load_assistant
+
+            records = load_assistant(args.model_dir).answer(texts, args.batch_size)
+        else:
+            records = predict_records(load_classifier(args.model_dir), texts, args.batch_size)
     except AutoGPTJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

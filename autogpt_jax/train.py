@@ -39,6 +39,14 @@ def _print_report(report: dict) -> None:
             lines.append(f"prompt: {last['prompt']['template']!r}, label words {last['prompt']['label_words']}")
         if "test_macro_f1" in summ:
             lines.append(f"macro-F1: {fmt('test_macro_f1')}")
+        ho = last.get("handover")
+        if ho:
+            t = ho["test"]
+            lines.append(f"hand-over below confidence {ho['threshold']:.3f} (temperature {ho['temperature']:.2f}, "
+                         f"{ho['threshold_source']}): in-scope accuracy {fmt('handover_in_scope_accuracy')} "
+                         f"({100 * t['in_scope_answered']:.1f}% answered)"
+                         + (f", out-of-scope recall {fmt('handover_out_of_scope_recall')} on "
+                            f"{t['out_of_scope_queries']} {ho['out_of_scope']} queries" if "out_of_scope_recall" in t else ""))
     if report.get("export"):
         lines.append(f"export: {report['export']['dir']}")
     print("\n".join(lines))

@@ -40,11 +40,35 @@ def kshot_indices(labels: np.ndarray, k: int, seed: int, *, names: list[str] | N
     return tr[order.permutation(tr.size)], dv[order.permutation(dv.size)] if dv.size else dv
 
 
+def full_indices(labels: np.ndarray, seed: int, *, dev_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Full-data split (``k_shot`` 0): a stratified ``dev_fraction`` of each class (at least one
+    example) for dev, the rest for train; deterministic for a seed."""
+    labels = np.asarray(labels)
+    train, devi = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if idx.size < 2:
+            raise DataError(f"class {c} has {idx.size} example; full-data training needs 2 (train + dev)")
+        perm = idx[np.random.default_rng([seed, int(c)]).permutation(idx.size)]
+        n_dev = max(1, int(round(dev_fraction * idx.size)))
+        devi.append(perm[:n_dev])
+        train.append(perm[n_dev:])
+    order = np.random.default_rng([seed, 999])
+    tr, dv = np.concatenate(train), np.concatenate(devi)
+    return tr[order.permutation(tr.size)], dv[order.permutation(dv.size)]
+
+
 def fewshot_split(pool, k: int, seed: int, *, dev: bool = True):
-    """(train, dev) ``datasets.Dataset`` K-shot subsets of ``pool`` (a Dataset with a ClassLabel ``label``)."""
+    """(train, dev) ``datasets.Dataset`` K-shot subsets of ``pool`` (a Dataset with a ClassLabel
+    ``label``). ``k`` 0: all of the pool (a stratified 10% for dev when ``dev``)."""
     if len(pool) == 0:
         raise DataError("the labelled pool is empty")
     names = pool.features["label"].names if hasattr(pool.features["label"], "names") else None
+    if k == 0:
+        if not dev:
+            return pool, None
+        tr, dv = full_indices(np.asarray(pool["label"]), seed)
+        return pool.select(tr.tolist()), pool.select(dv.tolist())
     tr, dv = kshot_indices(np.asarray(pool["label"]), k, seed, names=names, dev=dev)
     return pool.select(tr.tolist()), pool.select(dv.tolist()) if dev else None
 

@@ -54,6 +54,8 @@ MR_TEST_PER_CLASS = 1000
 MR_TEST_SEED = 20240501
 AIRLINE_TEST_FRACTION = 0.2
 AIRLINE_TEST_SEED = 20240502
+BITEXT_TEST_FRACTION = 0.2
+BITEXT_TEST_SEED = 20240503
 AIRLINE_HANDLES = ("@virginamerica", "@united", "@southwestair", "@jetblue", "@usairways", "@americanair")
 
 HUB_IDS = {
@@ -218,7 +220,8 @@ def clinc150():
 def bitext_support():
     """Bitext customer-support Q&A: ``question`` (the user's request), ``answer`` (the assistant's
     response, with ``{{placeholders}}``), ``intent``, ``category``; ``text``/``label`` = question/intent.
-    Accepts the local 4,514-row sample (``tags``) and the hub's 26,872-row version (``flags``)."""
+    Accepts the local 4,514-row sample (``tags``) and the hub's 26,872-row version (``flags``).
+    Repeated questions are dropped; ``test`` holds out 20% of each intent's questions (fixed seed)."""
     ds = _datasets()
     d = _local("bitext_customer_support")
     if d is not None:
@@ -228,11 +231,35 @@ def bitext_support():
         rows = list(_from_hub("bitext_support")["train"])
     if rows and "instruction" not in rows[0]:
         raise DataError(f"bitext_support: unexpected columns {sorted(rows[0])}; need instruction, intent, category, response")
-    q = [" ".join(r["instruction"].split()) for r in rows]
-    names = sorted({r["intent"] for r in rows})
-    extra = {"question": q, "answer": [r["response"].strip() for r in rows], "intent": [r["intent"] for r in rows],
-             "category": [r["category"] for r in rows], "tags": [r.get("tags", r.get("flags", "")) or "" for r in rows]}
-    return ds.DatasetDict(train=_labelled(q, [r["intent"] for r in rows], names, extra))
+    seen: set[str] = set()
+    uniq = []
+    for r in rows:  # one row per question: the held-out split is by question
+        q = " ".join(r["instruction"].split())
+        if q and q not in seen:
+            seen.add(q)
+            uniq.append((q, r))
+    names = sorted({r["intent"] for _, r in uniq})
+    lab = np.asarray([names.index(r["intent"]) for _, r in uniq])
+    test = _stratified_split(lab, None, BITEXT_TEST_FRACTION, BITEXT_TEST_SEED)
+
+    def pick(m):
+        sel = [(q, r) for (q, r), k in zip(uniq, m) if k]
+        extra = {"question": [q for q, _ in sel], "answer": [r["response"].strip() for _, r in sel],
+                 "intent": [r["intent"] for _, r in sel], "category": [r["category"] for _, r in sel],
+                 "tags": [r.get("tags", r.get("flags", "")) or "" for _, r in sel]}
+        return _labelled([q for q, _ in sel], [r["intent"] for _, r in sel], names, extra)
+
+    return ds.DatasetDict(train=pick(~test), test=pick(test))
+
+
+def clinc150_out_of_scope() -> dict[str, list[str]]:
+    """CLINC150's out-of-scope queries: ``dev`` (oos_validation, 100) calibrates, ``test`` (oos_test,
+    1,000) measures."""
+    ds = clinc150()
+    return {"dev": list(ds["oos_validation"]["text"]), "test": list(ds["oos_test"]["text"])}
+
+
+OUT_OF_SCOPE: dict[str, Callable[[], dict[str, list[str]]]] = {"clinc150": clinc150_out_of_scope}
 
 
 # --------------------------------------------------------------------------------------------

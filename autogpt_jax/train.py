@@ -36,7 +36,9 @@ def _print_report(report: dict) -> None:
         lines += [f"  {n:<{w}}  {v}" for n, v in rows]
         last = report["seeds"][-1]
         if last.get("prompt"):
-            lines.append(f"prompt: {last['prompt']['template']!r}, label words {last['prompt']['label_words']}")
+            words = last["prompt"]["label_words"]
+            shown = str(words) if len(words) <= 8 else f"{str(words[:6])[:-1]}, ... ({len(words)} classes)]"
+            lines.append(f"prompt: {last['prompt']['template']!r}, label words {shown}")
         if "test_macro_f1" in summ:
             lines.append(f"macro-F1: {fmt('test_macro_f1')}")
         ho = last.get("handover")
@@ -47,6 +49,13 @@ def _print_report(report: dict) -> None:
                          f"({100 * t['in_scope_answered']:.1f}% answered)"
                          + (f", out-of-scope recall {fmt('handover_out_of_scope_recall')} on "
                             f"{t['out_of_scope_queries']} {ho['out_of_scope']} queries" if "out_of_scope_recall" in t else ""))
+    ret = report.get("retrieval")
+    if ret:
+        b, a = ret["before"], ret.get("after", ret["before"])
+        lines.append(f"retrieval ({ret['held_out_questions']} held-out questions, {ret['answers']} answers): "
+                     f"Recall@1 {100 * b['recall@1']:.1f} -> {100 * a['recall@1']:.1f}, Recall@5 {100 * b['recall@5']:.1f} -> "
+                     f"{100 * a['recall@5']:.1f}, MRR {b['mrr']:.3f} -> {a['mrr']:.3f} after "
+                     f"{(ret.get('train') or {}).get('steps', 0)} contrastive steps")
     if report.get("export"):
         lines.append(f"export: {report['export']['dir']}")
     print("\n".join(lines))

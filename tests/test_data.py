@@ -51,8 +51,13 @@ def test_registered_datasets_shapes():
                                                     "oos_train": 100, "oos_validation": 100, "oos_test": 1000}
     names = clinc["train"].features["label"].names
     assert len(names) == 151 and names[-1] == "oos" and set(clinc["oos_test"]["label"]) == {150}
-    bt = sources.load_dataset("bitext_support")["train"]
-    assert len(bt) == 4514 and bt.features["label"].num_classes == 27
+    bitext = sources.load_dataset("bitext_support")
+    bt, btest = bitext["train"], bitext["test"]
+    # 4,514 rows, 4,508 distinct questions once whitespace is normalised; 20% of each intent held out
+    assert (len(bt), len(btest)) == (3607, 901) and bt.features["label"].num_classes == 27
+    assert not set(bt["question"]) & set(btest["question"])
+    counts = np.bincount(list(btest["label"]), minlength=27) / np.bincount(list(bt["label"]) + list(btest["label"]), minlength=27)
+    assert np.all(np.abs(counts - 0.2) < 0.01)
     assert {"question", "answer", "intent", "category"} <= set(bt.column_names)
     assert "{{" in "".join(bt["answer"][:200])
 

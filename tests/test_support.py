@@ -205,3 +205,14 @@ def test_full_data_split_is_stratified_and_disjoint():
     assert len(set(tr) | set(dv)) == labels.size and not set(tr) & set(dv)
     assert [int((labels[dv] == c).sum()) for c in range(3)] == [1, 2, 3]
     np.testing.assert_array_equal(fewshot.full_indices(labels, 7)[1], dv)
+
+
+def test_predict_records_carry_the_handover_of_a_classifier_export(support_run):
+    from autogpt_jax.predict import load_classifier, predict_records
+
+    clf = load_classifier(support_run[0] / "export")
+    recs = predict_records(clf, ["where is my refund", "what's the weather on Mars"])
+    for r in recs:
+        assert set(r) == {"label", "probabilities", "confidence", "handover"}
+        assert r["confidence"] == pytest.approx(max(r["probabilities"].values()))
+        assert r["handover"] == (r["confidence"] < clf.handover.threshold)

@@ -68,6 +68,8 @@ DEFAULT_COMPANY: dict[str, str] = {
 }
 
 _PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")
+# a response about one customer's particulars: an anonymised detail or a long number
+_SPECIFIC = re.compile(r"\{\{[^{}]*(?:Anonymized|\d{6,})[^{}]*\}\}|\d{6,}", re.IGNORECASE)
 
 
 class RetrievalError(AutoGPTJaxError, ValueError):
@@ -99,13 +101,19 @@ class Answer:
 
 def build_answers(questions_ds, per_intent: int, company: dict[str, str] | None, seed: int = 0) -> list[Answer]:
     """The answer set: up to ``per_intent`` distinct filled-in responses of each intent's training
-    questions (a seeded choice), intents in sorted order."""
+    questions (a seeded choice), intents in sorted order. Responses that repeat their question's
+    own details (an order number, a name: Bitext's ``entity_value``) come last, so a general
+    answer is not served with someone else's order number."""
     intents = list(questions_ds["intent"])
     responses = list(questions_ds["answer"])
+    cols = questions_ds.column_names if hasattr(questions_ds, "column_names") else list(questions_ds)
+    entities = list(questions_ds["entity_value"]) if "entity_value" in cols else [""] * len(intents)
     out: list[Answer] = []
     for intent in sorted(set(intents)):
         idx = [i for i, x in enumerate(intents) if x == intent]
         idx = [idx[j] for j in np.random.default_rng([seed, len(out)]).permutation(len(idx))]
+        idx.sort(key=lambda i: (bool(entities[i]) and entities[i] in responses[i],  # stable: general ones first
+                                _SPECIFIC.search(responses[i]) is not None))
         seen: set[str] = set()
         for i in idx:
             t = fill_placeholders(responses[i], company).strip()

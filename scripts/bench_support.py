@@ -5,7 +5,8 @@ names, full fine-tuning), 10-shot over the five LM-BFF split seeds and on the fu
 with the hand-over threshold calibrated on dev + CLINC150's out-of-scope validation queries and
 measured on CLINC150's 1,000 out-of-scope test queries.
 
-Answer retrieval on the Bitext customer-support set (configs/support_qa.yaml's retrieval section):
+Answer retrieval on the Bitext customer-support set (the whole configs/support_qa.yaml run, which
+also trains its Bitext intent model and exports both):
 held-out questions (split by question) against the answer index built from the training pairs'
 responses; Recall@1/@5 and MRR, where an answer is relevant when it answers the question's intent.
 Rows: BM25 over the same answers (rank_bm25), the MiniLM bi-encoder before and after contrastive
@@ -78,11 +79,16 @@ def retrieval_part(workdir: str, extra: list[str]) -> dict:
     from autogpt_jax.config import load_config
 
     t0 = time.perf_counter()
-    args = ["--config_path", str(ROOT / "configs/support_qa.yaml"), "--output_dir", tempfile.mkdtemp(dir=workdir),
-            "--stages", "retrieval", *extra]
-    r = _pipeline(args)["retrieval"]
+    out = tempfile.mkdtemp(dir=workdir)
+    args = ["--config_path", str(ROOT / "configs/support_qa.yaml"), "--output_dir", out, *extra]
+    rep = _pipeline(args)
+    r = rep["retrieval"]
     bm25 = bm25_row(load_config(args))
-    return {"questions": r["held_out_questions"], "answers": r["answers"], "intents": r["intents"],
+    intent = rep["seeds"][0] if rep.get("seeds") else None
+    return {"export": str(Path(out) / "export"), "wall_time_s_pipeline": rep.get("wall_time_s"),
+            "bitext_intent": {"test": {k: intent["test"][k] for k in ("accuracy", "macro_f1")},
+                              "handover": intent.get("handover")} if intent else None,
+            "questions": r["held_out_questions"], "answers": r["answers"], "intents": r["intents"],
             "rows": {"BM25 (rank_bm25)": bm25, "MiniLM bi-encoder, before fine-tuning": r["before"],
                      "MiniLM bi-encoder, contrastive fine-tuned": r["after"]},
             "train": {**r["train"], "temperature": r["temperature"]}, "index_build_s": r["index_build_s"],
@@ -123,9 +129,16 @@ def print_table(res: dict) -> None:
         r = res["retrieval"]
         print(f"Bitext answer retrieval: {r['questions']} held-out questions, {r['answers']} answers in the index "
               f"({r['intents']} intents); relevant = an answer of the question's intent")
-        print(f"  {'method':<34}{'Recall@1':>10}{'Recall@5':>10}{'MRR':>8}")
+        print(f"  {'method':<44}{'Recall@1':>10}{'Recall@5':>10}{'MRR':>8}")
         for name, m in r["rows"].items():
-            print(f"  {name:<34}{100 * m['recall@1']:>10.1f}{100 * m['recall@5']:>10.1f}{m['mrr']:>8.3f}")
+            print(f"  {name:<44}{100 * m['recall@1']:>10.1f}{100 * m['recall@5']:>10.1f}{m['mrr']:>8.3f}")
+        if r.get("bitext_intent"):
+            bi = r["bitext_intent"]
+            ho = bi.get("handover") or {}
+            t = ho.get("test", {})
+            print(f"  the same run's intent model (27 Bitext intents, all training questions): test accuracy "
+                  f"{pct(bi['test']['accuracy'])}; hand-over threshold {ho.get('threshold', 0):.3f}: in-scope accuracy "
+                  f"{pct(t.get('in_scope_accuracy'))}, out-of-scope recall {pct(t.get('out_of_scope_recall'))} (CLINC150)")
         print(f"  contrastive fine-tuning: {r['train']['steps']} steps, batch {r['train']['batch_size']}, "
               f"temperature {r['train']['temperature']}, {r['train']['wall_time_s']:.0f} s; index build "
               f"{r['index_build_s']:.1f} s; part wall time {r['wall_time_s']:.0f} s")

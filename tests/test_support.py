@@ -44,6 +44,11 @@ def test_placeholders_and_answer_groups():
     answers = retrieval.build_answers(ds, 5, None)
     assert sorted((a.intent, a.text) for a in answers) == [("a", "x acmeshop.example"), ("a", "y"), ("b", "z")]
     assert len(retrieval.build_answers(ds, 1, None)) == 2
+    # Responses that repeat one customer's details come after general ones.
+    ds = {"intent": ["a"] * 3, "answer": ["Order 12345678 is cancelled", "Order {{Order Number Anonymized}} is gone",
+                                          "Here is how to cancel an order"], "entity_value": ["12345678", "", ""]}
+    for seed in range(4):
+        assert retrieval.build_answers(ds, 1, None, seed=seed)[0].text == "Here is how to cancel an order"
 
 
 def test_rank_metrics():

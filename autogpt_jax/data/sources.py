@@ -246,7 +246,8 @@ def bitext_support():
         sel = [(q, r) for (q, r), k in zip(uniq, m) if k]
         extra = {"question": [q for q, _ in sel], "answer": [r["response"].strip() for _, r in sel],
                  "intent": [r["intent"] for _, r in sel], "category": [r["category"] for _, r in sel],
-                 "tags": [r.get("tags", r.get("flags", "")) or "" for _, r in sel]}
+                 "tags": [r.get("tags", r.get("flags", "")) or "" for _, r in sel],
+                 "entity_value": [r.get("entity_value") or "" for _, r in sel]}
         return _labelled([q for q, _ in sel], [r["intent"] for _, r in sel], names, extra)
 
     return ds.DatasetDict(train=pick(~test), test=pick(test))

@@ -1,0 +1,443 @@
+"""autogpt_jax demo (Gradio): a sentiment model and a customer-service assistant, both trained by
+the autogpt_jax pipeline, plus how they were made.
+
+    python demo/app.py [--host 127.0.0.1] [--port 7860] [--sentiment-model DIR] [--support-model DIR]
+
+Models are export/ directories of autogpt_jax runs: --sentiment-model (env
+AUTOGPT_JAX_SENTIMENT_MODEL; default models/sentiment beside this file, else
+runs/sentiment_mr/export) and --support-model (env AUTOGPT_JAX_SUPPORT_MODEL; default
+models/support, else runs/support_qa/export). Either may be missing; its tab then says how to train it.
+
+API (gradio_client or HTTP): /sentiment and /support, each one text in, one JSON object out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+for _root in (HERE, HERE.parent):  # a Space ships autogpt_jax/ beside app.py; the repository one level up
+    if (_root / "autogpt_jax").is_dir():
+        sys.path.insert(0, str(_root))
+        break
+
+import numpy as np  # noqa: E402
+
+log = logging.getLogger("autogpt_jax.demo")
+
+MAX_CHARS = 20_000  # longer input is cut (the models read 64 tokens of it)
+NEGATIVE_ESCALATION = 0.85  # negative sentiment at or above this probability flags the chat for a human
+LATENCY_BUDGET_MS = 50.0  # above this (median, one request) the sentiment tab serves the distilled student
+MAX_BATCH = 16  # API requests waiting in the queue are answered together, up to this many per call
+API_CONCURRENCY = 2  # batched calls running at once (one per CPU core here)
+WARMUP_BATCHES = (1, 2, 4, 8, 16)  # the batch shapes served (see _batch), compiled at start
+
+
+def clean(text: Any) -> str:
+    """Whatever arrives, as a string without null bytes, at most MAX_CHARS long, stripped."""
+    s = "" if text is None else str(text)
+    return s.replace("\x00", "")[:MAX_CHARS].strip()
+
+
+def _report(export_dir: Path) -> dict:
+    for p in (export_dir.parent / "report.json", export_dir / "report.json"):
+        if p.is_file():
+            try:
+                return json.loads(p.read_text())
+            except (OSError, ValueError):
+                log.warning("%s: unreadable report", p)
+    return {}
+
+
+def _warm(clf, texts_by_len: list[str]) -> None:
+    for n in WARMUP_BATCHES:
+        for t in texts_by_len:
+            clf.logits([t] * n, batch_size=n)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _batch(n: int) -> int:
+    """The compiled batch size that holds n texts (a power of two up to 16; larger inputs run in 16s)."""
+    return next((b for b in WARMUP_BATCHES if n <= b), WARMUP_BATCHES[-1])
+
+
+def _warm_texts(max_length: int) -> list[str]:
+    """One text per length bucket up to max_length tokens (compiles every shape served)."""
+    from autogpt_jax.data.batching import EVAL_BUCKETS
+
+    return [" ".join(["word"] * max(1, b - 12)) for b in EVAL_BUCKETS if b <= max_length + 16]
+
+
+# --------------------------------------------------------------------------------------------
+# sentiment
+# --------------------------------------------------------------------------------------------
+
+
+class Sentiment:
+    """The exported sentiment classifier; serves the distilled student (export/student) when the
+    model itself is slower than LATENCY_BUDGET_MS per request and a student exists."""
+
+    def __init__(self, export_dir: Path, *, warmup: bool = True):
+        from autogpt_jax.predict import load_classifier
+
+        self.dir = export_dir
+        self.report = _report(export_dir)
+        self.meta = json.loads((export_dir / "autogpt_jax.json").read_text())
+        self.model = load_classifier(export_dir)
+        self.clf, self.served = self.model, "model"
+        self.model_ms = self.student_ms = None
+        if warmup:
+            _warm(self.model, _warm_texts(self.model.max_length))
+            self.model_ms = self._latency(self.model)
+        student = export_dir / "student"
+        if (student / "autogpt_jax.json").is_file() and (self.model_ms is None or self.model_ms > LATENCY_BUDGET_MS):
+            self.clf, self.served = load_classifier(student), "student"
+            if warmup:
+                _warm(self.clf, _warm_texts(self.clf.max_length))
+                self.student_ms = self._latency(self.clf)
+
+    @staticmethod
+    def _latency(clf) -> float:
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            clf.logits(["a quietly moving film with a great cast"], batch_size=1)
+            times.append(1000 * (time.perf_counter() - t0))
+        return float(np.median(times))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.clf.labels)
+
+    def prompt_for(self, text: str) -> str:
+        tpl = self.clf.template
+        if tpl is None:
+            return f"(classification head, no prompt) {text}"
+        words = " / ".join(w[0] for w in (self.clf.label_words or []))
+        return tpl.fill(text, "[" + words + "]") if words else tpl.fill(text, "[MASK]")
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        texts = [clean(t) for t in texts]
+        ok = [i for i, t in enumerate(texts) if t]
+        probs = np.zeros((0, len(self.labels)))
+        if ok:
+            lg = self.clf.logits([texts[i] for i in ok], batch_size=_batch(len(ok)))
+            probs = np.exp(lg - lg.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+        out, j = [], 0
+        for i, t in enumerate(texts):
+            if not t:
+                out.append({"label": None, "probabilities": {}, "model": self.served,
+                            "message": "Type some text to classify."})
+                continue
+            p = probs[j]
+            j += 1
+            out.append({"label": self.labels[int(p.argmax())],
+                        "probabilities": {l: float(v) for l, v in zip(self.labels, p)}, "model": self.served})
+        return out
+
+    def explain(self, text: str, max_words: int = 40) -> list[tuple[str, float]]:
+        """Each word's share of the decision: how much the predicted class's probability falls
+        when that word is left out (occlusion; one batch with every word dropped in turn)."""
+        words = clean(text).split()[:max_words]
+        if not words:
+            return []
+        variants = [" ".join(words)] + [" ".join(words[:i] + words[i + 1:]) or "." for i in range(len(words))]
+        lg = self.clf.logits(variants, batch_size=min(64, _pow2(len(variants))))
+        p = np.exp(lg - lg.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        c = int(p[0].argmax())
+        return [(w, float(p[0, c] - p[i + 1, c])) for i, w in enumerate(words)]
+
+
+# --------------------------------------------------------------------------------------------
+# customer service
+# --------------------------------------------------------------------------------------------
+
+
+class Support:
+    """Intent + calibrated hand-over + retrieved answers (autogpt_jax.retrieval), with the
+    sentiment model flagging unhappy customers."""
+
+    def __init__(self, export_dir: Path, sentiment: Sentiment | None, *, warmup: bool = True):
+        from autogpt_jax.retrieval import load_assistant
+
+        self.dir = export_dir
+        self.report = _report(export_dir)
+        self.assistant = load_assistant(export_dir)
+        self.sentiment = sentiment
+        if warmup:
+            _warm(self.assistant.intent, _warm_texts(self.assistant.intent.max_length))
+            r = self.assistant.retriever
+            for n in WARMUP_BATCHES:
+                for t in _warm_texts(r.question_max_length):
+                    r.search([t] * n)
+
+    def answer(self, texts: list[str]) -> list[dict]:
+        texts = [clean(t) for t in texts]
+        recs = self.assistant.answer(texts, batch_size=_batch(len(texts)))
+        moods = self.sentiment.classify(texts) if self.sentiment is not None else [None] * len(texts)
+        out = []
+        for r, mood in zip(recs, moods):
+            top = r["answers"][0]["answer"] if r["answers"] else None
+            neg = None
+            if mood and mood["label"] is not None:
+                neg = mood["probabilities"].get("negative")
+            out.append({"intent": r["intent"], "confidence": r["confidence"], "answer": top, "answers": r["answers"],
+                        "handover": r["handover"], "reason": r["reason"],
+                        "sentiment": ({"label": mood["label"], "probabilities": mood["probabilities"]}
+                                      if mood and mood["label"] is not None else None),
+                        "escalate": bool(neg is not None and neg >= NEGATIVE_ESCALATION)})
+        return out
+
+
+def chat_reply(rec: dict) -> str:
+    """The assistant's chat message (Markdown, every piece of text HTML-escaped)."""
+    e = html.escape
+    if rec["intent"] is None:
+        parts = [f"Sorry, I cannot answer that ({e(rec['reason'].removeprefix('cannot answer: '))}). "
+                 "I'm handing you over to a human agent."]
+    elif rec["handover"]:
+        parts = [f"I'm not sure I understood (confidence {100 * rec['confidence']:.0f}%), so I'm handing you over "
+                 "to a human agent."]
+        if rec["answer"]:
+            parts.append(f"Meanwhile, this might help:\n\n{e(rec['answer'])}")
+    else:
+        parts = [e(rec["answer"] or "")]
+    if rec["escalate"]:
+        parts.append("⚠️ You sound unhappy, so I've flagged this conversation for a human agent as well.")
+    if rec["intent"] is not None:
+        parts.append(f"*Intent: {e(rec['intent'])} ({100 * rec['confidence']:.0f}%)*")
+    return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# "How it works"
+# --------------------------------------------------------------------------------------------
+
+PIPELINE = """
+```
+pretrained LM ─► prompt generation (templates + label words) ─► adaptive MLM on unlabelled task text
+              ─► prompt-based fine-tuning (full or PEFT) ─► evaluate ─► export ─► this demo
+```
+"""
+
+
+def _pct(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, dict):
+        return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if v.get("n", 1) > 1 else f"{100 * v['mean']:.1f}"
+    return f"{100 * v:.1f}"
+
+
+def how_it_works(sent: Sentiment | None, sup: Support | None) -> str:
+    e = html.escape
+    out = ["## How it works", "Both models were made by the autogpt_jax pipeline from a pretrained encoder and a "
+           "small labelled set:", PIPELINE]
+    if sent is not None:
+        r, m = sent.report, sent.meta
+        summ = r.get("summary") or {}
+        seed = (r.get("seeds") or [{}])[-1]
+        out += ["### Sentiment", f"- model: `{e(str(m.get('source_model')))}` ({e(str(m.get('mode')))} scoring)"]
+        if m.get("template"):
+            out.append(f"- prompt chosen: `{e(m['template'])}`, label words {e(str(m.get('label_words')))}")
+        rows = [("this model (few-shot)", summ.get("test_accuracy")), ("zero-shot prompt", summ.get("zero_shot_accuracy")),
+                ("prompt fine-tuning, no adaptation", summ.get("prompt_ft_accuracy")),
+                ("classifier-head fine-tuning", summ.get("head_ft_accuracy"))]
+        d = seed.get("distill")
+        if d:
+            rows.append(("distilled student", d["student_test"]["accuracy"]))
+        out.append("\n| model | test accuracy % |\n| --- | --- |")
+        out += [f"| {n} | {_pct(v)} |" for n, v in rows if v is not None]
+        served = "the distilled student" if sent.served == "student" else "the model itself"
+        lat = sent.student_ms if sent.served == "student" else sent.model_ms
+        out.append(f"\nServing {served}" + (f" ({lat:.0f} ms per request here)" if lat is not None else "")
+                   + (f"; the model itself takes {sent.model_ms:.0f} ms" if sent.served == "student" and sent.model_ms else "")
+                   + ".")
+        if r.get("config", {}).get("data", {}).get("dataset"):
+            out.append(f"\nTrained on `{e(str(r['config']['data']['dataset']))}` with "
+                       f"K={r['config']['data']['k_shot']} examples per class.")
+    if sup is not None:
+        r = sup.report
+        seed = (r.get("seeds") or [{}])[-1]
+        ret = r.get("retrieval") or {}
+        ho = seed.get("handover") or {}
+        out += ["### Customer service",
+                f"- intent model: test accuracy {_pct((seed.get('test') or {}).get('accuracy'))} % on held-out "
+                f"questions ({len(sup.assistant.intent.labels)} intents)",
+                f"- hand-over below confidence {ho.get('threshold', sup.assistant.intent.handover.threshold if sup.assistant.intent.handover else 0):.2f}"
+                + (f": in-scope accuracy {_pct(ho['test'].get('in_scope_accuracy'))} %, out-of-scope recall "
+                   f"{_pct(ho['test'].get('out_of_scope_recall'))} %" if ho.get("test") else "")]
+        if ret:
+            out.append(f"- answer retrieval ({ret['answers']} answers): Recall@1 {_pct(ret['before']['recall@1'])} → "
+                       f"{_pct(ret['after']['recall@1'])} % after contrastive fine-tuning, MRR "
+                       f"{ret['before']['mrr']:.3f} → {ret['after']['mrr']:.3f}")
+        out.append(f"- negative sentiment ≥ {NEGATIVE_ESCALATION:.0%} flags the conversation for a human.")
+    if sent is None and sup is None:
+        out.append("No models are loaded.")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# the app
+# --------------------------------------------------------------------------------------------
+
+SENTIMENT_EXAMPLES = ["A gripping, beautifully acted film that stays with you.",
+                      "Two hours of my life I will never get back.",
+                      "The plot is thin, but the performances carry it."]
+SUPPORT_EXAMPLES = ["I want to cancel my order", "How do I get a refund?", "Where is my package? This is ridiculous!"]
+
+
+def build(sent: Sentiment | None, sup: Support | None):
+    import gradio as gr
+    import pandas as pd
+
+    def ui_sentiment(text):
+        t = clean(text)
+        if sent is None:
+            return None, None, "No sentiment model is loaded.", []
+        if not t:
+            return None, None, "Type some text to classify.", []
+        rec = sent.classify([t])[0]
+        df = pd.DataFrame({"class": list(rec["probabilities"]), "probability": list(rec["probabilities"].values())})
+        scores = sent.explain(t)
+        top = max((abs(v) for _, v in scores), default=0.0) or 1.0
+        marks = [(w, round(v / top, 3)) for w, v in scores]  # the strongest word at full colour
+        return rec["probabilities"], df, sent.prompt_for(t), marks
+
+    def ui_support(text, history):
+        history = list(history or [])
+        t = clean(text)
+        if sup is None:
+            return history, None, "No customer-service model is loaded.", ""
+        if not t:
+            return history, None, "Type a question.", ""
+        rec = sup.answer([t])[0]
+        history += [{"role": "user", "content": html.escape(t)}, {"role": "assistant", "content": chat_reply(rec)}]
+        intent = {rec["intent"]: rec["confidence"]} if rec["intent"] is not None else None
+        flags = []
+        if rec["handover"]:
+            flags.append("**Handed over to a human agent.**")
+        if rec["escalate"]:
+            flags.append("**Escalated: negative sentiment.**")
+        return history, intent, " ".join(flags) or "Answered by the assistant.", ""
+
+    # The API endpoints are batched: the queue hands each call the texts of up to MAX_BATCH waiting
+    # requests as one list and expects one list of results back. The annotations describe one
+    # request (one text in, one JSON object out), which is what API users send and receive.
+    def api_sentiment(text: str) -> dict:
+        """Sentiment of one text: label and per-class probabilities (label null and a message for empty text)."""
+        texts = list(text)
+        if sent is None:
+            return [[{"label": None, "probabilities": {}, "message": "no sentiment model is loaded"} for _ in texts]]
+        return [sent.classify(texts)]
+
+    def api_support(text: str) -> dict:
+        """Answer one customer question: intent, confidence, answer, top answers, hand-over flag."""
+        texts = list(text)
+        if sup is None:
+            return [[{"intent": None, "answer": None, "handover": True,
+                      "message": "no customer-service model is loaded"} for _ in texts]]
+        return [sup.answer(texts)]
+
+    with gr.Blocks(title="autogpt_jax demo") as demo:
+        gr.Markdown("# autogpt_jax\nFew-shot task models from a pretrained encoder, trained with JAX + Flax.")
+        with gr.Tab("Sentiment", elem_id="tab-sentiment"):
+            if sent is None:
+                gr.Markdown("No sentiment model found: run `make train CONFIG=configs/sentiment_mr.yaml` or pass "
+                            "`--sentiment-model`.")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    s_in = gr.Textbox(label="Text", lines=3, max_length=MAX_CHARS, elem_id="sentiment-input",
+                                      placeholder="Type a movie review…")
+                    s_btn = gr.Button("Classify", variant="primary", elem_id="sentiment-button")
+                    gr.Examples(SENTIMENT_EXAMPLES, inputs=s_in)
+                with gr.Column(scale=2):
+                    s_label = gr.Label(label="Prediction", elem_id="sentiment-label")
+                    s_plot = gr.BarPlot(x="class", y="probability", y_lim=[0, 1], label="Class probabilities",
+                                        elem_id="sentiment-plot")
+            s_prompt = gr.Textbox(label="Prompt used", interactive=False, elem_id="sentiment-prompt")
+            s_words = gr.HighlightedText(label="Words that drove the decision (drop in probability without the word)",
+                                         elem_id="sentiment-words")
+            for ev in (s_btn.click, s_in.submit):
+                ev(ui_sentiment, s_in, [s_label, s_plot, s_prompt, s_words], api_visibility="private")
+        with gr.Tab("Customer service", elem_id="tab-support"):
+            if sup is None:
+                gr.Markdown("No customer-service model found: run `make train CONFIG=configs/support_qa.yaml` or "
+                            "pass `--support-model`.")
+            chat = gr.Chatbot(label="Assistant", elem_id="support-chat", height=380)
+            with gr.Row():
+                q = gr.Textbox(label="Your question", placeholder="Ask about an order, a refund, your account…",
+                               elem_id="support-input", scale=4, max_length=MAX_CHARS)
+                q_btn = gr.Button("Send", variant="primary", elem_id="support-button", scale=1)
+            with gr.Row():
+                intent = gr.Label(label="Detected intent", elem_id="support-intent")
+                status = gr.Markdown(elem_id="support-status")
+            gr.Examples(SUPPORT_EXAMPLES, inputs=q)
+            for ev in (q_btn.click, q.submit):
+                ev(ui_support, [q, chat], [chat, intent, status, q], api_visibility="private")
+        with gr.Tab("How it works", elem_id="tab-how"):
+            gr.Markdown(how_it_works(sent, sup), elem_id="how-it-works")
+        for fn, name in ((api_sentiment, "sentiment"), (api_support, "support")):
+            gr.api(fn, api_name=name, batch=True, max_batch_size=MAX_BATCH, concurrency_limit=API_CONCURRENCY)
+    demo.queue(default_concurrency_limit=4, max_size=512)
+    return demo
+
+
+def _resolve(flag: str | None, env: str, names: list[Path]) -> Path | None:
+    if flag:
+        p = Path(flag)
+        if not (p / "autogpt_jax.json").is_file():
+            raise SystemExit(f"error: {p}: not an autogpt_jax export directory (no autogpt_jax.json)")
+        return p
+    if os.environ.get(env):
+        return _resolve(os.environ[env], env, names)
+    return next((n for n in names if (n / "autogpt_jax.json").is_file()), None)
+
+
+def load(sentiment_dir: Path | None, support_dir: Path | None, *, warmup: bool = True
+         ) -> tuple[Sentiment | None, Support | None]:
+    t0 = time.perf_counter()
+    sent = Sentiment(sentiment_dir, warmup=warmup) if sentiment_dir else None
+    sup = Support(support_dir, sent, warmup=warmup) if support_dir else None
+    print(f"models loaded and compiled in {time.perf_counter() - t0:.1f} s "
+          f"(sentiment: {sentiment_dir or 'none'}, support: {support_dir or 'none'})", flush=True)
+    return sent, sup
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    ap.add_argument("--sentiment-model", default=None)
+    ap.add_argument("--support-model", default=None)
+    ap.add_argument("--no-warmup", action="store_true", help="skip compiling every length bucket at start")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    root = HERE.parent if (HERE.parent / "autogpt_jax").is_dir() else HERE
+    sdir = _resolve(args.sentiment_model, "AUTOGPT_JAX_SENTIMENT_MODEL",
+                    [HERE / "models" / "sentiment", root / "runs" / "sentiment_mr" / "export"])
+    qdir = _resolve(args.support_model, "AUTOGPT_JAX_SUPPORT_MODEL",
+                    [HERE / "models" / "support", root / "runs" / "support_qa" / "export"])
+    if sdir is None and qdir is None:
+        print("warning: no models found; serving the app without them (see --help)", file=sys.stderr)
+    sent, sup = load(sdir, qdir, warmup=not args.no_warmup)
+    demo = build(sent, sup)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=["api"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

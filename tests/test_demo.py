@@ -1,0 +1,198 @@
+"""The Gradio demo against a running server: the named API endpoints through gradio_client, 200
+mixed requests from 16 concurrent clients, a real browser (headless Chromium driven by
+Playwright), and the Hugging Face Space folder that scripts/build_space.py assembles."""
+
+import concurrent.futures as cf
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autogpt_jax.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], cwd: Path, log: Path, timeout: float = 420) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    f = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the app exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        if "Running on local URL" in log.read_text():
+            return proc
+        time.sleep(1)
+    proc.kill()
+    raise AssertionError(f"the app did not start in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_bert_dir):
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("demo_models")
+    run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--model.name_or_path",
+                              str(tiny_bert_dir), "--stages", "finetune,evaluate,export", "--prompt.template",
+                              "{text} It was {mask}.", "--output_dir", str(out / "sentiment")]))
+    run_pipeline(load_config(["--config_path", "tests/configs/tiny_support.yaml", "--model.name_or_path",
+                              str(tiny_bert_dir), "--retrieval.steps", "2", "--output_dir", str(out / "support")]))
+    return out / "sentiment" / "export", out / "support" / "export"
+
+
+@pytest.fixture(scope="module")
+def app(exports, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    proc = _serve([sys.executable, str(ROOT / "demo" / "app.py"), "--port", str(port), "--sentiment-model",
+                   str(exports[0]), "--support-model", str(exports[1])], ROOT, log)
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(30)
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _check_sentiment(r: dict, empty: bool = False):
+    assert set(r) >= {"label", "probabilities", "model"}
+    if empty:
+        assert r["label"] is None and r["message"]
+    else:
+        assert r["label"] in ("negative", "positive") and abs(sum(r["probabilities"].values()) - 1) < 1e-4
+
+
+def _check_support(r: dict):
+    assert set(r) >= {"intent", "confidence", "answer", "answers", "handover", "reason", "escalate"}
+    assert isinstance(r["handover"], bool) and isinstance(r["escalate"], bool)
+    if r["intent"] is None:
+        assert r["handover"] and r["reason"].startswith("cannot answer") and r["answer"] is None
+    else:
+        assert r["answer"] == r["answers"][0]["answer"] and 0 <= r["confidence"] <= 1
+
+
+def test_gradio_client_calls_both_endpoints(app):
+    c = _client(app)
+    names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/sentiment", "/support"} <= names
+    _check_sentiment(c.predict("A gripping, beautifully acted film.", api_name="/sentiment"))
+    _check_sentiment(c.predict("", api_name="/sentiment"), empty=True)
+    r = c.predict("I want to cancel my order", api_name="/support")
+    _check_support(r)
+    assert r["intent"] is not None and len(r["answers"]) == 3 and "{{" not in r["answer"]
+
+
+NASTY = ["", "   ", "x" * 20000, ("where is my refund " * 1100)[:20000], "😀🎉🔥", "我想取消我的订单",
+         "<script>alert('x')</script><b>bold</b>", "a\x00b\x00c", "I want to cancel my order", "Great film!",
+         "Terrible service, I am furious", "&lt;&amp;"]
+
+
+def test_200_mixed_requests_from_16_clients(app):
+    def worker(i):
+        c = _client(app)
+        out = []
+        for j in range(i, 200, 16):
+            text = NASTY[j % len(NASTY)]
+            endpoint = "/sentiment" if j % 2 == 0 else "/support"
+            out.append((endpoint, text, c.predict(text, api_name=endpoint)))
+        return out
+
+    with cf.ThreadPoolExecutor(16) as ex:
+        results = [r for rs in ex.map(worker, range(16)) for r in rs]
+    assert len(results) == 200
+    for endpoint, text, r in results:
+        json.dumps(r)
+        if endpoint == "/sentiment":
+            _check_sentiment(r, empty=not text.replace("\x00", "").strip())
+        else:
+            _check_support(r)
+    # still answering afterwards
+    _check_sentiment(_client(app).predict("still there?", api_name="/sentiment"))
+
+
+def test_browser_types_into_each_tab(app, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install chromium (CI installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    c = _client(app)
+    want_sent = c.predict("A gripping, beautifully acted film.", api_name="/sentiment")["label"]
+    want_sup = c.predict("I want to cancel my order", api_name="/support")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app)
+        page.get_by_role("tab", name="Sentiment").click()
+        page.locator("#sentiment-input textarea").fill("A gripping, beautifully acted film.")
+        page.locator("#sentiment-button").click()
+        label = page.locator("#sentiment-label")
+        expect(label).to_contain_text(want_sent, timeout=60_000)
+        expect(page.locator("#sentiment-prompt textarea")).to_have_value(re.compile("It was"), timeout=30_000)
+        expect(page.locator("#sentiment-plot svg.marks")).to_be_visible(timeout=30_000)  # the probability bars
+        expect(page.locator("#sentiment-words")).to_contain_text("gripping", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "sentiment.png"), full_page=True)
+
+        page.get_by_role("tab", name="Customer service").click()
+        box = page.locator("#support-input textarea")
+        box.fill("I want to cancel my order")
+        box.press("Enter")
+        chat = page.locator("#support-chat")
+        expect(chat).to_contain_text(want_sup["answer"][:40], timeout=60_000)
+        expect(page.locator("#support-intent")).to_contain_text(want_sup["intent"], timeout=30_000)
+        # what the public types is shown as text, never run as HTML
+        box.fill("<b id='injected'>bold</b><img src=x onerror=alert(1)>")
+        box.press("Enter")
+        expect(chat).to_contain_text("<b id='injected'>bold</b>", timeout=60_000)
+        assert page.locator("#injected").count() == 0
+        page.screenshot(path=str(tmp_path / "support.png"), full_page=True)
+
+        page.get_by_role("tab", name="How it works").click()
+        expect(page.locator("#how-it-works")).to_contain_text("test accuracy", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "how.png"), full_page=True)
+        browser.close()
+    for name in ("sentiment.png", "support.png", "how.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_space_folder_serves(exports, tmp_path):
+    space = tmp_path / "space"
+    p = subprocess.run([sys.executable, "scripts/build_space.py", "--sentiment-model", str(exports[0]),
+                        "--support-model", str(exports[1]), "--out", str(space)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    readme = (space / "README.md").read_text()
+    front = readme.split("---")[1]
+    for key in ("sdk: gradio", "app_file: app.py", "python_version:"):
+        assert key in front
+    reqs = (space / "requirements.txt").read_text()
+    assert "jax" in reqs and "gradio" in reqs and "torch" not in reqs
+    for d in ("models/sentiment", "models/support", "models/support/retriever"):
+        assert (space / d / "model.safetensors").is_file()
+    port = _free_port()
+    proc = _serve([sys.executable, "app.py", "--port", str(port)], space, tmp_path / "space.log")
+    try:
+        r = _client(f"http://127.0.0.1:{port}/").predict("I want to cancel my order", api_name="/support")
+        _check_support(r)
+        assert r["intent"] is not None
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -88,7 +88,7 @@ class Sentiment:
     """The exported sentiment classifier; serves the distilled student (export/student) when the
     model itself is slower than LATENCY_BUDGET_MS per request and a student exists."""
 
-    def __init__(self, export_dir: Path, *, warmup: bool = True):
+    def __init__(self, export_dir: Path, *, warmup: bool = True, latency_budget_ms: float = LATENCY_BUDGET_MS):
         from autogpt_jax.predict import load_classifier
 
         self.dir = export_dir
@@ -101,7 +101,7 @@ class Sentiment:
             _warm(self.model, _warm_texts(self.model.max_length))
             self.model_ms = self._latency(self.model)
         student = export_dir / "student"
-        if (student / "autogpt_jax.json").is_file() and (self.model_ms is None or self.model_ms > LATENCY_BUDGET_MS):
+        if (student / "autogpt_jax.json").is_file() and (self.model_ms is None or self.model_ms > latency_budget_ms):
             self.clf, self.served = load_classifier(student), "student"
             if warmup:
                 _warm(self.clf, _warm_texts(self.clf.max_length))
@@ -407,10 +407,10 @@ def _resolve(flag: str | None, env: str, names: list[Path]) -> Path | None:
     return next((n for n in names if (n / "autogpt_jax.json").is_file()), None)
 
 
-def load(sentiment_dir: Path | None, support_dir: Path | None, *, warmup: bool = True
-         ) -> tuple[Sentiment | None, Support | None]:
+def load(sentiment_dir: Path | None, support_dir: Path | None, *, warmup: bool = True,
+         latency_budget_ms: float = LATENCY_BUDGET_MS) -> tuple[Sentiment | None, Support | None]:
     t0 = time.perf_counter()
-    sent = Sentiment(sentiment_dir, warmup=warmup) if sentiment_dir else None
+    sent = Sentiment(sentiment_dir, warmup=warmup, latency_budget_ms=latency_budget_ms) if sentiment_dir else None
     sup = Support(support_dir, sent, warmup=warmup) if support_dir else None
     print(f"models loaded and compiled in {time.perf_counter() - t0:.1f} s "
           f"(sentiment: {sentiment_dir or 'none'}, support: {support_dir or 'none'})", flush=True)
@@ -424,6 +424,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sentiment-model", default=None)
     ap.add_argument("--support-model", default=None)
     ap.add_argument("--no-warmup", action="store_true", help="skip compiling every length bucket at start")
+    ap.add_argument("--latency-budget-ms", type=float, default=LATENCY_BUDGET_MS,
+                    help="serve the sentiment export's distilled student when the model is slower than this")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     root = HERE.parent if (HERE.parent / "autogpt_jax").is_dir() else HERE
@@ -433,7 +435,7 @@ def main(argv=None) -> int:
                     [HERE / "models" / "support", root / "runs" / "support_qa" / "export"])
     if sdir is None and qdir is None:
         print("warning: no models found; serving the app without them (see --help)", file=sys.stderr)
-    sent, sup = load(sdir, qdir, warmup=not args.no_warmup)
+    sent, sup = load(sdir, qdir, warmup=not args.no_warmup, latency_budget_ms=args.latency_budget_ms)
     demo = build(sent, sup)
     demo.launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=["api"])
     return 0

@@ -49,8 +49,10 @@ def exports(tmp_path_factory, tiny_bert_dir):
 
     out = tmp_path_factory.mktemp("demo_models")
     run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--model.name_or_path",
-                              str(tiny_bert_dir), "--stages", "finetune,evaluate,export", "--prompt.template",
-                              "{text} It was {mask}.", "--output_dir", str(out / "sentiment")]))
+                              str(tiny_bert_dir), "--stages", "finetune,evaluate,distill,export", "--prompt.template",
+                              "{text} It was {mask}.", "--distill.student", str(tiny_bert_dir), "--distill.steps", "4",
+                              "--distill.batch_size", "8", "--distill.max_unlabeled", "32", "--distill.eval_every", "2",
+                              "--distill.max_length", "32", "--output_dir", str(out / "sentiment")]))
     run_pipeline(load_config(["--config_path", "tests/configs/tiny_support.yaml", "--model.name_or_path",
                               str(tiny_bert_dir), "--retrieval.steps", "2", "--output_dir", str(out / "support")]))
     return out / "sentiment" / "export", out / "support" / "export"
@@ -171,6 +173,20 @@ def test_browser_types_into_each_tab(app, tmp_path):
         browser.close()
     for name in ("sentiment.png", "support.png", "how.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_slow_model_is_served_by_its_distilled_student(exports):
+    sys.path.insert(0, str(ROOT / "demo"))
+    import app as demo_app
+
+    fast = demo_app.Sentiment(exports[0])  # the tiny model is well inside the 50 ms budget
+    assert fast.served == "model" and fast.model_ms < demo_app.LATENCY_BUDGET_MS
+    slow = demo_app.Sentiment(exports[0], latency_budget_ms=0.0)  # as if it were too slow
+    assert slow.served == "student" and slow.clf.mode == "head" and slow.student_ms is not None
+    rec = slow.classify(["a moving film"])[0]
+    assert rec["model"] == "student" and rec["label"] in ("negative", "positive")
+    text = demo_app.how_it_works(slow, None)
+    assert "distilled student" in text and "this model (few-shot)" in text and "Serving the distilled student" in text
 
 
 def test_space_folder_serves(exports, tmp_path):

@@ -250,7 +250,9 @@ def how_it_works(sent: Sentiment | None, sup: Support | None) -> str:
         r, m = sent.report, sent.meta
         summ = r.get("summary") or {}
         seed = (r.get("seeds") or [{}])[-1]
-        out += ["### Sentiment", f"- model: `{e(str(m.get('source_model')))}` ({e(str(m.get('mode')))} scoring)"]
+        src = Path(str(m.get("source_model")))
+        name = src.parent.name if src.name == "model" else src.name  # packaged models live in .../<package>/model
+        out += ["### Sentiment", f"- model: `{e(name)}` ({e(str(m.get('mode')))} scoring)"]
         if m.get("template"):
             out.append(f"- prompt chosen: `{e(m['template'])}`, label words {e(str(m.get('label_words')))}")
         rows = [("this model (few-shot)", summ.get("test_accuracy")), ("zero-shot prompt", summ.get("zero_shot_accuracy")),

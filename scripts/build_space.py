@@ -63,9 +63,6 @@ def _pinned(name: str) -> str:
 
 
 def _copy_export(src: Path, dst: Path) -> str:
-    if not (src / "autogpt_jax.json").is_file():
-        raise SystemExit(f"error: {src}: not an autogpt_jax export directory (no autogpt_jax.json); train it first, "
-                         "e.g. make train CONFIG=configs/support_qa.yaml")
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     report = src.parent / "report.json"
     if report.is_file():
@@ -82,6 +79,10 @@ def main(argv=None) -> int:
     ap.add_argument("--support-model", default=str(ROOT / "runs" / "support_qa" / "export"))
     ap.add_argument("--out", default=str(ROOT / "space"))
     args = ap.parse_args(argv)
+    for src in (args.sentiment_model, args.support_model):  # check both before writing anything
+        if not (Path(src) / "autogpt_jax.json").is_file():
+            raise SystemExit(f"error: {src}: not an autogpt_jax export directory (no autogpt_jax.json); train it "
+                             "first (make demo trains both), or pass --sentiment-model / --support-model")
     out = Path(args.out)
     if out.exists():
         if not (out / "app.py").is_file() and any(out.iterdir()):

@@ -102,7 +102,7 @@ class Classifier:
                                                self._ids, self._wts, self._prefix))
                 out[idx[idx >= 0]] = lg[idx >= 0]
             return out
-        bs = min(batch_size, max(8, 1 << (len(seqs) - 1).bit_length()))
+        bs = batching.eval_batch_size(len(seqs), batch_size)
         for idx, b in batching.eval_batches(seqs, bs, pad):
             real = idx >= 0
             src = np.where(real, idx, idx[0])

@@ -840,15 +840,13 @@ def run_export(run: Run) -> None:
                         label_words=clf.label_words, peft=peft_meta,
                         similarity_scale=clf.scale if clf.mode == "similarity" else None,
                         handover=run.handover.to_json() if run.handover is not None else None)
+        if run.retriever is not None:
+            meta.update(retriever="retriever", top_k=run.cfg.retrieval.top_k)
         (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
     run.report["export"] = {"dir": str(out)}
     if run.retriever is not None:
         rc = run.cfg.retrieval
         run.retriever.save(out / "retriever", dataset=rc.dataset, top_k=rc.top_k, company=rc.company)
-        if is_main():
-            meta = json.loads((out / "autogpt_jax.json").read_text())
-            meta.update(retriever="retriever", top_k=rc.top_k)
-            (out / "autogpt_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
         run.report["export"]["retriever_dir"] = str(out / "retriever")
     if run.student is not None:  # the distilled student: a BertForSequenceClassification that predict serves
         st, sdir = run.student, out / "student"

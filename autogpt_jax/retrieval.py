@@ -143,7 +143,7 @@ def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int =
     seqs = batching.encode(tokenizer, texts, max_length)
     graphdef, state = nnx.split(model)
     out = np.zeros((len(seqs), model.config.hidden_size), np.float32)
-    bs = min(batch_size, max(8, 1 << (len(seqs) - 1).bit_length()))
+    bs = batching.eval_batch_size(len(seqs), batch_size)
     for idx, b in batching.eval_batches(seqs, bs, tokenizer.pad_token_id or 0):
         e = np.asarray(_embed(graphdef, state, jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"])))
         out[idx[idx >= 0]] = e[idx >= 0]

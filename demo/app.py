@@ -128,24 +128,14 @@ class Sentiment:
         return tpl.fill(text, "[" + words + "]") if words else tpl.fill(text, "[MASK]")
 
     def classify(self, texts: list[str]) -> list[dict]:
+        from autogpt_jax.predict import predict_records
+
         texts = [clean(t) for t in texts]
-        ok = [i for i, t in enumerate(texts) if t]
-        probs = np.zeros((0, len(self.labels)))
-        if ok:
-            lg = self.clf.logits([texts[i] for i in ok], batch_size=_batch(len(ok)))
-            probs = np.exp(lg - lg.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-        out, j = [], 0
-        for i, t in enumerate(texts):
-            if not t:
-                out.append({"label": None, "probabilities": {}, "model": self.served,
-                            "message": "Type some text to classify."})
-                continue
-            p = probs[j]
-            j += 1
-            out.append({"label": self.labels[int(p.argmax())],
-                        "probabilities": {l: float(v) for l, v in zip(self.labels, p)}, "model": self.served})
-        return out
+        ok = [t for t in texts if t]
+        recs = iter(predict_records(self.clf, ok, batch_size=_batch(len(ok))) if ok else [])
+        return [{**next(recs), "model": self.served} if t else
+                {"label": None, "probabilities": {}, "model": self.served, "message": "Type some text to classify."}
+                for t in texts]
 
     def explain(self, text: str, max_words: int = 40) -> list[tuple[str, float]]:
         """Each word's share of the decision: how much the predicted class's probability falls
@@ -154,9 +144,7 @@ class Sentiment:
         if not words:
             return []
         variants = [" ".join(words)] + [" ".join(words[:i] + words[i + 1:]) or "." for i in range(len(words))]
-        lg = self.clf.logits(variants, batch_size=min(64, _pow2(len(variants))))
-        p = np.exp(lg - lg.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
+        p = self.clf.probabilities(variants, batch_size=min(64, _pow2(len(variants))))
         c = int(p[0].argmax())
         return [(w, float(p[0, c] - p[i + 1, c])) for i, w in enumerate(words)]
 

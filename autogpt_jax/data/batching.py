@@ -330,6 +330,12 @@ def packed_eval_batches(seqs: list[np.ndarray], pos: np.ndarray, rows: int, row_
         yield out_idx, {**arrays, "label_index": label_index}
 
 
+def eval_batch_size(n: int, batch_size: int) -> int:
+    """The batch size for evaluating ``n`` examples: a power of two of at least 8 (few compiled
+    shapes), at most ``batch_size``."""
+    return min(batch_size, max(8, 1 << (n - 1).bit_length()))
+
+
 def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, *,
                  buckets: tuple[int, ...] = EVAL_BUCKETS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Every example once, sorted by length so each batch pads to a small bucket; yields the

@@ -66,9 +66,13 @@ class LlamaConfig:
             raise ValueError(f"rope_scaling {scaling} is not supported (only plain rotary embeddings)")
         if hf.get("mlp_bias"):
             raise ValueError("mlp_bias=true is not supported")
-        if hf.get("sliding_window") and hf.get("use_sliding_window"):
-            raise ValueError("sliding-window attention is not supported")
         mt = hf.get("model_type", "llama")
+        # Qwen2 switches its window on with use_sliding_window; Mistral has no switch and applies
+        # sliding_window whenever it is set. A window as long as the context changes nothing.
+        window = hf.get("sliding_window")
+        if window and (hf.get("use_sliding_window") or mt == "mistral") and \
+                window < hf.get("max_position_embeddings", float("inf")):
+            raise ValueError(f"sliding-window attention (sliding_window={window}) is not supported")
         rope = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
         kw = dict(
             vocab_size=hf["vocab_size"],

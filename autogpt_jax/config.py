@@ -79,11 +79,15 @@ class DataConfig:
     # data, a stratified 10% of it for dev).
     k_shot: int = 16
     split_seed: int = 42
+    # Evaluate on at most this many test examples: a fixed random subset, the same for every split
+    # seed (null: the whole test split). For quick runs; reported figures use the whole split.
+    max_test: Optional[int] = None
 
     def __post_init__(self):
         _check(self.k_shot >= 0, f"data.k_shot must be >= 0 (0: all the data), got {self.k_shot}")
         _check(0.0 <= self.eval_fraction < 0.5, f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
         _check(self.max_unlabeled is None or self.max_unlabeled >= 1, "data.max_unlabeled must be >= 1 or null")
+        _check(self.max_test is None or self.max_test >= 1, "data.max_test must be >= 1 or null")
 
 
 @dataclasses.dataclass(frozen=True)

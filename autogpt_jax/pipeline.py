@@ -254,7 +254,7 @@ def prepare_task(run: Run, seed: int) -> Task:
     if len(unlabeled) > cap:
         keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(unlabeled))[:cap])
         unlabeled = [unlabeled[i] for i in keep]
-    return Task(names, train, dev, ds["test"], unlabeled, seed)
+    return Task(names, train, dev, fewshot.fixed_subset(ds["test"], d.max_test), unlabeled, seed)
 
 
 def parse_label_words(spec: str | None, names: list[str]) -> Verbalizer | None:

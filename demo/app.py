@@ -39,6 +39,9 @@ LATENCY_BUDGET_MS = 50.0  # above this (median, one request) the sentiment tab s
 MAX_BATCH = 16  # API requests waiting in the queue are answered together, up to this many per call
 API_CONCURRENCY = 2  # batched calls running at once (one per CPU core here)
 WARMUP_BATCHES = (1, 2, 4, 8, 16)  # the batch shapes served (see _batch), compiled at start
+# Which of them to compile at start (comma-separated; empty: none): the rest compile on first use.
+# The tests set "1" so that an app starts in seconds; a deployment keeps them all.
+WARMUP_ENV = "AUTOGPT_JAX_DEMO_WARMUP_BATCHES"
 
 
 def clean(text: Any) -> str:
@@ -57,8 +60,22 @@ def _report(export_dir: Path) -> dict:
     return {}
 
 
-def _warm(clf, texts_by_len: list[str]) -> None:
-    for n in WARMUP_BATCHES:
+def warmup_batches(spec: str | None) -> tuple[int, ...]:
+    """Parse a --warmup-batches value ("1,2,4,8,16"; "" for none) into served batch sizes."""
+    if spec is None:
+        return WARMUP_BATCHES
+    try:
+        sizes = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        sizes = (-1,)
+    bad = [n for n in sizes if n not in WARMUP_BATCHES]
+    if bad:
+        raise SystemExit(f"error: warm-up batch sizes must be among {','.join(map(str, WARMUP_BATCHES))}; got {spec!r}")
+    return sizes
+
+
+def _warm(clf, texts_by_len: list[str], batches: tuple[int, ...]) -> None:
+    for n in batches:
         for t in texts_by_len:
             clf.logits([t] * n, batch_size=n)
 
@@ -88,7 +105,8 @@ class Sentiment:
     """The exported sentiment classifier; serves the distilled student (export/student) when the
     model itself is slower than LATENCY_BUDGET_MS per request and a student exists."""
 
-    def __init__(self, export_dir: Path, *, warmup: bool = True, latency_budget_ms: float = LATENCY_BUDGET_MS):
+    def __init__(self, export_dir: Path, *, warmup: tuple[int, ...] = WARMUP_BATCHES,
+                 latency_budget_ms: float = LATENCY_BUDGET_MS):
         from autogpt_jax.predict import load_classifier
 
         self.dir = export_dir
@@ -97,14 +115,14 @@ class Sentiment:
         self.model = load_classifier(export_dir)
         self.clf, self.served = self.model, "model"
         self.model_ms = self.student_ms = None
-        if warmup:
-            _warm(self.model, _warm_texts(self.model.max_length))
+        if warmup:  # the latency is measured on warm shapes only
+            _warm(self.model, _warm_texts(self.model.max_length), warmup)
             self.model_ms = self._latency(self.model)
         student = export_dir / "student"
         if (student / "autogpt_jax.json").is_file() and (self.model_ms is None or self.model_ms > latency_budget_ms):
             self.clf, self.served = load_classifier(student), "student"
             if warmup:
-                _warm(self.clf, _warm_texts(self.clf.max_length))
+                _warm(self.clf, _warm_texts(self.clf.max_length), warmup)
                 self.student_ms = self._latency(self.clf)
 
     @staticmethod
@@ -158,7 +176,7 @@ class Support:
     """Intent + calibrated hand-over + retrieved answers (autogpt_jax.retrieval), with the
     sentiment model flagging unhappy customers."""
 
-    def __init__(self, export_dir: Path, sentiment: Sentiment | None, *, warmup: bool = True):
+    def __init__(self, export_dir: Path, sentiment: Sentiment | None, *, warmup: tuple[int, ...] = WARMUP_BATCHES):
         from autogpt_jax.retrieval import load_assistant
 
         self.dir = export_dir
@@ -166,9 +184,9 @@ class Support:
         self.assistant = load_assistant(export_dir)
         self.sentiment = sentiment
         if warmup:
-            _warm(self.assistant.intent, _warm_texts(self.assistant.intent.max_length))
+            _warm(self.assistant.intent, _warm_texts(self.assistant.intent.max_length), warmup)
             r = self.assistant.retriever
-            for n in WARMUP_BATCHES:
+            for n in warmup:
                 for t in _warm_texts(r.question_max_length):
                     r.search([t] * n)
 
@@ -397,7 +415,7 @@ def _resolve(flag: str | None, env: str, names: list[Path]) -> Path | None:
     return next((n for n in names if (n / "autogpt_jax.json").is_file()), None)
 
 
-def load(sentiment_dir: Path | None, support_dir: Path | None, *, warmup: bool = True,
+def load(sentiment_dir: Path | None, support_dir: Path | None, *, warmup: tuple[int, ...] = WARMUP_BATCHES,
          latency_budget_ms: float = LATENCY_BUDGET_MS) -> tuple[Sentiment | None, Support | None]:
     t0 = time.perf_counter()
     sent = Sentiment(sentiment_dir, warmup=warmup, latency_budget_ms=latency_budget_ms) if sentiment_dir else None
@@ -414,6 +432,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sentiment-model", default=None)
     ap.add_argument("--support-model", default=None)
     ap.add_argument("--no-warmup", action="store_true", help="skip compiling every length bucket at start")
+    ap.add_argument("--warmup-batches", default=os.environ.get(WARMUP_ENV),
+                    help=f"batch sizes compiled at start, comma-separated (default: all of "
+                         f"{','.join(map(str, WARMUP_BATCHES))}; env {WARMUP_ENV})")
     ap.add_argument("--latency-budget-ms", type=float, default=LATENCY_BUDGET_MS,
                     help="serve the sentiment export's distilled student when the model is slower than this")
     args = ap.parse_args(argv)
@@ -425,7 +446,8 @@ def main(argv=None) -> int:
                     [HERE / "models" / "support", root / "runs" / "support_qa" / "export"])
     if sdir is None and qdir is None:
         print("warning: no models found; serving the app without them (see --help)", file=sys.stderr)
-    sent, sup = load(sdir, qdir, warmup=not args.no_warmup, latency_budget_ms=args.latency_budget_ms)
+    warm = () if args.no_warmup else warmup_batches(args.warmup_batches)
+    sent, sup = load(sdir, qdir, warmup=warm, latency_budget_ms=args.latency_budget_ms)
     demo = build(sent, sup)
     demo.launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=["api"])
     return 0

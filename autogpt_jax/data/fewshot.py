@@ -58,6 +58,14 @@ def full_indices(labels: np.ndarray, seed: int, *, dev_fraction: float = 0.1) ->
     return tr[order.permutation(tr.size)], dv[order.permutation(dv.size)]
 
 
+def fixed_subset(ds, n: int | None):
+    """At most ``n`` rows of ``ds`` (a ``datasets.Dataset``): a fixed random subset in the original
+    order, the same on every call (``data.max_test``); all of it when ``n`` is None or large enough."""
+    if n is None or len(ds) <= n:
+        return ds
+    return ds.select(np.sort(np.random.default_rng(0).permutation(len(ds))[:n]).tolist())
+
+
 def fewshot_split(pool, k: int, seed: int, *, dev: bool = True):
     """(train, dev) ``datasets.Dataset`` K-shot subsets of ``pool`` (a Dataset with a ClassLabel
     ``label``). ``k`` 0: all of the pool (a stratified 10% for dev when ``dev``)."""

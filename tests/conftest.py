@@ -1,14 +1,48 @@
 """Shared fixtures: real packaged checkpoints, and small random ones written by PyTorch transformers."""
 
 import os
+import tempfile
 
-# Tests run on the CPU with 8 simulated devices; set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests run on the CPU; set before jax is imported anywhere. One device by default: the tests
+# marked `multidevice` need 8 simulated devices and run in a process of their own
+# (`make test` runs both: XLA_FLAGS=--xla_force_host_platform_device_count=8 pytest -m multidevice).
+# Tiny models on 8 simulated devices sharing 2 cores run ~1.7x slower than on one.
+MULTIDEVICE = 8
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent compilation cache for the whole session and every process it starts (training
+# runs, predict, the demo apps): the same step compiled by a new Trainer, a resumed run or a second
+# app is read back instead of compiled again. A fresh directory per session, so nothing stale is
+# reused; JAX_COMPILATION_CACHE_DIR set by the caller wins.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JIT_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="autogpt_jax_test_jit_")
+else:
+    _JIT_CACHE = None
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    import jax
+
+    if jax.device_count() >= MULTIDEVICE:
+        return
+    skip = pytest.mark.skip(reason=f"needs {MULTIDEVICE} devices, this process has {jax.device_count()}: run "
+                                   f"XLA_FLAGS=--xla_force_host_platform_device_count={MULTIDEVICE} pytest -m multidevice "
+                                   "(make test does)")
+    for item in items:
+        if "multidevice" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _JIT_CACHE:
+        shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +134,50 @@ def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer):
 def tiny_qwen2_dir(tmp_path_factory, smollm2_tokenizer):
     """A random 2-layer Qwen2 (q/k/v biases, tied head)."""
     return _tiny_llama(tmp_path_factory.mktemp("qwen2_random"), smollm2_tokenizer, model_type="qwen2", tie=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tiny_bert_dir):
+    """The tiny random BERT saved as a bare BertModel: a sentence encoder without an MLM head,
+    shaped like MiniLM's checkpoint (the loader initialises the head fresh)."""
+    from transformers import BertModel
+
+    out = tmp_path_factory.mktemp("encoder_random")
+    BertModel.from_pretrained(str(tiny_bert_dir)).save_pretrained(out)
+    for f in tiny_bert_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, out)
+    return out
+
+
+FEWSHOT_CFG = "tests/configs/tiny_fewshot.yaml"
+SUPPORT_CFG = "tests/configs/tiny_support.yaml"
+
+
+@pytest.fixture(scope="session")
+def sentiment_run(tmp_path_factory, tiny_bert_dir):
+    """One sentiment run shared by the distillation tests and the demo: splade-tiny with a fixed
+    prompt, fine-tuned, evaluated, distilled into the tiny random BERT, exported."""
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("sentiment") / "run"
+    cfg = load_config(["--config_path", FEWSHOT_CFG, "--output_dir", str(out),
+                       "--stages", "prompt,finetune,evaluate,distill,export",
+                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
+                       "--distill.student", str(tiny_bert_dir), "--distill.steps", "6", "--distill.batch_size", "8",
+                       "--distill.max_unlabeled", "64", "--distill.eval_every", "3", "--distill.max_length", "32"])
+    return out, run_pipeline(cfg, return_run=True)
+
+
+@pytest.fixture(scope="session")
+def support_run(tmp_path_factory, tiny_bert_dir):
+    """configs/support_qa.yaml's stages on the tiny random BERT (intent + hand-over + retriever),
+    shared by the customer-service tests and the demo."""
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("support")
+    cfg = load_config(["--config_path", SUPPORT_CFG, "--model.name_or_path", str(tiny_bert_dir),
+                       "--output_dir", str(out)])
+    return out, run_pipeline(cfg)

@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-
-from autogpt_jax.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,6 +29,7 @@ def _free_port() -> int:
 def _serve(cmd: list[str], cwd: Path, log: Path, timeout: float = 420) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["AUTOGPT_JAX_DEMO_WARMUP_BATCHES"] = "1"  # the other batch shapes compile on first use
     f = open(log, "w")
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + timeout
@@ -44,18 +44,9 @@ def _serve(cmd: list[str], cwd: Path, log: Path, timeout: float = 420) -> subpro
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, tiny_bert_dir):
-    from autogpt_jax.pipeline import run_pipeline
-
-    out = tmp_path_factory.mktemp("demo_models")
-    run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--model.name_or_path",
-                              str(tiny_bert_dir), "--stages", "finetune,evaluate,distill,export", "--prompt.template",
-                              "{text} It was {mask}.", "--distill.student", str(tiny_bert_dir), "--distill.steps", "4",
-                              "--distill.batch_size", "8", "--distill.max_unlabeled", "32", "--distill.eval_every", "2",
-                              "--distill.max_length", "32", "--output_dir", str(out / "sentiment")]))
-    run_pipeline(load_config(["--config_path", "tests/configs/tiny_support.yaml", "--model.name_or_path",
-                              str(tiny_bert_dir), "--retrieval.steps", "2", "--output_dir", str(out / "support")]))
-    return out / "sentiment" / "export", out / "support" / "export"
+def exports(sentiment_run, support_run):
+    """The session's sentiment run (with its distilled student) and customer-service run."""
+    return sentiment_run[0] / "export", support_run[0] / "export"
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +83,7 @@ def _check_support(r: dict):
         assert r["answer"] == r["answers"][0]["answer"] and 0 <= r["confidence"] <= 1
 
 
+@pytest.mark.slow
 def test_gradio_client_calls_both_endpoints(app):
     c = _client(app)
     names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
@@ -108,12 +100,14 @@ NASTY = ["", "   ", "x" * 20000, ("where is my refund " * 1100)[:20000], "ðŸ˜€ðŸ
          "Terrible service, I am furious", "&lt;&amp;"]
 
 
+@pytest.mark.slow
 def test_200_mixed_requests_from_16_clients(app):
     def worker(i):
         c = _client(app)
         out = []
         for j in range(i, 200, 16):
-            text = NASTY[j % len(NASTY)]
+            # pairs of requests: the same text to both endpoints, so each endpoint gets every text
+            text = NASTY[(j // 2) % len(NASTY)]
             endpoint = "/sentiment" if j % 2 == 0 else "/support"
             out.append((endpoint, text, c.predict(text, api_name=endpoint)))
         return out
@@ -121,6 +115,7 @@ def test_200_mixed_requests_from_16_clients(app):
     with cf.ThreadPoolExecutor(16) as ex:
         results = [r for rs in ex.map(worker, range(16)) for r in rs]
     assert len(results) == 200
+    assert {(e, t) for e, t, _ in results} == {(e, t) for e in ("/sentiment", "/support") for t in NASTY}
     for endpoint, text, r in results:
         json.dumps(r)
         if endpoint == "/sentiment":
@@ -131,9 +126,10 @@ def test_200_mixed_requests_from_16_clients(app):
     _check_sentiment(_client(app).predict("still there?", api_name="/sentiment"))
 
 
+@pytest.mark.slow
 def test_browser_types_into_each_tab(app, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install chromium (CI installs it)")
+        pytest.skip("Chromium is missing: apt-get install chromium (make test installs it where root or sudo allows)")
     from playwright.sync_api import expect, sync_playwright
 
     c = _client(app)
@@ -175,13 +171,18 @@ def test_browser_types_into_each_tab(app, tmp_path):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
-def test_slow_model_is_served_by_its_distilled_student(exports):
+def _demo_app():
     sys.path.insert(0, str(ROOT / "demo"))
     import app as demo_app
 
-    fast = demo_app.Sentiment(exports[0])  # the tiny model is well inside the 50 ms budget
+    return demo_app
+
+
+def test_slow_model_is_served_by_its_distilled_student(exports):
+    demo_app = _demo_app()
+    fast = demo_app.Sentiment(exports[0], warmup=(1,))  # the tiny model is well inside the 50 ms budget
     assert fast.served == "model" and fast.model_ms < demo_app.LATENCY_BUDGET_MS
-    slow = demo_app.Sentiment(exports[0], latency_budget_ms=0.0)  # as if it were too slow
+    slow = demo_app.Sentiment(exports[0], warmup=(1,), latency_budget_ms=0.0)  # as if it were too slow
     assert slow.served == "student" and slow.clf.mode == "head" and slow.student_ms is not None
     rec = slow.classify(["a moving film"])[0]
     assert rec["model"] == "student" and rec["label"] in ("negative", "positive")
@@ -189,6 +190,29 @@ def test_slow_model_is_served_by_its_distilled_student(exports):
     assert "distilled student" in text and "this model (few-shot)" in text and "Serving the distilled student" in text
 
 
+def test_negative_sentiment_escalates_at_the_threshold(exports, monkeypatch):
+    """The chat is flagged for a human when the sentiment model gives negative at least
+    NEGATIVE_ESCALATION (85%); just under it, it is not."""
+    demo_app = _demo_app()
+    assert demo_app.NEGATIVE_ESCALATION == 0.85
+    sent = demo_app.Sentiment(exports[0], warmup=())
+    sup = demo_app.Support(exports[1], sent, warmup=())
+    text = "Terrible service, I am furious"
+    neg = sent.classify([text])[0]["probabilities"]["negative"]
+    for threshold, want in ((neg, True), (np.nextafter(neg, 1.0), False), (0.0, True), (1.01, False)):
+        monkeypatch.setattr(demo_app, "NEGATIVE_ESCALATION", float(threshold))
+        rec = sup.answer([text])[0]
+        assert rec["escalate"] is want, (threshold, neg)
+        assert rec["sentiment"]["probabilities"]["negative"] == pytest.approx(neg)
+        assert ("flagged this conversation for a human" in demo_app.chat_reply(rec)) is want
+    # Without a sentiment model nothing escalates.
+    assert demo_app.Support(exports[1], None, warmup=()).answer([text])[0]["escalate"] is False
+    with pytest.raises(SystemExit, match="warm-up batch sizes must be among"):
+        demo_app.warmup_batches("1,3")
+    assert demo_app.warmup_batches("1,16") == (1, 16) and demo_app.warmup_batches("") == ()
+
+
+@pytest.mark.slow
 def test_space_folder_serves(exports, tmp_path):
     space = tmp_path / "space"
     p = subprocess.run([sys.executable, "scripts/build_space.py", "--sentiment-model", str(exports[0]),

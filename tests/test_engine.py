@@ -55,6 +55,7 @@ def _run(mesh, packed, tok, steps=5, loss=objectives.mlm_loss, grad_accum=1):
     return losses, state
 
 
+@pytest.mark.multidevice
 def test_same_losses_on_1_and_8_devices(packed, tok):
     mesh1 = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
     mesh8 = shd.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
@@ -77,11 +78,44 @@ def test_same_losses_on_1_and_8_devices(packed, tok):
 
 
 def test_grad_accumulation_matches_full_batch(packed, tok):
+    """grad_accum k splits the batch into k micro-batches and averages their gradients: with a loss
+    that is a mean over equally weighted examples that is exactly the full batch's step."""
     mesh = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
-    full, _ = _run(mesh, packed, tok, steps=3, loss=lambda m, b, r: objectives.mlm_loss(m, b, None))
-    accum, _ = _run(mesh, packed, tok, steps=3, loss=lambda m, b, r: objectives.mlm_loss(m, b, None), grad_accum=2)
-    # Mean of per-micro-batch means vs one mean: close, not identical (mask counts differ per half).
-    np.testing.assert_allclose(accum, full, rtol=2e-2)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                     max_position_embeddings=64, num_labels=2, hidden_dropout=0.0, attention_dropout=0.0)
+    rng = np.random.default_rng(0)
+    batches = [{"input_ids": rng.integers(1000, 2000, (8, 16)).astype(np.int32),
+                "attention_mask": np.ones((8, 16), np.int32), "labels": rng.integers(0, 2, 8).astype(np.int32)}
+               for _ in range(3)]
+    loss = lambda m, b, r: objectives.classification_loss(m, b, None, pooling="mean")  # noqa: E731
+    runs = {}
+    for k in (1, 2, 4):
+        trainer, state = Trainer.create(Bert(cfg, rngs=nnx.Rngs(0)), loss,
+                                        OptimConfig(learning_rate=1e-2, grad_accum=k), 10, mesh)
+        losses = []
+        for b in batches:
+            state, m = trainer.train_step(state, shd.put_batch(b, mesh), jax.random.key(0))
+            losses.append(float(m["loss"]))
+        runs[k] = (losses, jax.tree.map(np.asarray, state.params))
+    for k in (2, 4):
+        np.testing.assert_allclose(runs[k][0], runs[1][0], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(runs[k][1]), jax.tree.leaves(runs[1][1])):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    # The halves differ (by 15x the tolerance), so a dropped micro-batch or a missing division fails.
+    m0 = Bert(cfg, rngs=nnx.Rngs(0))
+    halves = [float(loss(m0, {k: jnp.asarray(v[i * 4:(i + 1) * 4]) for k, v in batches[0].items()}, None)[0])
+              for i in range(2)]
+    assert runs[1][0][0] == pytest.approx(np.mean(halves), rel=1e-5) and abs(halves[0] - halves[1]) > 1e-4
+    # With the masked-LM loss (a mean over masked tokens, whose count differs per micro-batch) the
+    # accumulated loss is the mean of the micro-batches' own losses.
+    mlm = lambda m, b, r: objectives.mlm_loss(m, b, None)  # noqa: E731
+    batch = next(batching.PretrainBatches(packed, 16, 0, objective="mlm", tokenizer=tok))
+    model = _tiny_bert(len(tok))
+    halves = [float(mlm(model, {k: jnp.asarray(v[i * 8:(i + 1) * 8]) for k, v in batch.items()}, None)[0])
+              for i in range(2)]
+    trainer, state = Trainer.create(model, mlm, OptimConfig(grad_accum=2), 10, mesh)
+    _, m = trainer.train_step(state, shd.put_batch(batch, mesh), jax.random.key(0))
+    assert float(m["loss"]) == pytest.approx(np.mean(halves), rel=1e-5) and halves[0] != pytest.approx(halves[1])
 
 
 def test_fgm_adds_the_gradient_at_perturbed_word_embeddings(packed, tok):
@@ -93,13 +127,14 @@ def test_fgm_adds_the_gradient_at_perturbed_word_embeddings(packed, tok):
     opt = OptimConfig(learning_rate=1e-3, grad_clip=0.0, weight_decay=0.0)
     model = _tiny_bert(len(tok))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    g = jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest), batch, None)[0])(params)
+    grad = jax.jit(jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest), batch, None)[0]))
+    g = grad(params)
     g_word = g["embeddings"]["word"]["embedding"][...]
     adv = jax.tree.map(lambda x: x, params)
     adv["embeddings"]["word"]["embedding"] = nnx.Param(
         params["embeddings"]["word"]["embedding"][...] + eps * g_word / jnp.linalg.norm(g_word))
-    want_adv, _ = loss(nnx.merge(graphdef, adv, rest), batch, None)
-    g_adv = jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest), batch, None)[0])(adv)
+    want_adv, _ = jax.jit(lambda p: loss(nnx.merge(graphdef, p, rest), batch, None))(adv)
+    g_adv = grad(adv)
 
     trainer, state = Trainer.create(model, loss, opt, 10, mesh, fgm_epsilon=eps)
     new, m = trainer.train_step(state, batch, jax.random.key(0))
@@ -218,6 +253,31 @@ def test_tiny_pretrain_run_writes_metrics_report_and_tensorboard(tmp_path):
     again = run_pipeline(load_config(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out),
                                       "--checkpoint.resume", "true"]))
     assert again["pretrain"]["resumed_from_step"] == 20 and again["pretrain"]["steps_this_run"] == 0
+
+
+def test_gpt2_causal_lm_pretraining_from_scratch_exports_for_pytorch(tmp_path):
+    """--model.arch gpt2: the pretrain stage trains a causal LM (loss over every next token), the
+    eval loss falls, and the export is a GPT2LMHeadModel that PyTorch runs to our logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from autogpt_jax.train import main
+
+    out = tmp_path / "gpt2"
+    assert main(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out), "--model.arch", "gpt2",
+                 "--stages", "pretrain,export"]) == 0
+    pre = json.loads((out / "report.json").read_text())["pretrain"]
+    assert pre["objective"] == "clm" and pre["steps"] == 20
+    assert pre["best"]["eval_loss"] < pre["first_eval_loss"]
+    lm = hf.load_model(out / "export")
+    assert type(lm.model).__name__ == "GPT2"
+    ids = np.random.default_rng(0).integers(1000, 2000, (2, 12))
+    h, _ = lm.model(jnp.asarray(ids))
+    pt = AutoModelForCausalLM.from_pretrained(str(out / "export")).eval()
+    assert type(pt).__name__ == "GPT2LMHeadModel"
+    with torch.no_grad():
+        ref = pt(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(lm.model.logits(h)), ref, atol=1e-4)
 
 
 def test_keeps_newest_k_plus_best(tmp_path, packed, tok):

@@ -35,6 +35,7 @@ def test_bert_mlm_export_loads_in_pytorch(splade_dir, tmp_path):
     assert np.abs(ours[real] - ref[real]).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_minilm_export_with_fresh_head_round_trips(minilm_dir, tmp_path):
     """MiniLM has no MLM head: we initialise one, and the export must carry it to PyTorch intact."""
     from transformers import AutoModelForMaskedLM

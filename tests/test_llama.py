@@ -3,8 +3,6 @@ generation, and the prompt pipeline with a decoder."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -42,14 +40,22 @@ def test_tiny_decoder_matches_pytorch(arch, tiny_llama_dir, tiny_qwen2_dir):
     np.testing.assert_allclose(ours[1, :7], ref[1, :7], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_matches_pytorch_on_two_prompts(smollm2_path, smollm2_tokenizer):
     lm = hf.load_model(smollm2_path)
     assert (lm.config.num_layers, lm.config.num_heads, lm.config.num_kv_heads) == (30, 9, 3)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # transformers dequantises the GGUF itself: loaded once for both prompts.
+    pt = AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
+                                              dtype=torch.float32).eval()
     for text in ["The movie was a total waste of time.", "Hello, my name is"]:
         ids = smollm2_tokenizer(text, return_tensors="np")["input_ids"]
         h, _ = lm.model(jnp.asarray(ids))
         ours = np.asarray(lm.model.logits(h))
-        ref = _torch_logits(smollm2_path.parent, ids, gguf_file=smollm2_path.name)
+        with torch.no_grad():
+            ref = pt(torch.tensor(ids)).logits.numpy()
         assert np.abs(ours - ref).max() < 1e-3
 
 
@@ -113,7 +119,9 @@ def test_gguf_loading_unpermutes_and_dequantises(tiny_llama_dir, tmp_path):
     ids = jnp.asarray(np.arange(3, 15)[None])
     ref = hf.load_model(tiny_llama_dir).model
     h_ref, _ = ref(ids)
-    for qtype, tol in (("F32", 1e-5), ("F16", 1e-2), ("Q8_0", 5e-2)):
+    # F32 must give the safetensors model's logits; the quantised types are checked exactly against
+    # the gguf package's own dequantisation in test_formats.py.
+    for qtype, tol in (("F32", 1e-5),):
         d = tmp_path / qtype
         d.mkdir()
         shutil.copy(tiny_llama_dir / "tokenizer.json", d)  # a directory with one .gguf and no config.json
@@ -163,9 +171,11 @@ def test_generation_with_and_without_cache_agree(tiny_llama_dir, smollm2_tokeniz
     s2 = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3)
     assert s1 == s2
     full = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=10)[0]
-    if len(full) > 2:
-        cut = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=10, stop=[full[2]])[0]
-        assert cut == full[: full.index(full[2])]
+    assert len(full) > 2, full  # ten random tokens decode to more than two characters
+    stop = full[2]
+    cut = generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=10, stop=[stop])[0]
+    assert cut == full[: full.index(stop)] and len(cut) < len(full)
+    assert generate_text(model, smollm2_tokenizer, ["hi"], max_new_tokens=10, stop=["\u2603never"])[0] == full
 
 
 def test_decoder_template_tokenises_like_the_whole_string(smollm2_tokenizer):
@@ -249,7 +259,8 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
         np.testing.assert_allclose(fast[i], want, atol=1e-4)
 
 
-def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir, tmp_path):
+@pytest.mark.multidevice  # packed rows and the shared prefix, batches split over 8 devices
+def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir, tmp_path, capsys):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -291,10 +302,12 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
             for pt in (merged, peft_model):
                 ref = pt(torch.tensor(s[None].astype(np.int64))).logits[0, p].numpy()
                 np.testing.assert_allclose(ours, ref, atol=1e-4)
-    proc = subprocess.run([sys.executable, "-m", "autogpt_jax.predict", "--model_dir", str(out / "export"),
-                           "--text", "a fine film"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["label"] in labels
+    from autogpt_jax.predict import main as predict_main
+
+    capsys.readouterr()
+    assert predict_main(["--model_dir", str(out / "export"), "--text", "a fine film"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["probabilities"] == pytest.approx(predict_records(clf, ["a fine film"])[0]["probabilities"], abs=1e-6)
 
 
 def test_decoder_template_search_uses_chat_candidates(tiny_llama_dir, tmp_path):
@@ -385,9 +398,25 @@ def test_packed_decoder_batches_give_the_unpacked_loss_and_gradients(tiny_llama_
     def f(p, b):
         return loss(nnx.merge(gd, p, rest), {k: jnp.asarray(v) for k, v in b.items()})[0]
 
-    (l1, g1), (l2, g2) = jax.value_and_grad(f)(params, plain), jax.value_and_grad(f)(params, packed)
+    vg = jax.jit(jax.value_and_grad(f))
+    (l1, g1), (l2, g2) = vg(params, plain), vg(params, packed)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # Gradients flow through the shared prefix (run once per batch into a cache) as through whole
+    # sequences: the same loss and gradients as the full prompts with no prefix split off.
+    full_seqs, full_pos = t.encode(tok, texts, 64, causal=True)
+    assert prefix is not None and len(full_seqs[0]) == len(seqs[0]) + len(prefix)
+    whole = batching.ExampleBatches(full_seqs, {"mask_pos": full_pos, "labels": labels}, 6, 0, pad_id=0).batch(idx)
+    whole_loss = objectives.make_cloze_loss(ids, w, None)
+    l3, g3 = jax.jit(jax.value_and_grad(lambda p, b: whole_loss(nnx.merge(gd, p, rest),
+                                                                {k: jnp.asarray(v) for k, v in b.items()})[0]))(params, whole)
+    np.testing.assert_allclose(l3, l1, rtol=1e-5)
+    g1_flat = dict(jax.tree_util.tree_flatten_with_path(g1)[0])
+    for path, g in jax.tree_util.tree_flatten_with_path(g3)[0]:
+        np.testing.assert_allclose(g1_flat[path], g, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    only_prefix = sorted(set(map(int, prefix)) - {int(x) for s_ in seqs for x in s_})
+    assert only_prefix  # tokens that occur only in the prefix receive gradient through its cache
+    assert np.abs(np.asarray(g1["embed_tokens"]["embedding"][...])[only_prefix]).sum() > 0
     with pytest.raises(ValueError, match="does not fit a packed row"):
         batching.PackedExampleBatches(seqs, fields, 6, 0, pad_id=0, row_len=8)

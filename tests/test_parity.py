@@ -22,6 +22,7 @@ def _torch(enc):
     return {k: torch.tensor(v) for k, v in enc.items()}
 
 
+@pytest.mark.slow
 def test_minilm_hidden_states_match_pytorch(minilm_dir):
     from transformers import AutoModel
 

@@ -45,6 +45,33 @@ def _trainer(model, pc, mesh, steps=10):
                           trainable=peft.trainable_filter(pc, head_paths=("classifier",)), hook=hook)
 
 
+# Where each method's parameters live on the 2 (data) x 2 (fsdp) x 2 (tensor) mesh: the logical
+# axes of the projection they attach to (embed -> fsdp, heads/mlp -> tensor), by name.
+PEFT_SPECS = {
+    "lora": {"lora_a": ("fsdp", None), "lora_b": (None, "tensor")},
+    "adalora": {"lora_a": ("fsdp", None), "lora_b": (None, "tensor"), "lora_e": (None,)},
+    "adapter": {"down": ("fsdp", None), "up": (None, "fsdp"), "down_bias": (None,), "up_bias": ("fsdp",)},
+    "prefix": {"prefix_k": (None, "tensor"), "prefix_v": (None, "tensor")},
+    "prompt": {"soft_prompt": (None, "fsdp")},
+}
+
+
+def _assert_peft_shardings(method, params):
+    seen = 0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [str(getattr(k, "key", k)) for k in path]
+        name = keys[-2] if keys[-1] == "value" else keys[-1]
+        spec = tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
+        if method == "bitfit" and name == "bias" and "query" in keys:
+            assert spec == ("tensor",) and x.addressable_shards[0].data.shape == (BERT.hidden_size // 2,)
+            seen += 1
+        elif name in PEFT_SPECS.get(method, {}):
+            assert spec == PEFT_SPECS[method][name], (keys, spec)
+            seen += 1
+    assert seen, f"no {method} parameters found"
+
+
+@pytest.mark.multidevice
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_only_its_parameters_and_shards(method):
     mesh1 = shd.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
@@ -59,6 +86,8 @@ def test_method_trains_only_its_parameters_and_shards(method):
         if method not in ("prefix", "prompt"):  # the others start as the unchanged model
             np.testing.assert_array_equal(np.asarray(model(_batch()["input_ids"])), np.asarray(before))
         trainer, state = _trainer(model, pc, mesh)
+        if name == "8":
+            _assert_peft_shardings(method, state.params)
         head = BERT.hidden_size * 2 + 2
         n_train = sum(x.size for x in jax.tree.leaves(state.params))
         assert n_train == peft.count_formula(model, pc) + head
@@ -150,8 +179,10 @@ def test_adalora_total_rank_follows_budget():
         state, m = trainer.train_step(state, _batch(i), jax.random.key(0))
         assert float(m["orth_reg"]) >= 0
         ranks.append(peft.total_rank(trainer.model(state)))
-    want = [int(peft.budget(jnp.asarray(i), pc, steps, n)) if i >= 3 else 6 * n for i in range(steps)]
-    assert ranks == want
+    # Written out from the schedule (Zhang et al. 2023): 6 x 4 = 24 until t_init (3), then
+    # round(8 + 16 (1 - (t - 3)/9)^3) down to the target 2 x 4 = 8 at 16 - t_final = 12.
+    assert ranks == [24, 24, 24, 24, 19, 16, 13, 11, 9, 9, 8, 8, 8, 8, 8, 8]
+    assert ranks == [int(peft.budget(jnp.asarray(i), pc, steps, n)) for i in range(steps)]
     assert ranks[0] == 24 and ranks[-1] == 8 and ranks == sorted(ranks, reverse=True)
 
 
@@ -202,25 +233,46 @@ def test_bad_peft_input_is_refused_before_training():
         load_config(["--peft.method", "lora", "--finetune.fgm_epsilon", "1.0"])
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter"])
+@pytest.mark.parametrize("method", ["lora", "adalora", "adapter", "prefix", "prompt",
+                                    pytest.param("lora", marks=pytest.mark.multidevice, id="lora-8-devices")])
 def test_pipeline_with_peft_exports_what_it_predicts(tmp_path, method):
+    """LoRA and AdaLoRA are merged into a plain Hugging Face model at export (LoRA also written
+    unmerged for the PEFT library); adapters, prefixes and soft prompts go to peft.safetensors and
+    predict re-attaches them. Either way predict gives what the run predicted."""
+    from transformers import AutoModelForMaskedLM
+
     from autogpt_jax.pipeline import run_pipeline
     from autogpt_jax.predict import load_classifier, predict_records
 
     out = tmp_path / method
     run = run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(out),
                                     "--stages", "adapt,finetune,evaluate,export", "--peft.method", method,
-                                    "--peft.rank", "4", "--peft.adapter_size", "8"]), return_run=True)
+                                    "--peft.rank", "4", "--peft.adapter_size", "8", "--peft.init_rank", "6",
+                                    "--peft.target_rank", "2", "--peft.num_virtual_tokens", "4",
+                                    "--peft.adalora_t_init", "1", "--peft.adalora_t_final", "2"]), return_run=True)
     seed = run.report["seeds"][0]
     ft = seed["finetune"]["chosen"]
     assert ft["trainable_parameters"] < run.report["parameters"] / 5
     meta = json.loads((out / "export" / "autogpt_jax.json").read_text())
-    assert meta["peft"]["method"] == method and meta["peft"]["merged"] == (method == "lora")
-    assert (out / "export" / ("peft_adapter/adapter_config.json" if method == "lora" else "peft.safetensors")).exists()
+    merged = method in ("lora", "adalora")
+    assert meta["peft"]["method"] == method and meta["peft"]["merged"] == merged
+    assert (out / "export" / "peft_adapter" / "adapter_config.json").exists() == (method == "lora")
+    assert (out / "export" / "peft.safetensors").exists() == (not merged)
     texts = ["a moving, beautifully acted film", "dull and lifeless", "ok"]
-    loaded = predict_records(load_classifier(out / "export"), texts)
+    clf = load_classifier(out / "export")
+    loaded = predict_records(clf, texts)
     np.testing.assert_allclose([[r["probabilities"][l] for l in meta["labels"]] for r in loaded],
                                run.classifier.probabilities(texts), atol=1e-5)
+    assert peft.has_peft(clf.model) == (not merged)  # re-attached from peft.safetensors, or merged away
+    if merged:  # the merged export is an ordinary BertForMaskedLM: PyTorch gives our MLM logits
+        import torch
+
+        ids = np.asarray([[101, 1037, 2307, 2143, 103, 102]])
+        h = clf.model(jnp.asarray(ids))
+        ours = np.asarray(clf.model.mlm_logits(h.reshape(-1, h.shape[-1]))).reshape(1, 6, -1)
+        with torch.no_grad():
+            ref = AutoModelForMaskedLM.from_pretrained(str(out / "export")).eval()(input_ids=torch.tensor(ids)).logits
+        np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4)
 
 
 def test_frozen_weights_in_bfloat16():

@@ -1,8 +1,6 @@
 """The few-shot pipeline end to end on a tiny real model, plus its bad-input checks."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -46,22 +44,53 @@ def test_verbalizer_multi_token_and_unknown(tok):
         Verbalizer((("\u2603\u2603",), ("great",))).token_table(tok)
 
 
-def test_pipeline_end_to_end_and_predict_matches(tmp_path):
+def _recompute(clf, ds) -> dict:
+    """Accuracy, macro-F1 and confusion matrix from the classifier's own predictions, by scikit-learn."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    pred = clf.logits(list(ds["text"])).argmax(-1)
+    gold = np.asarray(ds["label"])
+    return {"accuracy": float((pred == gold).mean()), "macro_f1": float(f1_score(gold, pred, average="macro")),
+            "confusion": confusion_matrix(gold, pred, labels=range(len(clf.labels))).tolist()}
+
+
+def _mr_test(n: int = 200):
+    from autogpt_jax.data import fewshot, sources
+
+    return fewshot.fixed_subset(sources.load_dataset("mr")["test"], n)
+
+
+def test_pipeline_end_to_end_and_predict_matches(tmp_path, capsys):
+    """Every stage on splade-tiny with a two-point lr grid: the grid point with the best dev
+    accuracy is chosen, the kept model is that run's best dev step, the reported test figures are
+    the model's own, and predict (library and CLI) serves the same model."""
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.predict import load_classifier, predict_records
+    from autogpt_jax.predict import load_classifier, main as predict_main, predict_records
 
     out = tmp_path / "run"
-    cfg = load_config(["--config_path", CFG, "--output_dir", str(out)])
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--finetune.learning_rates", "1e-5,3e-3"])
     run = run_pipeline(cfg, return_run=True)
     report = json.loads((out / "report.json").read_text())
     seed = report["seeds"][0]
-    assert seed["sizes"] == {"train": 16, "dev": 16, "test": 2000}
+    assert seed["sizes"] == {"train": 16, "dev": 16, "test": 200}
     assert seed["prompt"]["template"] in [c["template"] for c in seed["prompt"]["template_candidates"]]
     assert len(seed["prompt"]["label_words"]) == 2 and seed["prompt"]["label_word_candidates"]
-    assert seed["adapt"]["steps"] == 6 and seed["finetune"]["chosen"]["best_dev_accuracy"] >= 0
+    assert seed["adapt"]["steps"] == 6
+    # The lr grid: one run per learning rate, the best dev accuracy wins (the first on ties).
+    grid, chosen = seed["finetune"]["grid"], seed["finetune"]["chosen"]
+    assert [g["learning_rate"] for g in grid] == [1e-5, 3e-3]
+    best = max(grid, key=lambda g: g["best_dev_accuracy"])
+    assert chosen == best and 0 < chosen["best_step"] <= 8
+    # The model kept is the chosen run's best dev step: its dev accuracy is the one that won.
+    dev = sources_split(out, "dev")
+    assert _recompute(run.classifier, dev)["accuracy"] == pytest.approx(chosen["best_dev_accuracy"])
+    assert seed["dev"]["accuracy"] == pytest.approx(chosen["best_dev_accuracy"])
+    # Test figures are the classifier's own predictions on the (capped) MR test split.
+    want = _recompute(run.classifier, _mr_test())
     t = seed["test"]
-    assert 0 <= t["accuracy"] <= 1 and 0 <= t["macro_f1"] <= 1 and np.asarray(t["confusion"]).sum() == 2000
-    assert report["summary"]["test_accuracy"]["n"] == 1
+    assert t["accuracy"] == pytest.approx(want["accuracy"]) and t["macro_f1"] == pytest.approx(want["macro_f1"])
+    assert t["confusion"] == want["confusion"] and np.asarray(t["confusion"]).sum() == 200
+    assert report["summary"]["test_accuracy"] == {"mean": t["accuracy"], "std": 0.0, "n": 1}
     assert (out / "splits" / "seed-13" / "train.jsonl").exists()
     meta = json.loads((out / "export" / "autogpt_jax.json").read_text())
     assert meta["mode"] == "prompt" and meta["labels"] == ["negative", "positive"]
@@ -72,26 +101,48 @@ def test_pipeline_end_to_end_and_predict_matches(tmp_path):
     # The CLI, on a file, in input order.
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"text": x}) + "\n" for x in texts))
-    proc = subprocess.run([sys.executable, "-m", "autogpt_jax.predict", "--model_dir", str(out / "export"),
-                           "--input_file", str(inp)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(l) for l in proc.stdout.splitlines()]
+    capsys.readouterr()
+    assert predict_main(["--model_dir", str(out / "export"), "--input_file", str(inp)]) == 0
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert [r["label"] for r in rows] == [r["label"] for r in loaded]
+    np.testing.assert_allclose([[r["probabilities"][l] for l in meta["labels"]] for r in rows], mem, atol=1e-5)
 
 
-def test_head_mode_and_joint_loss(tmp_path):
+def sources_split(out, name: str):
+    """A split the run wrote to out/splits/seed-13/<name>.jsonl, as a Dataset with text and label ids."""
+    import datasets
+
+    rows = [json.loads(l) for l in (out / "splits" / "seed-13" / f"{name}.jsonl").read_text().splitlines()]
+    names = ["negative", "positive"]
+    return datasets.Dataset.from_dict({"text": [r["text"] for r in rows], "label": [names.index(r["label"]) for r in rows]})
+
+
+def test_head_mode_learns_and_joint_loss_is_task_plus_lambda_mlm(tmp_path):
     from autogpt_jax.pipeline import run_pipeline
 
     out = tmp_path / "head"
-    report = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--stages",
-                                       "finetune,evaluate", "--finetune.mode", "head"]))
-    assert report["seeds"][0]["finetune"]["mode"] == "head" and "test" in report["seeds"][0]
+    run = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "finetune,evaluate",
+                                    "--finetune.mode", "head", "--finetune.learning_rates", "3e-3",
+                                    "--finetune.steps", "12"]), return_run=True)
+    seed = run.report["seeds"][0]
+    assert seed["finetune"]["mode"] == "head" and run.classifier.mode == "head" and "prompt" not in seed
+    # The head learned: its training loss fell, and it classifies its own training split better than chance.
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if r.get("stage") == "finetune" and "loss" in r]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert _recompute(run.classifier, sources_split(out, "train"))["accuracy"] > 0.6
+    assert seed["test"]["accuracy"] == pytest.approx(_recompute(run.classifier, _mr_test())["accuracy"])
+
     out = tmp_path / "joint"
     report = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--stages",
                                        "finetune,evaluate", "--finetune.mlm_weight", "0.5"]))
     assert report["seeds"][0]["finetune"]["mlm_weight"] == 0.5
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any("mlm_loss" in r and "task_loss" in r for r in recs)
+    steps = [r for r in recs if r.get("stage") == "finetune" and "loss" in r]
+    assert len(steps) == 8
+    for r in steps:  # L = L_task + λ·L_mlm at every logged step, both parts positive
+        assert r["task_loss"] > 0 and r["mlm_loss"] > 0
+        assert r["loss"] == pytest.approx(r["task_loss"] + 0.5 * r["mlm_loss"], rel=1e-5)
 
 
 def test_similarity_scoring_matches_pytorch_sentence_embeddings(splade_dir, tok):
@@ -128,7 +179,7 @@ def test_similarity_scoring_matches_pytorch_sentence_embeddings(splade_dir, tok)
     np.testing.assert_allclose(ours, want, atol=1e-4)
 
 
-def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, minilm_dir):
+def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, tiny_encoder_dir):
     """auto picks similarity for a checkpoint without an MLM head; the similarity pipeline (label
     words searched near the rule words, FGM on) runs end to end and its export predicts the same."""
     import types
@@ -137,7 +188,8 @@ def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, minilm_dir):
     from autogpt_jax.pipeline import prompt_mode, run_pipeline
     from autogpt_jax.predict import load_classifier, predict_records
 
-    lm = hf.load_model(minilm_dir)
+    lm = hf.load_model(tiny_encoder_dir)  # a sentence encoder without an MLM head, as MiniLM ships
+    assert lm.fresh and all(p.startswith(("mlm.", "pooler.")) for p in lm.fresh)
     cfg = load_config(["--config_path", CFG])
     assert prompt_mode(types.SimpleNamespace(cfg=cfg, model=lm.model, fresh=lm.fresh)) == "similarity"
     assert prompt_mode(types.SimpleNamespace(cfg=cfg, model=lm.model, fresh=[])) == "prompt"
@@ -179,41 +231,48 @@ def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, minilm_dir):
                                run.classifier.probabilities(texts), atol=1e-5)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "autogpt_jax.train", "--config_path", CFG, *args],
-                          capture_output=True, text=True, timeout=300)
+def _cli(capsys, *args) -> tuple[int, str]:
+    """The training entry point in this process (exit code, stderr)."""
+    from autogpt_jax.train import main
+
+    capsys.readouterr()
+    code = main(["--config_path", CFG, *args])
+    return code, capsys.readouterr().err
 
 
-def test_bad_task_input_fails_before_training(tmp_path):
-    p = _cli("--prompt.template", "{text} It was good.", "--output_dir", str(tmp_path / "a"))
-    assert p.returncode == 2 and "exactly one {mask}" in p.stderr and "Traceback" not in p.stderr
-    p = _cli("--data.k_shot", "6000", "--output_dir", str(tmp_path / "b"))
-    assert p.returncode == 2 and "k_shot=6000 needs 12000 examples" in p.stderr
+def test_bad_task_input_fails_before_training(tmp_path, capsys):
+    code, err = _cli(capsys, "--prompt.template", "{text} It was good.", "--output_dir", str(tmp_path / "a"))
+    assert code == 2 and "exactly one {mask}" in err and "Traceback" not in err
+    code, err = _cli(capsys, "--data.k_shot", "6000", "--output_dir", str(tmp_path / "b"))
+    assert code == 2 and "k_shot=6000 needs 12000 examples" in err
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
-    p = _cli("--prompt.label_words", "bad", "--output_dir", str(tmp_path / "c"))
-    assert p.returncode == 2 and "gives 1 classes; the task has 2" in p.stderr
-    p = _cli("--finetune.lerning_rates", "1e-4", "--output_dir", str(tmp_path / "d"))
-    assert p.returncode == 2 and "did you mean 'finetune.learning_rates'" in p.stderr
+    code, err = _cli(capsys, "--prompt.label_words", "bad", "--output_dir", str(tmp_path / "c"))
+    assert code == 2 and "gives 1 classes; the task has 2" in err
+    code, err = _cli(capsys, "--finetune.lerning_rates", "1e-4", "--output_dir", str(tmp_path / "d"))
+    assert code == 2 and "did you mean 'finetune.learning_rates'" in err
+    code, err = _cli(capsys, "--data.max_test", "0", "--output_dir", str(tmp_path / "e"))
+    assert code == 2 and "data.max_test must be >= 1" in err
 
 
-def test_distill_stage_trains_and_exports_a_student(tmp_path, tiny_bert_dir):
-    from autogpt_jax.pipeline import run_pipeline
+def test_distill_stage_trains_and_exports_a_student(sentiment_run, tiny_bert_dir):
     from autogpt_jax.predict import load_classifier, predict_records
 
-    out = tmp_path / "run"
-    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,evaluate,distill,export",
-                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
-                       "--distill.student", str(tiny_bert_dir), "--distill.steps", "6", "--distill.batch_size", "8",
-                       "--distill.max_unlabeled", "64", "--distill.eval_every", "3", "--distill.max_length", "32"])
-    run = run_pipeline(cfg, return_run=True)
+    out, run = sentiment_run
     report = json.loads((out / "report.json").read_text())
     d = report["seeds"][0]["distill"]
     assert d["pool"] == 64 and d["best_step"] in (3, 6) and d["student"] == str(tiny_bert_dir)
-    assert 0 <= d["student_test"]["accuracy"] <= 1 and np.asarray(d["student_test"]["confusion"]).sum() == 2000
-    assert d["teacher_test"]["accuracy"] == report["seeds"][0]["test"]["accuracy"]
+    # Teacher's and student's test figures are their own predictions on the test split, recomputed here.
+    test = _mr_test()
+    assert d["teacher_test"]["accuracy"] == pytest.approx(_recompute(run.classifier, test)["accuracy"])
+    want = _recompute(run.student, test)
+    assert d["student_test"]["accuracy"] == pytest.approx(want["accuracy"])
+    assert d["student_test"]["confusion"] == want["confusion"] and np.asarray(want["confusion"]).sum() == 200
+    # The student kept is its best dev step.
+    assert _recompute(run.student, sources_split(out, "dev"))["accuracy"] == pytest.approx(d["best_dev_accuracy"])
+    assert run.student.mode == "head" and run.student.model is not run.classifier.model
     assert d["student_sentences_per_s"] > 0 and d["speedup"] == pytest.approx(
         d["student_sentences_per_s"] / d["teacher_sentences_per_s"])
-    assert report["summary"]["student_test_accuracy"]["n"] == 1
+    assert report["summary"]["student_test_accuracy"] == {"mean": d["student_test"]["accuracy"], "std": 0.0, "n": 1}
     # The student is exported on its own and served by predict like any head model.
     sdir = out / "export" / "student"
     meta = json.loads((sdir / "autogpt_jax.json").read_text())
@@ -238,3 +297,79 @@ def test_distill_loss_is_cross_entropy_to_soft_labels(tiny_bert_dir):
     logits = m.classify(m(ids, mask), mask, pooling="mean")
     want = -(soft * jax.nn.log_softmax(logits, -1)).sum(-1).mean()
     assert float(loss) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_several_split_seeds_with_baselines_give_mean_and_std(tmp_path):
+    """--eval.seeds runs every stage once per LM-BFF split and reports mean ± std over them;
+    --eval.compare adds the zero-shot, prompt fine-tuning and head fine-tuning baselines on the same splits."""
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path / "seeds"
+    report = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "finetune,evaluate",
+                                       "--eval.seeds", "13,21", "--eval.compare", "true",
+                                       "--eval.head_learning_rates", "1e-3", "--finetune.steps", "4"]))
+    seeds = report["seeds"]
+    assert [s["seed"] for s in seeds] == [13, 21]
+    trains = [{json.loads(l)["text"] for l in (out / "splits" / f"seed-{k}" / "train.jsonl").read_text().splitlines()}
+              for k in (13, 21)]
+    assert len(trains[0]) == len(trains[1]) == 16 and trains[0] != trains[1]  # two different splits
+    for name, get in (("test_accuracy", lambda s: s["test"]["accuracy"]),
+                      ("test_macro_f1", lambda s: s["test"]["macro_f1"]),
+                      ("zero_shot_accuracy", lambda s: s["baselines"]["zero_shot"]["accuracy"]),
+                      ("prompt_ft_accuracy", lambda s: s["baselines"]["prompt_ft"]["accuracy"]),
+                      ("head_ft_accuracy", lambda s: s["baselines"]["head_ft"]["accuracy"])):
+        xs = [get(s) for s in seeds]
+        assert report["summary"][name] == {"mean": pytest.approx(np.mean(xs)), "std": pytest.approx(np.std(xs)), "n": 2}
+    for s in seeds:
+        # Without adaptation the prompt fine-tuning baseline is the same run as the real fine-tuning.
+        assert s["finetune"]["same_as"] == "baselines.prompt_ft"
+        assert s["baselines"]["prompt_ft"]["accuracy"] == s["test"]["accuracy"]
+        assert set(s["baselines"]) == {"zero_shot", "prompt_ft", "head_ft"}
+    # The zero-shot baseline is the untrained prompt: the same for both splits (same test set, no training).
+    assert seeds[0]["baselines"]["zero_shot"] == seeds[1]["baselines"]["zero_shot"]
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
+    from autogpt_jax.pipeline import run_pipeline
+
+    # A learning rate too small to change any prediction: dev accuracy stays where it starts.
+    report = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(tmp_path / "es"), "--stages",
+                                       "finetune", "--finetune.learning_rates", "1e-12", "--finetune.steps", "40",
+                                       "--finetune.eval_every", "2", "--finetune.early_stop_patience", "2"]))
+    ft = report["seeds"][0]["finetune"]["chosen"]
+    # evaluations at 2 (the best so far), 4 and 6 (no better): stop after two evaluations without improvement
+    assert ft["stopped_early"] and ft["steps_run"] == 6 and ft["best_step"] == 6
+    full = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(tmp_path / "no_es"), "--stages",
+                                     "finetune", "--finetune.learning_rates", "1e-12", "--finetune.steps", "8",
+                                     "--finetune.eval_every", "2", "--finetune.early_stop_patience", "0"]))
+    assert not full["seeds"][0]["finetune"]["chosen"]["stopped_early"]
+    assert full["seeds"][0]["finetune"]["chosen"]["steps_run"] == 8
+
+
+def test_own_tsv_and_jsonl_files_with_all_the_data(tmp_path):
+    """--data.train_file (TSV) / --data.test_file (JSONL) and --data.k_shot 0: the whole train file
+    is used, a stratified 10% of it as dev, the test file as test."""
+    from autogpt_jax.pipeline import run_pipeline
+
+    mr = _mr_test(2000)
+    rows = list(zip(mr["text"], mr["label"]))
+    names = ["neg", "pos"]
+    train = tmp_path / "train.tsv"
+    train.write_text("text\tlabel\n" + "".join(f"{t.replace(chr(9), ' ')}\t{names[y]}\n" for t, y in rows[:60]))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"text": t, "label": names[y]}) + "\n" for t, y in rows[60:90]))
+    n_per = np.bincount([y for _, y in rows[:60]], minlength=2)
+    out = tmp_path / "own"
+    run = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out),
+                                    "--data.train_file", str(train), "--data.test_file", str(test),
+                                    "--data.k_shot", "0", "--stages", "finetune,evaluate",
+                                    "--prompt.label_words", "terrible|great"]), return_run=True)
+    seed = run.report["seeds"][0]
+    n_dev = int(sum(max(1, round(0.1 * n)) for n in n_per))
+    assert seed["sizes"] == {"train": 60 - n_dev, "dev": n_dev, "test": 30}
+    assert run.classifier.labels == names
+    dev = [json.loads(l) for l in (out / "splits" / "seed-13" / "dev.jsonl").read_text().splitlines()]
+    trn = [json.loads(l) for l in (out / "splits" / "seed-13" / "train.jsonl").read_text().splitlines()]
+    assert sorted(r["text"] for r in dev + trn) == sorted(t.replace("\t", " ") for t, _ in rows[:60])
+    assert {r["label"] for r in dev} == set(names)
+    assert np.asarray(seed["test"]["confusion"]).sum() == 30

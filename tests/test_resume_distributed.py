@@ -15,6 +15,7 @@ import pytest
 from autogpt_jax.models.hf import read_weights
 
 CONFIG = "tests/configs/tiny_pretrain.yaml"
+pytestmark = pytest.mark.slow  # real training processes
 
 
 def _env(devices: int) -> dict:

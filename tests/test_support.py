@@ -2,8 +2,6 @@
 support run end to end with export and predict, and what the public types into it."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +58,7 @@ def test_rank_metrics():
         retrieval.rank_metrics(scores, ["c", "a", "a"], ["a", "b", "a"])
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [5, 37, 64])
 def test_sharded_index_matches_one_device(n):
     assert jax.device_count() == 8
@@ -111,16 +110,6 @@ def test_infonce_loss_matches_reference(tiny_bert_dir):
     assert ref(True) < ref(False)  # same-intent answers no longer count as wrong
 
 
-@pytest.fixture(scope="module")
-def support_run(tmp_path_factory, tiny_bert_dir):
-    from autogpt_jax.pipeline import run_pipeline
-
-    out = tmp_path_factory.mktemp("support")
-    cfg = load_config(["--config_path", "tests/configs/tiny_support.yaml", "--model.name_or_path", str(tiny_bert_dir),
-                       "--output_dir", str(out)])
-    return out, run_pipeline(cfg)
-
-
 def test_support_run_trains_measures_and_exports(support_run):
     out, rep = support_run
     r = rep["retrieval"]
@@ -164,16 +153,19 @@ def test_exported_retriever_loads_in_pytorch(support_run):
     np.testing.assert_allclose(e, np.load(d / "answer_embeddings.npy")[:4], atol=1e-4)
 
 
-def test_predict_answers_and_survives_bad_questions(support_run, tmp_path):
+def test_predict_answers_and_survives_bad_questions(support_run, tmp_path, capsys):
+    from autogpt_jax.predict import main as predict_main
+    from autogpt_jax.retrieval import MAX_QUESTION_CHARS, load_assistant
+
     exp = support_run[0] / "export"
     questions = ["I want to cancel my order", "", "   ", ("where is my refund " * 1100)[:20000], "¿Dónde está mi pedido? Quiero un reembolso",
-                 "😀😀🎉", "我的订单在哪里", "<script>alert(1)</script>", "a\x00b"]
+                 "😀😀🎉", "我的订单在哪里", "<script>alert(1)</script>", "a\x00b",
+                 "😀" * MAX_QUESTION_CHARS + " I want to cancel my order", "cancel my\x00order"]
     inp = tmp_path / "q.jsonl"
     inp.write_text("".join(json.dumps({"text": q}) + "\n" for q in questions))
-    p = subprocess.run([sys.executable, "-m", "autogpt_jax.predict", "--model_dir", str(exp), "--input_file", str(inp)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    recs = [json.loads(l) for l in p.stdout.splitlines()]
+    capsys.readouterr()
+    assert predict_main(["--model_dir", str(exp), "--input_file", str(inp)]) == 0
+    recs = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert len(recs) == len(questions)
     meta = json.loads((exp / "autogpt_jax.json").read_text())
     for q, r in zip(questions, recs):
@@ -191,6 +183,16 @@ def test_predict_answers_and_survives_bad_questions(support_run, tmp_path):
     assert recs[1]["reason"] == recs[2]["reason"] == "cannot answer: empty question"
     assert recs[5]["intent"] is None and "emoji" in recs[5]["reason"]
     assert recs[0]["intent"] is not None and recs[3]["intent"] is not None  # a long question is cut, not refused
+    # Non-English questions are scored like any other (the threshold decides the hand-over, above).
+    assert recs[4]["intent"] is not None and recs[6]["intent"] is not None
+    # Only the first MAX_QUESTION_CHARS characters are read: emoji up to the cut, words after it.
+    assert recs[9]["intent"] is None and "emoji" in recs[9]["reason"]
+    assert load_assistant(exp).answer([questions[9][MAX_QUESTION_CHARS:]])[0]["intent"] is not None
+    # A null byte is a space: the question is answered as if it had been typed without it.
+    clean = load_assistant(exp).answer(["a b", "cancel my order"])
+    for got, want in zip((recs[8], recs[10]), clean):
+        assert got["intent"] == want["intent"] and got["confidence"] == pytest.approx(want["confidence"], abs=1e-6)
+        assert [a["answer"] for a in got["answers"]] == [a["answer"] for a in want["answers"]]
 
 
 def test_support_config_errors():

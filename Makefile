@@ -33,9 +33,9 @@ pretrain: $(STAMP)
 test: $(TEST_STAMP) browser
 	@cache=$$(mktemp -d -t autogpt_jax_jit_XXXX); trap 'rm -rf "$$cache"' EXIT; \
 	JAX_COMPILATION_CACHE_DIR=$$cache XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-	  $(PY) -m pytest -q tests -m multidevice && \
+	  $(PY) -m pytest -q tests -m multidevice --durations=5 && \
 	JAX_COMPILATION_CACHE_DIR=$$cache XLA_FLAGS=--xla_force_host_platform_device_count=1 \
-	  $(PY) -m pytest -q tests -m "not multidevice"
+	  $(PY) -m pytest -q tests -m "not multidevice" --durations=15
 
 # The demo's browser test drives Debian's Chromium; installed with apt where root or sudo allows,
 # otherwise that one test is skipped with its reason.

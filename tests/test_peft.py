@@ -59,7 +59,7 @@ PEFT_SPECS = {
 def _assert_peft_shardings(method, params):
     seen = 0
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [str(getattr(k, "key", k)) for k in path]
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
         name = keys[-2] if keys[-1] == "value" else keys[-1]
         spec = tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
         if method == "bitfit" and name == "bias" and "query" in keys:

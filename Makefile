@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
 	@touch $@
 
-$(TEST_STAMP): pyproject.toml $(STAMP)
+# One install for the package and its test extras (the package's own stamp is then current too).
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
-	@touch $@
+	@touch $(STAMP) $@
 
 train: $(STAMP)
 	@test -f $(CONFIG) || { echo "error: config $(CONFIG) not found; pass CONFIG=configs/<name>.yaml"; exit 2; }
@@ -29,7 +30,8 @@ pretrain: $(STAMP)
 	$(PY) -m autogpt_jax.train --config_path configs/pretrain_bert_tiny.yaml --checkpoint.resume true
 
 # Two pytest processes: the tests that need 8 simulated devices, then everything else on one
-# device (tiny models run ~1.7x faster there). Both share one compilation cache directory.
+# device (tiny models run ~1.7x faster there). Both share one compilation cache directory; each
+# runs its tests on one pytest-xdist worker per core (pyproject's addopts).
 test: $(TEST_STAMP) browser
 	@cache=$$(mktemp -d -t autogpt_jax_jit_XXXX); trap 'rm -rf "$$cache"' EXIT; \
 	JAX_COMPILATION_CACHE_DIR=$$cache XLA_FLAGS=--xla_force_host_platform_device_count=8 \

@@ -9,6 +9,13 @@ import tempfile
 # Tiny models on 8 simulated devices sharing 2 cores run ~1.7x slower than on one.
 MULTIDEVICE = 8
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# Most of the suite's time is XLA compiling small programs (eager ops, tiny models' steps). LLVM's
+# optimisations make those compiles ~2x slower and buy nothing at these sizes, so the suite (and
+# every process it starts, see xla_env) compiles without them. AUTOGPT_JAX_TEST_XLA_OPT=1 keeps
+# XLA's default optimisation, to run the suite exactly as users' runs compile.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if os.environ.get("AUTOGPT_JAX_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + FAST_COMPILE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,14 +29,38 @@ else:
     _JIT_CACHE = None
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
+import re  # noqa: E402
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
 
+def xla_env(devices: int) -> dict:
+    """The environment for a process the tests start: this session's, with `devices` CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
+                              f"--xla_force_host_platform_device_count={devices}", env["XLA_FLAGS"])
+    return env
+
+
+# Fixtures that train whole pipelines: the tests that use them are `slow` and share one
+# pytest-xdist worker, so each run is trained once per session.
+SHARED_RUNS = ("sentiment_run", "support_run")
+MAX_WORKERS = 4  # pytest-xdist workers for `-n auto` (pyproject's addopts): one per core, at most 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     import jax
 
+    for item in items:
+        if any(f in item.fixturenames for f in SHARED_RUNS):
+            item.add_marker(pytest.mark.xdist_group("shared_runs"))
+            item.add_marker(pytest.mark.slow)
     if jax.device_count() >= MULTIDEVICE:
         return
     skip = pytest.mark.skip(reason=f"needs {MULTIDEVICE} devices, this process has {jax.device_count()}: run "

@@ -4,7 +4,6 @@ Playwright), and the Hugging Face Space folder that scripts/build_space.py assem
 
 import concurrent.futures as cf
 import json
-import os
 import re
 import shutil
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xla_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,8 +27,7 @@ def _free_port() -> int:
 
 
 def _serve(cmd: list[str], cwd: Path, log: Path, timeout: float = 420) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env = {k: v for k, v in xla_env(1).items() if k not in ("PYTHONPATH",)}
     env["AUTOGPT_JAX_DEMO_WARMUP_BATCHES"] = "1"  # the other batch shapes compile on first use
     f = open(log, "w")
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)

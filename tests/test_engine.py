@@ -103,7 +103,8 @@ def test_grad_accumulation_matches_full_batch(packed, tok):
             np.testing.assert_allclose(a, b, atol=1e-5)
     # The halves differ (by 15x the tolerance), so a dropped micro-batch or a missing division fails.
     m0 = Bert(cfg, rngs=nnx.Rngs(0))
-    halves = [float(loss(m0, {k: jnp.asarray(v[i * 4:(i + 1) * 4]) for k, v in batches[0].items()}, None)[0])
+    jloss = nnx.jit(lambda m, b: loss(m, b, None)[0])  # one compile, not one per eager op
+    halves = [float(jloss(m0, {k: jnp.asarray(v[i * 4:(i + 1) * 4]) for k, v in batches[0].items()}))
               for i in range(2)]
     assert runs[1][0][0] == pytest.approx(np.mean(halves), rel=1e-5) and abs(halves[0] - halves[1]) > 1e-4
     # With the masked-LM loss (a mean over masked tokens, whose count differs per micro-batch) the
@@ -111,8 +112,8 @@ def test_grad_accumulation_matches_full_batch(packed, tok):
     mlm = lambda m, b, r: objectives.mlm_loss(m, b, None)  # noqa: E731
     batch = next(batching.PretrainBatches(packed, 16, 0, objective="mlm", tokenizer=tok))
     model = _tiny_bert(len(tok))
-    halves = [float(mlm(model, {k: jnp.asarray(v[i * 8:(i + 1) * 8]) for k, v in batch.items()}, None)[0])
-              for i in range(2)]
+    jmlm = nnx.jit(lambda m, b: mlm(m, b, None)[0])
+    halves = [float(jmlm(model, {k: jnp.asarray(v[i * 8:(i + 1) * 8]) for k, v in batch.items()})) for i in range(2)]
     trainer, state = Trainer.create(model, mlm, OptimConfig(grad_accum=2), 10, mesh)
     _, m = trainer.train_step(state, shd.put_batch(batch, mesh), jax.random.key(0))
     assert float(m["loss"]) == pytest.approx(np.mean(halves), rel=1e-5) and halves[0] != pytest.approx(halves[1])
@@ -198,6 +199,7 @@ def test_corrupted_newest_checkpoint_falls_back(tmp_path, packed, tok, caplog):
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(saved[1])))
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path, monkeypatch):
     from autogpt_jax.config import load_config
     from autogpt_jax.pipeline import run_pipeline
@@ -255,6 +257,7 @@ def test_tiny_pretrain_run_writes_metrics_report_and_tensorboard(tmp_path):
     assert again["pretrain"]["resumed_from_step"] == 20 and again["pretrain"]["steps_this_run"] == 0
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_gpt2_causal_lm_pretraining_from_scratch_exports_for_pytorch(tmp_path):
     """--model.arch gpt2: the pretrain stage trains a causal LM (loss over every next token), the
     eval loss falls, and the export is a GPT2LMHeadModel that PyTorch runs to our logits."""

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from autogpt_jax.errors import ModelLoadError
 from autogpt_jax.models import hf
@@ -234,9 +235,15 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
     padded = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64, pack=False)
     np.testing.assert_allclose(clf.logits(many, batch_size=8), padded.logits(many, batch_size=8), atol=1e-4)
     seqs, pos = t.encode(smollm2_tokenizer, texts, 64, causal=True)
+    fwd = nnx.jit(lambda m, x: m.logits(m(x)[0][0]))  # one compile for every sequence below
+
+    def full_logits(seq):  # causal: padding on the right leaves the earlier positions unchanged
+        x = np.zeros((1, 64), np.int32)
+        x[0, :len(seq)] = seq
+        return np.asarray(fwd(model, jnp.asarray(x)))[:len(seq)]
+
     for i, (s, p) in enumerate(zip(seqs, pos)):
-        h, _ = model(jnp.asarray(s[None]))
-        np.testing.assert_allclose(fast[i], np.asarray(model.logits(h[0, p], jnp.asarray(ids[:, 0, 0]))), atol=1e-4)
+        np.testing.assert_allclose(fast[i], full_logits(s)[p, ids[:, 0, 0]], atol=1e-4)
     # Multi-token words (two classes may share a first token): each word scores its whole
     # log-likelihood, computed in one pass with the words as a tree of continuations; a class
     # scores the mean over its words.
@@ -252,8 +259,7 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
             for word in verb.words[c]:
                 wt = smollm2_tokenizer(" " + word, add_special_tokens=False)["input_ids"]
                 full = np.concatenate([s[: p + 1], wt]).astype(np.int32)
-                h, _ = model(jnp.asarray(full[None]))
-                lp = np.asarray(jax.nn.log_softmax(model.logits(h[0]), -1))
+                lp = np.asarray(jax.nn.log_softmax(jnp.asarray(full_logits(full)), -1))
                 lls.append(sum(lp[p + j, t_] for j, t_ in enumerate(wt)))
             want.append(np.mean(lls))
         np.testing.assert_allclose(fast[i], want, atol=1e-4)
@@ -310,6 +316,7 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
     assert rec["probabilities"] == pytest.approx(predict_records(clf, ["a fine film"])[0]["probabilities"], abs=1e-6)
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_decoder_template_search_uses_chat_candidates(tiny_llama_dir, tmp_path):
     from autogpt_jax.config import load_config
     from autogpt_jax.pipeline import run_pipeline
@@ -327,6 +334,7 @@ def test_decoder_template_search_uses_chat_candidates(tiny_llama_dir, tmp_path):
     assert rep["template"] in CHAT_TEMPLATES["sentiment"][:2] and rep["scoring"] == "next_token"
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_llama_dir, tmp_path):
     import yaml
 
@@ -373,7 +381,6 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
 
 
 def test_packed_decoder_batches_give_the_unpacked_loss_and_gradients(tiny_llama_dir, smollm2_tokenizer):
-    from flax import nnx
 
     from autogpt_jax.data import batching
     from autogpt_jax.inference import prompt_inputs

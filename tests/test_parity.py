@@ -42,6 +42,7 @@ def test_minilm_hidden_states_match_pytorch(minilm_dir):
     assert np.abs(ours_pool - ref_pool).max() < 1e-4
 
 
+@pytest.mark.slow  # real pretrained weights
 def test_splade_mlm_logits_match_pytorch(splade_dir):
     from transformers import AutoModelForMaskedLM
 

@@ -235,6 +235,7 @@ def test_bad_peft_input_is_refused_before_training():
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "adapter", "prefix", "prompt",
                                     pytest.param("lora", marks=pytest.mark.multidevice, id="lora-8-devices")])
+@pytest.mark.slow  # a whole pipeline run
 def test_pipeline_with_peft_exports_what_it_predicts(tmp_path, method):
     """LoRA and AdaLoRA are merged into a plain Hugging Face model at export (LoRA also written
     unmerged for the PEFT library); adapters, prefixes and soft prompts go to peft.safetensors and

@@ -60,6 +60,7 @@ def _mr_test(n: int = 200):
     return fewshot.fixed_subset(sources.load_dataset("mr")["test"], n)
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_pipeline_end_to_end_and_predict_matches(tmp_path, capsys):
     """Every stage on splade-tiny with a two-point lr grid: the grid point with the best dev
     accuracy is chosen, the kept model is that run's best dev step, the reported test figures are
@@ -117,6 +118,7 @@ def sources_split(out, name: str):
     return datasets.Dataset.from_dict({"text": [r["text"] for r in rows], "label": [names.index(r["label"]) for r in rows]})
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_head_mode_learns_and_joint_loss_is_task_plus_lambda_mlm(tmp_path):
     from autogpt_jax.pipeline import run_pipeline
 
@@ -179,6 +181,7 @@ def test_similarity_scoring_matches_pytorch_sentence_embeddings(splade_dir, tok)
     np.testing.assert_allclose(ours, want, atol=1e-4)
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, tiny_encoder_dir):
     """auto picks similarity for a checkpoint without an MLM head; the similarity pipeline (label
     words searched near the rule words, FGM on) runs end to end and its export predicts the same."""
@@ -299,6 +302,7 @@ def test_distill_loss_is_cross_entropy_to_soft_labels(tiny_bert_dir):
     assert float(loss) == pytest.approx(float(want), rel=1e-6)
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_several_split_seeds_with_baselines_give_mean_and_std(tmp_path):
     """--eval.seeds runs every stage once per LM-BFF split and reports mean ± std over them;
     --eval.compare adds the zero-shot, prompt fine-tuning and head fine-tuning baselines on the same splits."""
@@ -329,6 +333,7 @@ def test_several_split_seeds_with_baselines_give_mean_and_std(tmp_path):
     assert seeds[0]["baselines"]["zero_shot"] == seeds[1]["baselines"]["zero_shot"]
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
     from autogpt_jax.pipeline import run_pipeline
 

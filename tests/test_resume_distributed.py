@@ -1,7 +1,6 @@
 """Real processes: SIGKILL mid-run then resume; two jax.distributed processes against one."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xla_env
 
 from autogpt_jax.models.hf import read_weights
 
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow  # real training processes
 
 
 def _env(devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = xla_env(devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     return env

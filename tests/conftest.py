@@ -65,6 +65,10 @@ def pytest_collection_modifyitems(config, items):
         if any(f in item.fixturenames for f in SHARED_RUNS):
             item.add_marker(pytest.mark.xdist_group("shared_runs"))
             item.add_marker(pytest.mark.slow)
+    # Longest first: the slow tests are handed out before the quick ones, so the workers finish
+    # together instead of one of them running a long test at the end (a stable sort: the order
+    # within each kind is the collection order).
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if jax.device_count() >= MULTIDEVICE:
         return
     skip = pytest.mark.skip(reason=f"needs {MULTIDEVICE} devices, this process has {jax.device_count()}: run "

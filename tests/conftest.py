@@ -53,6 +53,7 @@ SHARED_RUNS = ("sentiment_run", "support_run")
 MAX_WORKERS = 4  # pytest-xdist workers for `-n auto` (pyproject's addopts): one per core, at most 4
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
 def pytest_xdist_auto_num_workers(config):
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 

@@ -30,7 +30,7 @@ pretrain: $(STAMP)
 	$(PY) -m autogpt_jax.train --config_path configs/pretrain_bert_tiny.yaml --checkpoint.resume true
 
 # Two pytest processes: the tests that need 8 simulated devices, then everything else on one
-# device (tiny models run ~1.7x faster there). Both share one compilation cache directory; each
+# device (tiny models run ~1.2-1.7x faster there). Both share one compilation cache directory; each
 # runs its tests on one pytest-xdist worker per core (pyproject's addopts).
 test: $(TEST_STAMP) browser
 	@cache=$$(mktemp -d -t autogpt_jax_jit_XXXX); trap 'rm -rf "$$cache"' EXIT; \

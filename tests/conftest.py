@@ -6,7 +6,8 @@ import tempfile
 # Tests run on the CPU; set before jax is imported anywhere. One device by default: the tests
 # marked `multidevice` need 8 simulated devices and run in a process of their own
 # (`make test` runs both: XLA_FLAGS=--xla_force_host_platform_device_count=8 pytest -m multidevice).
-# Tiny models on 8 simulated devices sharing 2 cores run ~1.7x slower than on one.
+# Tiny models on 8 simulated devices sharing 2 cores run ~1.2-1.7x slower than on one (23% for
+# test_engine + test_optim, measured 2026-12-01).
 MULTIDEVICE = 8
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 # Most of the suite's time is XLA compiling small programs (eager ops, tiny models' steps). The

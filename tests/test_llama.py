@@ -381,7 +381,6 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
 
 
 def test_packed_decoder_batches_give_the_unpacked_loss_and_gradients(tiny_llama_dir, smollm2_tokenizer):
-
     from autogpt_jax.data import batching
     from autogpt_jax.inference import prompt_inputs
     from autogpt_jax.prompts.templates import Template, Verbalizer

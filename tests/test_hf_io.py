@@ -10,7 +10,7 @@ import torch
 
 from autogpt_jax.errors import ModelLoadError, ModelNotFoundError
 from autogpt_jax.models import load_model, resolve, save_pretrained
-from autogpt_jax.models.hf import read_weights
+from autogpt_jax.models.weights import read_weights
 
 
 def _bert_logits(model, ids, mask):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import xla_env
 
-from autogpt_jax.models.hf import read_weights
+from autogpt_jax.models.weights import read_weights
 
 CONFIG = "tests/configs/tiny_pretrain.yaml"
 pytestmark = pytest.mark.slow  # real training processes

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from autogpt_jax.buckets import BUCKETS, bucket_length
 from autogpt_jax.data import masking
 
 
@@ -160,7 +161,6 @@ class PretrainBatches:
 # classification / scoring batches: cached tokenisation, length buckets
 # --------------------------------------------------------------------------------------------
 
-BUCKETS = (16, 32, 64, 128, 256, 512)
 # Evaluation sorts inputs by length, so nearly every batch fills one bucket: finer buckets cut the
 # padding (a decoder prompt of 40 tokens pads to 48, not 64) for a few more compiles.
 EVAL_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -190,14 +190,6 @@ def encode(tokenizer, texts: list[str], max_length: int | None, *, add_special_t
         _ENCODE_CACHE.clear()
     _ENCODE_CACHE[key] = out
     return out
-
-
-def bucket_length(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
-    """The smallest bucket that holds ``n`` tokens (shapes, and so compilations, stay few)."""
-    for b in buckets:
-        if n <= b:
-            return b
-    return int(np.ceil(n / buckets[-1]) * buckets[-1])
 
 
 def pad_batch(seqs: list[np.ndarray], pad_id: int, *, buckets: tuple[int, ...] = BUCKETS,

@@ -169,6 +169,14 @@ class Bert(nnx.Module):
     compute only what they use.
     """
 
+    # The family, decided here once: stage code asks ``kind`` (encoder | decoder), never isinstance.
+    kind = "encoder"
+    arch = "bert"
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings
+
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.config = cfg
         self.dtype = dtype

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from autogpt_jax.data.batching import bucket_length
+from autogpt_jax.buckets import bucket_length
 
 Array = jax.Array
 

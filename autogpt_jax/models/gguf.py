@@ -1,7 +1,7 @@
 """GGUF files (llama.cpp's format) → a Hugging Face-style config and float32 tensors.
 
 Tensors are dequantised with the ``gguf`` package (F32, F16, BF16, Q4_0, Q4_1, Q8_0) and renamed
-to Hugging Face Llama keys, so the same rule table in ``hf.py`` loads GGUF files and safetensors
+to Hugging Face Llama keys, so the same rule table in ``keymaps.py`` loads GGUF files and safetensors
 directories. llama.cpp stores the query and key projections permuted for its interleaved rotary
 layout; they are permuted back to Hugging Face's half-split layout here (as ``transformers`` does).
 """

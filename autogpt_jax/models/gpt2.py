@@ -117,6 +117,14 @@ class GPT2Block(nnx.Module):
 
 
 class GPT2(nnx.Module):
+    # The family, decided here once: stage code asks ``kind`` (encoder | decoder), never isinstance.
+    kind = "decoder"
+    arch = "gpt2"
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.n_positions
+
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.config = cfg
         self.dtype = dtype

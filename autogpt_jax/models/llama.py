@@ -155,6 +155,14 @@ class LlamaBlock(nnx.Module):
 
 
 class Llama(nnx.Module):
+    # The family, decided here once: stage code asks ``kind`` (encoder | decoder), never isinstance.
+    kind = "decoder"
+    arch = "llama"
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings
+
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.config = cfg
         self.dtype = dtype

@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autogpt_jax.config import ConfigError, PeftConfig
+from autogpt_jax.config import PeftConfig
+from autogpt_jax.errors import ConfigError
+from autogpt_jax.models import hf
 from autogpt_jax.models.layers import Dense, Dropout, gelu_erf
 
 TARGETS = ("query", "key", "value", "out", "gate", "intermediate", "output")
@@ -68,10 +70,7 @@ Array = jax.Array
 
 
 def _arch(model) -> str:
-    from autogpt_jax.models.bert import Bert
-    from autogpt_jax.models.llama import Llama
-
-    return "bert" if isinstance(model, Bert) else "llama" if isinstance(model, Llama) else "gpt2"
+    return model.arch
 
 
 def valid_targets(model) -> tuple[str, ...]:
@@ -311,8 +310,6 @@ def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: s
     """An unmerged LoRA export in the PEFT library's layout: ``adapter_config.json`` and
     ``adapter_model.safetensors`` (keys ``base_model.model.<HF module>.lora_A.weight``)."""
     from safetensors.numpy import save_file
-
-    from autogpt_jax.models import hf
 
     if cfg.method != "lora":
         raise ValueError("the PEFT-library export is written for LoRA only")

@@ -21,11 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from autogpt_jax.errors import AutoGPTJaxError
+from autogpt_jax.errors import PackageFetchError
 
-
-class PackageFetchError(AutoGPTJaxError, RuntimeError):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)

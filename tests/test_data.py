@@ -6,8 +6,8 @@ import logging
 import numpy as np
 import pytest
 
-from autogpt_jax.data import batching, fewshot, masking, sources
-from autogpt_jax.data.sources import DataError
+from autogpt_jax.data import batching, fewshot, files, masking, sources
+from autogpt_jax.errors import DataError
 from autogpt_jax.models import hf
 
 
@@ -192,27 +192,27 @@ def test_prompt_aware_masking_hits_label_words_at_the_configured_rate(tok):
 
 def test_bad_files(tmp_path, caplog):
     with pytest.raises(DataError, match="no such file"):
-        sources.load_files(str(tmp_path / "missing.csv"))
+        files.load_files(str(tmp_path / "missing.csv"))
     p = tmp_path / "notext.csv"
     p.write_text("sentence,label\nhello,pos\nbye,neg\n")
     with pytest.raises(DataError, match=r"missing column\(s\) \['text'\]; found \['label', 'sentence'\]. Rename"):
-        sources.load_files(str(p))
+        files.load_files(str(p))
     e = tmp_path / "empty.csv"
     e.write_text("text,label\n")
     with pytest.raises(DataError, match="the file has no rows"):
-        sources.load_files(str(e))
+        files.load_files(str(e))
     tr = tmp_path / "train.jsonl"
     tr.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
     dv = tmp_path / "dev.jsonl"
     dv.write_text('{"text": "meh", "label": "neutral"}\n')
     with pytest.raises(DataError, match=r"label\(s\) \['neutral'\] do not occur in the train file"):
-        sources.load_files(str(tr), str(dv))
+        files.load_files(str(tr), str(dv))
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("text,label\ncaf\xe9 is nice,pos\nawful,neg\n".encode("latin-1"))
     with caplog.at_level(logging.WARNING):
-        ds = sources.load_files(str(bad))
+        ds = files.load_files(str(bad))
     assert "not valid UTF-8" in caplog.text and ds["train"][0]["text"] == "caf\ufffd is nice"
     with pytest.raises(DataError, match="unknown dataset 'imdb'"):
         sources.load_dataset("imdb")
     with pytest.raises(DataError, match="unsupported file type"):
-        sources.read_table(tmp_path / "x.parquet") if (tmp_path / "x.parquet").write_text("x") else None
+        files.read_table(tmp_path / "x.parquet") if (tmp_path / "x.parquet").write_text("x") else None

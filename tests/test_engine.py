@@ -203,7 +203,7 @@ def test_corrupted_newest_checkpoint_falls_back(tmp_path, packed, tok, caplog):
 def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path, monkeypatch):
     from autogpt_jax.config import load_config
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.training.loop import TrainingDivergedError
+    from autogpt_jax.errors import TrainingDivergedError
 
     orig = Trainer._train_step
 
@@ -292,3 +292,54 @@ def test_keeps_newest_k_plus_best(tmp_path, packed, tok):
         ck.save(step, state, {"data": {"epoch": 0, "index": step}}, metrics)
         ck.wait()
     assert ck.all_steps() == [1, 4, 5]
+
+
+def test_llama_family_pretrains_from_scratch_and_the_loss_falls(tmp_path):
+    """--model.arch llama: a tiny Llama-family decoder (RoPE, RMSNorm, SwiGLU) pretrains with the
+    causal-LM objective and its held-out loss falls; it exports as LlamaForCausalLM."""
+    from autogpt_jax.train import main
+
+    out = tmp_path / "llama"
+    assert main(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out), "--model.arch", "llama",
+                 "--stages", "pretrain,export"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    pre = report["pretrain"]
+    assert report["model"] == "scratch:llama" and pre["objective"] == "clm" and pre["steps"] == 20
+    assert pre["best"]["eval_loss"] < pre["first_eval_loss"]
+    assert json.loads((out / "export" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert type(hf.load_model(out / "export").model).__name__ == "Llama"
+
+
+def test_a_stage_whose_config_changed_is_trained_again_on_resume(tmp_path):
+    """Each checkpointed stage records its fingerprint (the config keys it reads, its inputs, the
+    fingerprints of the stages before it). --checkpoint.resume reuses a stage only under the same
+    fingerprint: change an adapt key and adapt trains again while pretraining is resumed; change a
+    pretraining key and both train again."""
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path / "fp"
+    args = ["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out), "--stages", "pretrain,adapt",
+            "--data.dataset", "mr", "--data.k_shot", "8", "--data.max_test", "16", "--adapt.steps", "4",
+            "--adapt.batch_size", "8", "--adapt.seq_len", "32", "--adapt.max_unlabeled", "32",
+            "--prompt.max_length", "32", "--pretrain.steps", "6", "--pretrain.eval_every", "0"]
+
+    def run(*extra):
+        rep = run_pipeline(load_config([*args, *extra]))
+        return rep["pretrain"], rep["seeds"][0]["adapt"]
+
+    pre, ad = run()
+    assert pre["steps_this_run"] == 6 and ad["steps_this_run"] == 4 and ad["resumed_from_step"] is None
+    # adapt.mask_rate changed: pretraining is reused, adaptation trains again (its old checkpoint set aside).
+    pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3")
+    assert pre["resumed_from_step"] == 6 and pre["steps_this_run"] == 0 and pre["stale_checkpoint"] is None
+    assert ad["resumed_from_step"] is None and ad["steps_this_run"] == 4
+    assert ad["stale_checkpoint"] == ["keys.adapt.mask_rate"]
+    assert (out / "checkpoints" / "adapt-seed42.stale").is_dir()
+    # The same config again: both resumed.
+    pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3")
+    assert ad["resumed_from_step"] == 4 and ad["steps_this_run"] == 0 and ad["stale_checkpoint"] is None
+    # A pretraining key changed: pretraining trains again, and so does the adaptation built on it.
+    pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3", "--pretrain.optim.learning_rate", "0.001")
+    assert pre["steps_this_run"] == 6 and pre["stale_checkpoint"] == ["keys.pretrain.optim.learning_rate"]
+    assert ad["steps_this_run"] == 4 and ad["stale_checkpoint"] == ["upstream.pretrain.keys.pretrain.optim.learning_rate"]

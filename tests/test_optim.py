@@ -18,7 +18,8 @@ from autogpt_jax.models import hf
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.training import objectives, steps
 from autogpt_jax.training import sharding as shd
-from autogpt_jax.training.loop import MetricsLogger, TrainingDivergedError, train_loop
+from autogpt_jax.errors import TrainingDivergedError
+from autogpt_jax.training.loop import MetricsLogger, train_loop
 from autogpt_jax.training.steps import Trainer
 
 C = np.asarray([1.0, -2.0, 3.0, -4.0], np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autogpt_jax.data.sources import DataError
+from autogpt_jax.errors import DataError
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
 

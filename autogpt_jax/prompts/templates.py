@@ -30,7 +30,8 @@ import re
 
 import numpy as np
 
-from autogpt_jax.config import ConfigError
+from autogpt_jax.data import batching
+from autogpt_jax.errors import ConfigError
 
 _PLACEHOLDER = re.compile(r"\{(text|text_b|mask|answer)\}")
 
@@ -238,8 +239,6 @@ class Verbalizer:
         """Similarity scoring: token ids and mask (N × L) of every class description
         (``template.describe(word)`` for each label word) and weights (C × N) that average a
         class's descriptions."""
-        from autogpt_jax.data import batching
-
         sents, owner = [], []
         for c, words in enumerate(self.words):
             for w in words:

@@ -12,22 +12,18 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from autogpt_jax.config import LoggingConfig
-from autogpt_jax.errors import AutoGPTJaxError
+from autogpt_jax.errors import AutoGPTJaxError, TrainingDivergedError
 from autogpt_jax.training import sharding as shd
 from autogpt_jax.training.checkpoint import StageCheckpointer
 from autogpt_jax.training.steps import TrainState, Trainer
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(AutoGPTJaxError, FloatingPointError):
-    """Loss or gradient became NaN/Inf."""
 
 
 def is_main() -> bool:

@@ -1,0 +1,297 @@
+"""The config sections of the stages: pretrain, prompt, adapt, finetune, PEFT, eval, distill,
+hand-over and retrieval."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from autogpt_jax.config.sections import DTYPES, OptimConfig, check
+from autogpt_jax.errors import ConfigError
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    # mlm (BERT) or clm (GPT-2); auto picks by architecture.
+    objective: str = "auto"
+    steps: int = 200
+    batch_size: int = 32
+    seq_len: int = 128
+    mask_rate: float = 0.15
+    # random | whole_word
+    masking: str = "whole_word"
+    eval_every: int = 50
+    eval_batches: int = 4
+    log_every: int = 10
+    # Stop when the eval loss has not improved for this many evaluations (0: never).
+    early_stop_patience: int = 0
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=20))
+
+    def __post_init__(self):
+        check(self.objective in ("auto", "mlm", "clm"), "pretrain.objective must be auto, mlm or clm")
+        check(self.masking in ("random", "whole_word"), "pretrain.masking must be random or whole_word")
+        check(0.0 < self.mask_rate < 1.0, f"pretrain.mask_rate must be in (0, 1), got {self.mask_rate}")
+        check(self.steps >= 1 and self.batch_size >= 1 and self.seq_len >= 8,
+               "pretrain.steps >= 1, pretrain.batch_size >= 1 and pretrain.seq_len >= 8 are required")
+        check(self.batch_size % self.optim.grad_accum == 0,
+               f"pretrain.batch_size {self.batch_size} must be divisible by optim.grad_accum {self.optim.grad_accum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    # A fixed template such as "{text} It was {mask}." (null: choose among the rule-based
+    # candidates for task_type by dev accuracy after a short fine-tune).
+    template: Optional[str] = None
+    # Fixed label words, classes separated by "|", alternatives by ",": "terrible,bad|great,good".
+    # Null: automatic search when the MLM head is pretrained, else words from the label names.
+    label_words: Optional[str] = None
+    # sentiment | topic | intent | nli: which rule library to draw templates from.
+    task_type: str = "sentiment"
+    # How many template candidates to try, and fine-tuning steps for each trial.
+    candidates: int = 3
+    search_steps: int = 30
+    # Automatic label words: top-k words per class by mask probability, combinations scored on train.
+    top_k_words: int = 8
+    max_length: int = 96
+    # How a prompt turns into class scores. cloze: the MLM head's logits of the label words at the
+    # mask. similarity: cosine between the input's sentence embedding and each class description
+    # (the template with its label word and without the input, "It was great."), scaled by
+    # similarity_scale -- for sentence encoders, whose MLM head is missing or untrained. auto:
+    # similarity when the checkpoint has no MLM head, else cloze.
+    scoring: str = "auto"
+    similarity_scale: float = 20.0
+    # Decoders: labelled training examples per class shown before each input as earlier turns of
+    # the conversation (in-context demonstrations, LM-BFF); they run once per batch as part of the
+    # shared prefix. 0: none.
+    demonstrations: int = 0
+
+    def __post_init__(self):
+        check(self.demonstrations >= 0, f"prompt.demonstrations must be >= 0, got {self.demonstrations}")
+        check(self.task_type in ("sentiment", "topic", "intent", "nli"),
+               f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
+        check(self.scoring in ("auto", "cloze", "similarity"),
+               f"prompt.scoring must be auto, cloze or similarity, got {self.scoring!r}")
+        check(self.similarity_scale > 0, "prompt.similarity_scale must be > 0")
+        check(self.candidates >= 1 and self.search_steps >= 1 and self.top_k_words >= 1 and self.max_length >= 16,
+               "prompt.candidates, prompt.search_steps, prompt.top_k_words >= 1 and prompt.max_length >= 16")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    steps: int = 150
+    batch_size: int = 16
+    seq_len: int = 96
+    mask_rate: float = 0.15
+    # prompt_aware | whole_word | random
+    masking: str = "prompt_aware"
+    # Prompt-aware: probability of masking the label word of a prompted training sentence.
+    label_word_rate: float = 0.5
+    # Unlabelled task texts to use at most (the rest of the labelled pool, labels dropped, by default).
+    max_unlabeled: int = 4000
+    log_every: int = 10
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=15))
+
+    def __post_init__(self):
+        check(self.masking in ("prompt_aware", "whole_word", "random"),
+               f"adapt.masking must be prompt_aware, whole_word or random, got {self.masking!r}")
+        check(0 < self.label_word_rate <= 1 and 0 < self.mask_rate < 1, "adapt rates must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    # prompt (cloze over label words at the mask) | head (classifier on the pooled output)
+    mode: str = "prompt"
+    steps: int = 120
+    batch_size: int = 8
+    # The grid (LM-BFF protocol: best on dev): comma-separated values.
+    learning_rates: str = "1e-4,3e-5"
+    # Joint objective L = L_task + mlm_weight · L_mlm (on unlabelled task text); 0 disables.
+    mlm_weight: float = 0.0
+    # FGM adversarial training: perturb the word embeddings by ε along the loss gradient (0: off).
+    fgm_epsilon: float = 0.0
+    eval_every: int = 10
+    early_stop_patience: int = 6
+    # head mode: pooler | cls | mean
+    pooling: str = "mean"
+    # Decoders (prompt mode, single-token label words): pack each batch's prompts end to end into
+    # rows of at least 128 tokens, each attending only to itself, instead of padding every prompt to
+    # the longest; the same loss with fewer padding tokens computed.
+    pack: bool = True
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=10,
+                                                                               weight_decay=0.01))
+
+    def __post_init__(self):
+        check(self.mode in ("prompt", "head"), f"finetune.mode must be prompt or head, got {self.mode!r}")
+        check(self.pooling in ("pooler", "cls", "mean"), "finetune.pooling must be pooler, cls or mean")
+        check(self.mlm_weight >= 0, "finetune.mlm_weight must be >= 0")
+        check(self.fgm_epsilon >= 0, "finetune.fgm_epsilon must be >= 0")
+        try:
+            lrs = self.lr_grid
+        except ValueError:
+            raise ConfigError(f"finetune.learning_rates must be comma-separated numbers, got {self.learning_rates!r}")
+        check(bool(lrs) and all(lr > 0 for lr in lrs), "finetune.learning_rates must be positive")
+
+    @property
+    def lr_grid(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in str(self.learning_rates).split(",") if x.strip())
+
+
+PEFT_METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit")
+
+
+@dataclasses.dataclass(frozen=True)
+class PeftConfig:
+    # none (full fine-tuning) | lora | adalora | adapter | prefix | prompt | bitfit
+    method: str = "none"
+    # lora / adalora: projections to adapt (query, key, value, out, intermediate, output)
+    targets: str = "query,value"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # adalora: triplets per matrix at the start and (on average) at the end of the budget schedule;
+    # the budget stays full for t_init steps, falls cubically, and is final t_final steps before
+    # the end; masks are re-chosen every delta_t steps; importance EMAs use beta1 / beta2.
+    init_rank: int = 12
+    target_rank: int = 4
+    adalora_t_init: int = 10
+    adalora_t_final: int = 20
+    adalora_delta_t: int = 5
+    adalora_beta1: float = 0.85
+    adalora_beta2: float = 0.85
+    orth_reg: float = 0.1
+    # adapter: bottleneck width
+    adapter_size: int = 64
+    # prefix / prompt: trained key-value slots per layer / input vectors
+    num_virtual_tokens: int = 16
+    # Dtype of the frozen (not trained) weights: bfloat16 halves their memory.
+    frozen_dtype: str = "float32"
+
+    def __post_init__(self):
+        check(self.method in PEFT_METHODS, f"peft.method must be one of {', '.join(PEFT_METHODS)}, got {self.method!r}")
+        check(self.frozen_dtype in DTYPES, f"peft.frozen_dtype must be one of {DTYPES}")
+        check(self.rank >= 1 and self.init_rank >= 1 and self.adapter_size >= 1 and self.num_virtual_tokens >= 1,
+               "peft.rank, peft.init_rank, peft.adapter_size and peft.num_virtual_tokens must be >= 1")
+        check(1 <= self.target_rank <= self.init_rank,
+               f"peft.target_rank must be in [1, init_rank={self.init_rank}], got {self.target_rank}")
+        check(0.0 <= self.dropout < 1.0, "peft.dropout must be in [0, 1)")
+        check(self.alpha > 0 and self.orth_reg >= 0 and self.adalora_delta_t >= 1,
+               "peft.alpha > 0, peft.orth_reg >= 0 and peft.adalora_delta_t >= 1 are required")
+        check(bool(self.target_list), "peft.targets is empty")
+
+    @property
+    def target_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in str(self.targets).split(",") if t.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    # Split seeds: each runs prompt→adapt→finetune→evaluate on its own K-shot split; mean ± std
+    # is reported. Empty: just data.split_seed.
+    seeds: str = ""
+    batch_size: int = 64
+    # Also run the baselines on the same splits: zero-shot prompt, head fine-tuning and prompt
+    # fine-tuning without adaptation (the table `make train` prints).
+    compare: bool = False
+    # Learning-rate grid of the head fine-tuning baseline (a fresh classifier head wants larger
+    # steps than prompt fine-tuning of a sentence encoder).
+    head_learning_rates: str = "1e-4,3e-5"
+
+    def __post_init__(self):
+        try:
+            ok = bool(self.head_lr_grid) and all(lr > 0 for lr in self.head_lr_grid)
+        except ValueError:
+            ok = False
+        check(ok, f"eval.head_learning_rates must be comma-separated positive numbers, got {self.head_learning_rates!r}")
+        try:
+            self.seed_list
+        except ValueError:
+            raise ConfigError(f"eval.seeds must be comma-separated integers, got {self.seeds!r}") from None
+
+    @property
+    def head_lr_grid(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in str(self.head_learning_rates).split(",") if x.strip())
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in str(self.seeds).split(",") if x.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Stage ``distill``: the fine-tuned model (teacher) soft-labels the unlabelled task pool, and a
+    small student with a classification head learns those labels (plus the K-shot examples' own),
+    for fast serving. Exported to ``export/student/``."""
+
+    student: str = "minilm-l6"
+    steps: int = 300
+    batch_size: int = 32
+    # Unlabelled texts the teacher labels (the task's pool, capped).
+    max_unlabeled: int = 4000
+    # Teacher logits are divided by this before the softmax (soft targets).
+    temperature: float = 1.0
+    max_length: int = 64
+    pooling: str = "mean"
+    eval_every: int = 50
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=5e-5, warmup_steps=30))
+
+    def __post_init__(self):
+        check(self.steps >= 1 and self.batch_size >= 1 and self.max_unlabeled >= 1 and self.eval_every >= 1,
+               "distill.steps, batch_size, max_unlabeled and eval_every must be >= 1")
+        check(self.temperature > 0, f"distill.temperature must be > 0, got {self.temperature}")
+        check(self.pooling in ("cls", "mean", "pooler"), f"distill.pooling must be cls, mean or pooler, got {self.pooling!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HandoverConfig:
+    """Out-of-scope handling (see autogpt_jax.handover): the evaluate stage fits a temperature and a
+    confidence threshold on dev; below the threshold ``predict`` says to hand over to a human."""
+
+    enabled: bool = False
+    # Out-of-scope queries for calibration (validation split) and measurement (test split): a
+    # registered source (clinc150). Null: the threshold keeps in_scope_recall of the correctly
+    # answered dev questions.
+    out_of_scope: Optional[str] = None
+    in_scope_recall: float = 0.95
+    # A fixed threshold on calibrated confidence instead of the chosen one.
+    threshold: Optional[float] = None
+
+    def __post_init__(self):
+        check(0.0 < self.in_scope_recall <= 1.0, f"handover.in_scope_recall must be in (0, 1], got {self.in_scope_recall}")
+        check(self.threshold is None or 0.0 <= self.threshold <= 1.0,
+               f"handover.threshold must be in [0, 1] or null, got {self.threshold}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """Stage ``retrieval`` (customer-service answers, see autogpt_jax.retrieval): a bi-encoder
+    fine-tuned contrastively on question -> answer pairs, and the answer index; exported to
+    ``export/retriever/``."""
+
+    # A registered dataset with question/answer/intent columns and a held-out test split.
+    dataset: Optional[str] = "bitext_support"
+    # The encoder (null: model.name_or_path, the run's own BERT).
+    model: Optional[str] = None
+    steps: int = 100
+    batch_size: int = 32
+    # InfoNCE temperature: similarities are divided by it before the softmax.
+    temperature: float = 0.05
+    # Other answers of the same intent in a batch are not negatives.
+    mask_same_intent: bool = True
+    question_max_length: int = 64
+    answer_max_length: int = 128
+    # The index holds at most this many responses of each intent.
+    answers_per_intent: int = 20
+    # Answers returned per question (one per intent).
+    top_k: int = 3
+    # Company details filled into the answers' {{placeholders}}, e.g. {"Website Name": "shop.example"}
+    # (merged over autogpt_jax.retrieval.answers.DEFAULT_COMPANY).
+    company: dict[str, str] = dataclasses.field(default_factory=dict)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=3e-5, warmup_steps=10))
+
+    def __post_init__(self):
+        check(self.temperature > 0, f"retrieval.temperature must be > 0, got {self.temperature}")
+        check(self.steps >= 0 and self.batch_size >= 2, "retrieval.steps must be >= 0 and retrieval.batch_size >= 2")
+        check(self.answers_per_intent >= 1 and self.top_k >= 1, "retrieval.answers_per_intent and top_k must be >= 1")
+        check(self.question_max_length >= 8 and self.answer_max_length >= 8,
+               "retrieval.question_max_length and answer_max_length must be >= 8")
+        check(isinstance(self.company, dict) and all(isinstance(v, str) for v in self.company.values()),
+               "retrieval.company must map placeholder names to strings")

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from autogpt_jax.data import batching
+from autogpt_jax.models.build import is_decoder
 from autogpt_jax.prompts.templates import Template
 from autogpt_jax.training import objectives
 
@@ -74,7 +75,7 @@ class Classifier:
         self._wts = None if self.label_word_weights is None else jnp.asarray(self.label_word_weights)
         self._protos = None
         self._prefix = None  # decoders: the prompt prefix shared by every input, run once per batch
-        if self.mode == "prompt" and objectives.is_decoder(self.model):
+        if self.mode == "prompt" and is_decoder(self.model):
             self._prefix = jnp.asarray(self.template.causal_prefix(self.tokenizer))
         if self.mode == "similarity":
             if self.descriptions is None:
@@ -120,7 +121,7 @@ class Classifier:
 def word_table(tokenizer, model, verb, template: Template) -> tuple[np.ndarray, np.ndarray]:
     """Label-word token ids and weights: every piece at the mask (encoders, C × W), or each word's
     tokens as the continuation of the prompt (decoders, C × W × T, padded with -1)."""
-    if objectives.is_decoder(model):
+    if is_decoder(model):
         return verb.sequence_table(tokenizer, leading_space=template.space_before_mask)
     return verb.token_table(tokenizer)
 
@@ -129,7 +130,7 @@ def prompt_inputs(tokenizer, model, template: Template, texts: list[str], max_le
                   ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
     """Token ids of the prompted texts, the position whose prediction is the label word, and, for
     decoders, the shared prefix that the ids leave out (None for encoders)."""
-    if not objectives.is_decoder(model):
+    if not is_decoder(model):
         return (*template.encode(tokenizer, texts, max_length), None)
     prefix = template.causal_prefix(tokenizer)
     return (*strip_prefix(*template.encode(tokenizer, texts, max_length, causal=True), len(prefix)), prefix)
@@ -140,15 +141,31 @@ def strip_prefix(seqs: list[np.ndarray], pos: np.ndarray, n: int) -> tuple[list[
     return [s_[n:] for s_ in seqs], pos - n
 
 
-def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, Any]:
-    pred, gold = np.asarray(pred), np.asarray(gold)
-    cm = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(cm, (gold, pred), 1)
-    f1s = []
-    for c in range(n_classes):
-        tp = cm[c, c]
-        p = tp / max(cm[:, c].sum(), 1)
-        r = tp / max(cm[c, :].sum(), 1)
-        f1s.append(0.0 if p + r == 0 else 2 * p * r / (p + r))
-    return {"accuracy": float((pred == gold).mean()) if gold.size else 0.0, "macro_f1": float(np.mean(f1s)),
-            "confusion": cm.tolist()}
+def predict_records(clf, texts: list[str], batch_size: int = 64) -> list[dict]:
+    """One record per text: ``label`` and ``probabilities``; with a hand-over calibration in the
+    export, the probabilities are calibrated and ``confidence`` and ``handover`` are added."""
+    h = getattr(clf, "handover", None)
+    if h is None:
+        probs, hand = clf.probabilities(texts, batch_size), None
+    else:
+        probs, hand = h.decide(clf.logits(texts, batch_size))
+    out = []
+    for i, p in enumerate(probs):
+        r = {"label": clf.labels[int(p.argmax())], "probabilities": {l: float(v) for l, v in zip(clf.labels, p)}}
+        if hand is not None:
+            r.update(confidence=float(p.max()), handover=bool(hand[i]))
+        out.append(r)
+    return out
+
+
+def make_classifier(mode: str, model, tokenizer, labels: list[str], template: Template | None = None, verb=None, *,
+                    max_length: int = 128, pooling: str = "mean", scale: float = 20.0) -> Classifier:
+    """The classifier of ``mode``: ``prompt`` (label-word scores at the mask or the next token),
+    ``similarity`` (cosine to the class descriptions) or ``head`` (the classification head)."""
+    ids = wts = desc = None
+    if mode == "prompt":
+        ids, wts = word_table(tokenizer, model, verb, template)
+    elif mode == "similarity":
+        desc = verb.description_table(tokenizer, template)
+    return Classifier(model, tokenizer, labels, mode, template, ids, wts, max_length=max_length, pooling=pooling,
+                      label_words=verb.to_json() if verb is not None else None, descriptions=desc, scale=scale)

@@ -8,8 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autogpt_jax import handover, retrieval
+from autogpt_jax import handover
 from autogpt_jax.config import ConfigError, load_config
+from autogpt_jax.errors import RetrievalError
+from autogpt_jax.retrieval.answers import Answer, build_answers, fill_placeholders
+from autogpt_jax.retrieval.encoder import infonce_loss
+from autogpt_jax.retrieval.index import AnswerIndex, rank_metrics
 
 
 def test_temperature_and_threshold_calibration():
@@ -36,26 +40,26 @@ def test_temperature_and_threshold_calibration():
 
 def test_placeholders_and_answer_groups():
     text = "Call {{Customer Support Phone Number}} or visit {{Website Name}}; see {{Order Details}} for {{Order Number Anonymized}} ({{113542617735902}})."
-    out = retrieval.fill_placeholders(text, {"website name": "shop.example"})
+    out = fill_placeholders(text, {"website name": "shop.example"})
     assert out == "Call +1 555 0100 or visit shop.example; see Order Details for your order number (your order)."
     ds = {"intent": ["a", "a", "a", "b"], "answer": ["x {{Website}}", "x {{Website}}", "y", "z"]}
-    answers = retrieval.build_answers(ds, 5, None)
+    answers = build_answers(ds, 5, None)
     assert sorted((a.intent, a.text) for a in answers) == [("a", "x acmeshop.example"), ("a", "y"), ("b", "z")]
-    assert len(retrieval.build_answers(ds, 1, None)) == 2
+    assert len(build_answers(ds, 1, None)) == 2
     # Responses that repeat one customer's details come after general ones.
     ds = {"intent": ["a"] * 3, "answer": ["Order 12345678 is cancelled", "Order {{Order Number Anonymized}} is gone",
                                           "Here is how to cancel an order"], "entity_value": ["12345678", "", ""]}
     for seed in range(4):
-        assert retrieval.build_answers(ds, 1, None, seed=seed)[0].text == "Here is how to cancel an order"
+        assert build_answers(ds, 1, None, seed=seed)[0].text == "Here is how to cancel an order"
 
 
 def test_rank_metrics():
     scores = np.asarray([[0.9, 0.8, 0.1], [0.9, 0.8, 0.1], [0.1, 0.2, 0.3]])
-    m = retrieval.rank_metrics(scores, ["a", "b", "a"], ["a", "b", "a"], ks=(1, 2))
+    m = rank_metrics(scores, ["a", "b", "a"], ["a", "b", "a"], ks=(1, 2))
     # ranks: 1, 2, 1
     assert m["recall@1"] == pytest.approx(2 / 3) and m["recall@2"] == 1.0 and m["mrr"] == pytest.approx((1 + 0.5 + 1) / 3)
-    with pytest.raises(retrieval.RetrievalError, match="no answer in the index for intent"):
-        retrieval.rank_metrics(scores, ["c", "a", "a"], ["a", "b", "a"])
+    with pytest.raises(RetrievalError, match="no answer in the index for intent"):
+        rank_metrics(scores, ["c", "a", "a"], ["a", "b", "a"])
 
 
 @pytest.mark.multidevice
@@ -65,10 +69,10 @@ def test_sharded_index_matches_one_device(n):
     rng = np.random.default_rng(n)
     emb = rng.normal(size=(n, 16)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    answers = [retrieval.Answer(str(i), "x") for i in range(n)]
+    answers = [Answer(str(i), "x") for i in range(n)]
     q = rng.normal(size=(3, 16)).astype(np.float32)
-    single = retrieval.AnswerIndex(emb, answers, shard=False)
-    sharded = retrieval.AnswerIndex(emb, answers)
+    single = AnswerIndex(emb, answers, shard=False)
+    sharded = AnswerIndex(emb, answers)
     assert sharded.sharded and not single.sharded
     for k in (1, 3, 10):
         v1, i1 = single.search(q, k)
@@ -77,8 +81,8 @@ def test_sharded_index_matches_one_device(n):
         np.testing.assert_array_equal(i1, ref)
         np.testing.assert_array_equal(i2, ref)
         np.testing.assert_allclose(v2, v1, rtol=1e-5, atol=1e-6)
-    with pytest.raises(retrieval.RetrievalError, match="empty"):
-        retrieval.AnswerIndex(np.zeros((0, 4)), [])
+    with pytest.raises(RetrievalError, match="empty"):
+        AnswerIndex(np.zeros((0, 4)), [])
 
 
 def test_infonce_loss_matches_reference(tiny_bert_dir):
@@ -105,7 +109,7 @@ def test_infonce_loss_matches_reference(tiny_bert_dir):
         return 0.5 * (-np.diag(ls(s)).mean() - np.diag(ls(s.T)).mean())
 
     for mask in (True, False):
-        loss, aux = retrieval.infonce_loss(lm.model, batch, temperature=0.1, mask_same_group=mask)
+        loss, aux = infonce_loss(lm.model, batch, temperature=0.1, mask_same_group=mask)
         assert float(loss) == pytest.approx(ref(mask), rel=1e-4)
     assert ref(True) < ref(False)  # same-intent answers no longer count as wrong
 
@@ -155,7 +159,8 @@ def test_exported_retriever_loads_in_pytorch(support_run):
 
 def test_predict_answers_and_survives_bad_questions(support_run, tmp_path, capsys):
     from autogpt_jax.predict import main as predict_main
-    from autogpt_jax.retrieval import MAX_QUESTION_CHARS, load_assistant
+    from autogpt_jax.assistant import MAX_QUESTION_CHARS
+    from autogpt_jax.export_format import load_assistant
 
     exp = support_run[0] / "export"
     questions = ["I want to cancel my order", "", "   ", ("where is my refund " * 1100)[:20000], "¿Dónde está mi pedido? Quiero un reembolso",
@@ -196,8 +201,12 @@ def test_predict_answers_and_survives_bad_questions(support_run, tmp_path, capsy
 
 
 def test_support_config_errors():
-    for args, msg in [(["--handover.out_of_scope", "nope"], "not a registered source"),
-                      (["--retrieval.temperature", "0"], "retrieval.temperature must be > 0"),
+    from autogpt_jax.stages import preflight
+
+    # The registry of out-of-scope sources lives in the data layer: checked before anything is built.
+    with pytest.raises(ConfigError, match="not a registered source"):
+        preflight(load_config(["--config_path", "tests/configs/tiny_support.yaml", "--handover.out_of_scope", "nope"]))
+    for args, msg in [(["--retrieval.temperature", "0"], "retrieval.temperature must be > 0"),
                       (["--handover.enabled", "true", "--stages", "finetune,export"], "add evaluate to --stages"),
                       (["--data.k_shot", "-1"], "data.k_shot must be >= 0")]:
         with pytest.raises(ConfigError, match=msg):
@@ -215,7 +224,8 @@ def test_full_data_split_is_stratified_and_disjoint():
 
 
 def test_predict_records_carry_the_handover_of_a_classifier_export(support_run):
-    from autogpt_jax.predict import load_classifier, predict_records
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
 
     clf = load_classifier(support_run[0] / "export")
     recs = predict_records(clf, ["where is my refund", "what's the weather on Mars"])

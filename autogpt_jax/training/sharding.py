@@ -81,6 +81,13 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
     return Mesh(arr, MESH_AXES)
 
 
+def flat_mesh(axis: str, devices: list | None = None) -> Mesh:
+    """A one-axis mesh named ``axis`` over ``devices`` (default: all of them), for arrays split by
+    rows outside the model's data/fsdp/tensor layout (e.g. a retrieval index)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (axis,))
+
+
 def logical_to_spec(axes: tuple[str | None, ...] | None, shape: tuple[int, ...], mesh: Mesh) -> P:
     """PartitionSpec for one array. A dimension that the mesh axis does not divide stays replicated,
     and no mesh axis is used twice in one array."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from autogpt_jax.config import OptimConfig
 from autogpt_jax.training import sharding as shd
@@ -203,6 +203,13 @@ class Trainer:
                               out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
         self._eval = jax.jit(self._eval_step, in_shardings=(self.state_shardings, batch_sh), out_shardings=repl)
         return self
+
+    def memory_analysis(self, state: TrainState, batch: dict, rng: Array):
+        """XLA's memory analysis of the compiled train step for this batch shape (None where the
+        backend gives none): argument, output, temporary and aliased bytes."""
+        if self._train is None:
+            self.compile(batch)
+        return self._train.lower(state, batch, rng).compile().memory_analysis()
 
     def train_step(self, state: TrainState, batch: dict, rng: Array):
         if self._train is None:

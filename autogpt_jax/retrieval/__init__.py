@@ -1,0 +1,1 @@
+"""Customer-service answer retrieval: the answer set, the bi-encoder, the index and the retriever."""

@@ -172,7 +172,7 @@ def test_browser_types_into_each_tab(app, tmp_path):
 
 def _demo_app():
     sys.path.insert(0, str(ROOT / "demo"))
-    import app as demo_app
+    import services as demo_app  # the models behind demo/app.py
 
     return demo_app
 

@@ -273,7 +273,8 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
 
     from autogpt_jax.config import load_config
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.predict import load_classifier, predict_records
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
 
     out = tmp_path / "run"
     cfg = load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(out),

@@ -243,7 +243,8 @@ def test_pipeline_with_peft_exports_what_it_predicts(tmp_path, method):
     from transformers import AutoModelForMaskedLM
 
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.predict import load_classifier, predict_records
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
 
     out = tmp_path / method
     run = run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(out),

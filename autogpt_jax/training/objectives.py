@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from autogpt_jax.models.build import is_decoder
+
 Array = jax.Array
 Loss = Callable[[nnx.Module, dict, "nnx.Rngs | None"], tuple[Array, dict]]
 
@@ -63,11 +65,6 @@ def classification_loss(model, batch: dict, rngs=None, *, pooling: str = "pooler
     logits_BxC = model.classify(h, batch["attention_mask"], pooling=pooling, rngs=rngs)
     total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
     return _mean(total, count), {"task_loss_sum": total, "count": count}
-
-
-def is_decoder(model) -> bool:
-    """Causal LMs (GPT-2, Llama) predict the label word as the next token; encoders fill a mask."""
-    return hasattr(model, "init_cache")
 
 
 def prompt_hidden(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, rngs=None,

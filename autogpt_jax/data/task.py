@@ -1,0 +1,81 @@
+"""The few-shot task of one split seed: K per class for training, a dev split, the (capped)
+test split and the unlabelled task text."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autogpt_jax.config import Config, DataConfig
+from autogpt_jax.data import fewshot, files, sources
+from autogpt_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    names: list[str]
+    train: Any  # datasets.Dataset (K per class)
+    dev: Any
+    test: Any
+    unlabeled: list[str]
+    seed: int
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+
+
+def _labelled(d: DataConfig):
+    if d.train_file:
+        return files.load_files(d.train_file, d.dev_file, d.test_file)
+    if d.dataset:
+        return sources.load_dataset(d.dataset)
+    raise ConfigError(f"no labelled data: set --data.dataset (one of {sorted(sources.DATASETS)}) "
+                      "or --data.train_file FILE")
+
+
+def prepare_task(cfg: Config, seed: int, split_dir: Path | None = None) -> Task:
+    """The task of split seed ``seed``; its train and dev splits are written under ``split_dir``
+    (JSON Lines) when given."""
+    d = cfg.data
+    ds = _labelled(d)
+    if "test" not in ds:
+        raise ConfigError("the task has no test split: pass --data.test_file")
+    pool = ds["train"]
+    names = list(pool.features["label"].names)
+    if d.dev_file:
+        train, _ = fewshot.fewshot_split(pool, d.k_shot, seed, dev=False)
+        dev = ds["validation"]
+    else:
+        train, dev = fewshot.fewshot_split(pool, d.k_shot, seed)
+    if split_dir is not None:
+        fewshot.write_split(split_dir, "train", train)
+        fewshot.write_split(split_dir, "dev", dev)
+    if d.unlabeled or d.unlabeled_file:
+        unlabeled = sources.load_unlabeled(d.unlabeled, d.unlabeled_file)
+    else:  # the rest of the labelled pool, labels dropped (never the test split)
+        unlabeled = list(pool["text"])
+    cap = cfg.adapt.max_unlabeled
+    if len(unlabeled) > cap:
+        keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(unlabeled))[:cap])
+        unlabeled = [unlabeled[i] for i in keep]
+    return Task(names, train, dev, fewshot.fixed_subset(ds["test"], d.max_test), unlabeled, seed)
+
+
+def num_labels(d: DataConfig) -> int:
+    """The number of classes, read without building the task."""
+    if d.train_file:
+        return len({str(r["label"]) for r in files.read_table(d.train_file, required=("text", "label"))})
+    if d.dataset:
+        return sources.load_dataset(d.dataset)["train"].features["label"].num_classes
+    raise ConfigError("no labelled data: set --data.dataset or --data.train_file")
+
+
+def split_docs(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded (train, held-out) split of documents; ``fraction`` of them held out."""
+    order = np.random.default_rng([seed, 7]).permutation(len(texts))
+    n_eval = int(round(len(texts) * fraction)) if len(texts) > 1 else 0
+    eval_idx = set(order[:n_eval].tolist())
+    return [t for i, t in enumerate(texts) if i not in eval_idx], [texts[i] for i in sorted(eval_idx)]

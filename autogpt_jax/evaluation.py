@@ -1,0 +1,50 @@
+"""What the stages measure: accuracy, macro-F1, confusion, log-loss; mean ± std over seeds;
+serving throughput."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autogpt_jax.inference import Classifier
+
+
+def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, Any]:
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (gold, pred), 1)
+    f1s = []
+    for c in range(n_classes):
+        tp = cm[c, c]
+        p = tp / max(cm[:, c].sum(), 1)
+        r = tp / max(cm[c, :].sum(), 1)
+        f1s.append(0.0 if p + r == 0 else 2 * p * r / (p + r))
+    return {"accuracy": float((pred == gold).mean()) if gold.size else 0.0, "macro_f1": float(np.mean(f1s)),
+            "confusion": cm.tolist()}
+
+
+def evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1, confusion and log-loss of ``clf`` on a labelled split (``logits``:
+    the classifier's own on ``ds``, when already computed)."""
+    gold = np.asarray(ds["label"])
+    logits = clf.logits(list(ds["text"]), batch_size) if logits is None else logits
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
+    log_loss = float(-logp[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
+    return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss}
+
+
+def mean_std(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs, np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+def sentences_per_s(clf: Classifier, texts: list[str], batch_size: int) -> float:
+    """Throughput after compilation: every length bucket is compiled by a first pass."""
+    clf.logits(texts, batch_size)
+    t0 = time.perf_counter()
+    clf.logits(texts, batch_size)
+    return len(texts) / (time.perf_counter() - t0)

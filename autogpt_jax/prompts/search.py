@@ -1,0 +1,148 @@
+"""Prompt search: label words (by the model's own mask/next-token probabilities, or near the
+rule words for similarity scoring), template ranking, in-context demonstrations."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autogpt_jax.config import PromptConfig
+from autogpt_jax.errors import ConfigError
+from autogpt_jax.evaluation import evaluate
+from autogpt_jax.inference import Classifier, make_classifier
+from autogpt_jax.models.build import is_decoder
+from autogpt_jax.prompts.templates import Template, Verbalizer
+
+
+def parse_label_words(spec: str | None, names: list[str]) -> Verbalizer | None:
+    """``prompt.label_words``: classes separated by ``|``, alternatives by ``,``."""
+    if not spec:
+        return None
+    classes = [tuple(w.strip() for w in c.split(",") if w.strip()) for c in spec.split("|")]
+    if len(classes) != len(names) or not all(classes):
+        raise ConfigError(f"prompt.label_words {spec!r} gives {len(classes)} classes; the task has {len(names)} "
+                          f"({names}). Separate classes with '|' and alternatives with ','")
+    return Verbalizer(tuple(classes))
+
+
+def search_label_words(model, tok, train, n_classes: int, template: Template, pc: PromptConfig
+                       ) -> tuple[Verbalizer, list[dict]]:
+    """Top-k vocabulary words per class by mean mask-position probability on that class's training
+    examples; combinations scored by zero-shot accuracy on train (per-class greedy when there are
+    too many combinations)."""
+    k = pc.top_k_words
+    vocab = tok.get_vocab()
+    if is_decoder(model):  # next-token candidates: whole words, spaced as the template puts them (" great")
+        space = template.space_before_mask
+
+        def as_word(t: str) -> str | None:
+            w = tok.convert_tokens_to_string([t])
+            return w.strip() if w.startswith(" ") == space and w.strip().isalpha() and len(w.strip()) > 2 else None
+    else:
+        def as_word(t: str) -> str | None:
+            return t if t.isalpha() and len(t) > 2 and not t.startswith("##") else None
+    word_of = {i: w for t, i in vocab.items() if (w := as_word(t)) is not None}
+    ok_ids = np.asarray(sorted(word_of))
+    ids_VxW = ok_ids[:, None]
+    clf = Classifier(model, tok, [str(i) for i in ok_ids], "prompt", template, ids_VxW,
+                     np.ones_like(ids_VxW, np.float32), max_length=pc.max_length)
+    texts, labels = list(train["text"]), np.asarray(train["label"])
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(clf.logits(texts)), axis=-1))  # N × V'
+    C = n_classes
+    mean_c = np.stack([np.exp(logp[labels == c]).mean(0) for c in range(C)])
+    # Favour words that are likely for this class *and* unlikely for the others.
+    score = np.log(mean_c + 1e-12) - np.log(mean_c.mean(0, keepdims=True) + 1e-12) + np.log(mean_c + 1e-12)
+    top = [np.argsort(-score[c])[:k] for c in range(C)]
+    combos = np.prod([len(t) for t in top])
+    cands = []
+    if combos <= 4096:
+        for combo in itertools.product(*top):
+            if len(set(combo)) < C:
+                continue
+            acc = float((logp[:, list(combo)].argmax(-1) == labels).mean())
+            cands.append((acc, combo))
+    else:
+        combo = tuple(int(t[0]) for t in top)
+        cands.append((float((logp[:, list(combo)].argmax(-1) == labels).mean()), combo))
+    cands.sort(key=lambda x: -x[0])
+    words = lambda combo: [word_of[int(ok_ids[j])] for j in combo]  # noqa: E731
+    best = cands[0][1]
+    return Verbalizer(tuple((w,) for w in words(best))), [{"label_words": words(c), "train_zero_shot_accuracy": a}
+                                                             for a, c in cands[:5]]
+
+
+def search_label_words_similarity(model, tok, train, names: list[str], template: Template, base: Verbalizer,
+                                  pc: PromptConfig, *, pooling: str, batch_size: int, picks: int = 2
+                                  ) -> tuple[Verbalizer, list[dict]]:
+    """Label-word search for similarity scoring. Unconstrained, 32 examples pick words that fit
+    them by accident ("ryder" vs "greeting"); so the candidates of a class are the 2·top_k
+    vocabulary words nearest its rule word in the model's token-embedding space, ranked by how
+    much closer the class's training examples are to the word's description ("It was awful.")
+    than the other classes' examples are. The best ``picks`` join the rule words, and the larger
+    verbalizer is kept only if its zero-shot accuracy on train is at least the rule words'."""
+    n_near = 2 * pc.top_k_words
+    vocab = tok.get_vocab()
+    ok_ids = np.asarray(sorted(i for t, i in vocab.items() if t.isalpha() and len(t) > 2 and not t.startswith("##")))
+    word = np.asarray(jax.device_get(model.word_embeddings()), np.float32)  # fetched once, V × D
+    E = word[ok_ids]
+    E /= np.maximum(np.linalg.norm(E, axis=-1, keepdims=True), 1e-9)
+    taken = {w for ws in base.words for w in ws}
+    near: list[list[str]] = []
+    for words in base.words:
+        pieces = [i for w in words for i in tok(w, add_special_tokens=False)["input_ids"]]
+        anchor = word[pieces].mean(0)
+        order = np.argsort(-(E @ (anchor / max(np.linalg.norm(anchor), 1e-9))))
+        near.append([w for w in tok.convert_ids_to_tokens(ok_ids[order[: n_near + len(taken)]].tolist())
+                     if w not in taken][:n_near])
+    flat = [w for ws in near for w in ws]
+
+    def similarity(v: Verbalizer, labels: list[str]) -> Classifier:
+        return make_classifier("similarity", model, tok, labels, template, v, max_length=pc.max_length,
+                               pooling=pooling, scale=pc.similarity_scale)
+
+    probe = similarity(Verbalizer(tuple((w,) for w in flat)), flat)
+    texts, labels = list(train["text"]), np.asarray(train["label"])
+    sims = probe.logits(texts) / pc.similarity_scale  # N × (all candidate words)
+    C = len(base.words)
+    mean_c = np.stack([sims[labels == c].mean(0) for c in range(C)])
+    margin = mean_c - mean_c.mean(0, keepdims=True)
+    words, cands, start = [], [], 0
+    for c in range(C):
+        idx = np.arange(start, start + len(near[c]))
+        start += len(near[c])
+        ranked = idx[np.argsort(-margin[c, idx])]
+        words.append(base.words[c] + tuple(flat[j] for j in ranked[:picks]))
+        cands.append({"class": names[c], "candidates": [{"word": flat[j], "margin": float(margin[c, j])}
+                                                         for j in ranked[: pc.top_k_words]]})
+    grown = Verbalizer(tuple(words))
+    acc_base, acc_grown = (evaluate(similarity(v, names), train, batch_size)["accuracy"] for v in (base, grown))
+    chosen = grown if acc_grown >= acc_base else base
+    return chosen, [{"label_words": grown.to_json(), "train_zero_shot_accuracy": acc_grown},
+                    {"label_words": base.to_json(), "train_zero_shot_accuracy": acc_base}, *cands]
+
+
+def rank_templates(candidates: list[str], dev_accuracy: Callable[[Template], float]) -> list[dict]:
+    """Candidate templates, best first, by ``dev_accuracy`` (a short fine-tuning per template)."""
+    scored = [{"template": t, "dev_accuracy": dev_accuracy(Template(t))} for t in candidates]
+    scored.sort(key=lambda x: -x["dev_accuracy"])
+    return scored
+
+
+def pick_demonstrations(train, verb: Verbalizer, per_class: int, seed: int, model) -> list[tuple[str, str]]:
+    """``per_class`` training examples of each class (a seeded draw), each with its class's first
+    label word, interleaved class by class; decoders only."""
+    if not is_decoder(model):
+        raise ConfigError("prompt.demonstrations needs a decoder (GPT-2 or Llama family): an encoder has no "
+                          "shared prefix to put them in; set prompt.demonstrations to 0")
+    labels = np.asarray(train["label"])
+    order = np.random.default_rng(seed + 7919).permutation(len(labels))
+    picked = [[i for i in order if labels[i] == c][:per_class] for c in range(len(verb.words))]
+    if any(len(p) < per_class for p in picked):
+        raise ConfigError(f"prompt.demonstrations {per_class} per class: the training split has fewer examples "
+                          "of some class")
+    texts = list(train["text"])
+    return [(texts[p[j]], verb.words[c][0]) for j in range(per_class) for c, p in enumerate(picked)]

@@ -1,0 +1,62 @@
+"""The summary a run prints: model, pretraining, test accuracy over the split seeds against the
+baselines, the prompt, hand-over, retrieval, where the export went."""
+
+from __future__ import annotations
+
+
+def print_report(report: dict) -> None:
+    """What ``python -m autogpt_jax.train`` prints at the end of a run."""
+    lines = [f"model: {report.get('model')} ({report.get('parameters', 0):,} parameters) on "
+             f"{report['devices']['count']} {report['devices']['platform']} device(s), mesh {report['devices']['mesh']}"]
+    sel = report.get("backbone_selection")
+    if sel:
+        screened = ", ".join(f"{c['config']} {100 * c['dev_accuracy']:.1f} ({c['steps']} steps, loss "
+                             f"{c['dev_log_loss']:.3f})" for c in sel["candidates"])
+        lines.append(f"backbone: {sel['model']} ({sel['chosen']}); screen dev accuracy %: {screened}")
+    pre = report.get("pretrain")
+    if pre:
+        first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")
+        lines.append(f"pretrain ({pre['objective']}): {pre['steps']} steps, final train loss {pre['final_loss']:.4f}"
+                     + (f", eval loss {first:.4f} -> {best:.4f}" if first is not None and best is not None else "")
+                     + f", {pre['tokens_per_s']:,.0f} tokens/s, {pre['wall_time_s']:.0f} s")
+    summ = report.get("summary") or {}
+    if summ:
+        def fmt(key):
+            v = summ.get(key)
+            return "-" if not v else f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" + (f" (n={v['n']})" if v["n"] > 1 else "")
+
+        rows = [("zero-shot prompt", "zero_shot_accuracy"), ("zero-shot prompt after adapt", "zero_shot_after_adapt_accuracy"),
+                ("head fine-tuning", "head_ft_accuracy"), ("prompt fine-tuning", "prompt_ft_accuracy"),
+                ("this run (" + ",".join(s for s in report["stages"] if s in ("prompt", "adapt", "finetune")) + ")",
+                 "test_accuracy")]
+        rows = [(n, fmt(k)) for n, k in rows if k in summ]
+        w = max(len(n) for n, _ in rows)
+        lines.append(f"test accuracy (%), {len(report.get('seeds', []))} split seed(s):")
+        lines += [f"  {n:<{w}}  {v}" for n, v in rows]
+        # the exported seed's prompt (data.split_seed when it ran)
+        last = next((s for s in report["seeds"] if s["seed"] == report.get("exported_seed")), report["seeds"][-1])
+        if last.get("prompt"):
+            words = last["prompt"]["label_words"]
+            shown = str(words) if len(words) <= 8 else f"{str(words[:6])[:-1]}, ... ({len(words)} classes)]"
+            lines.append(f"prompt: {last['prompt']['template']!r}, label words {shown}")
+        if "test_macro_f1" in summ:
+            lines.append(f"macro-F1: {fmt('test_macro_f1')}")
+        ho = last.get("handover")
+        if ho:
+            t = ho["test"]
+            lines.append(f"hand-over below confidence {ho['threshold']:.3f} (temperature {ho['temperature']:.2f}, "
+                         f"{ho['threshold_source']}): in-scope accuracy {fmt('handover_in_scope_accuracy')} "
+                         f"({100 * t['in_scope_answered']:.1f}% answered)"
+                         + (f", out-of-scope recall {fmt('handover_out_of_scope_recall')} on "
+                            f"{t['out_of_scope_queries']} {ho['out_of_scope']} queries" if "out_of_scope_recall" in t else ""))
+    ret = report.get("retrieval")
+    if ret:
+        b, a = ret["before"], ret.get("after", ret["before"])
+        lines.append(f"retrieval ({ret['held_out_questions']} held-out questions, {ret['answers']} answers): "
+                     f"Recall@1 {100 * b['recall@1']:.1f} -> {100 * a['recall@1']:.1f}, Recall@5 {100 * b['recall@5']:.1f} -> "
+                     f"{100 * a['recall@5']:.1f}, MRR {b['mrr']:.3f} -> {a['mrr']:.3f} after "
+                     f"{(ret.get('train') or {}).get('steps', 0)} contrastive steps")
+    if report.get("export"):
+        seed = report["export"].get("seed")
+        lines.append(f"export: {report['export']['dir']}" + (f" (split seed {seed})" if seed is not None else ""))
+    print("\n".join(lines))

@@ -1,0 +1,89 @@
+"""The stages, in the order they run. Each is ``run(ctx, state) -> state``: it reads what it
+needs from the frozen per-seed ``SeedState`` and returns a new one.
+
+``scope``: ``run`` stages run once (pretraining before the seeds; retrieval and export after
+them, on the exported seed), ``seed`` stages once per split seed. ``enabled`` says when a stage
+runs: the stages named in ``--stages``, plus the steps they need (``task``: the split and the
+rule prompt; ``demonstrations``; ``baselines`` with ``eval.compare``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from autogpt_jax.config import STAGES as STAGE_NAMES
+from autogpt_jax.config import Config
+from autogpt_jax.data.sources import check_out_of_scope
+from autogpt_jax.errors import ConfigError
+from autogpt_jax.prompts.templates import Template
+from autogpt_jax.stages import (adapt, baselines, distill, evaluate, export, finetune, pretrain, prompt, retrieval,
+                                task)
+from autogpt_jax.stages.context import RunContext, SeedState
+
+TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate", "distill")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[RunContext, SeedState], SeedState]
+    scope: str  # run | seed
+    enabled: Callable[[Config], bool]
+
+
+def _named(name: str) -> Callable[[Config], bool]:
+    return lambda cfg: name in cfg.stage_list
+
+
+def _task(cfg: Config) -> bool:
+    return any(s in TASK_STAGES for s in cfg.stage_list)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("pretrain", pretrain.run, "run", _named("pretrain")),
+    Stage("task", task.run, "seed", _task),
+    Stage("prompt", prompt.run, "seed", _named("prompt")),
+    Stage("demonstrations", prompt.add_demonstrations, "seed", lambda c: _task(c) and c.prompt.demonstrations > 0),
+    Stage("baselines", baselines.run, "seed", lambda c: _task(c) and c.eval.compare),
+    Stage("adapt", adapt.run, "seed", _named("adapt")),
+    Stage("finetune", finetune.run, "seed", _named("finetune")),
+    Stage("evaluate", evaluate.run, "seed", _named("evaluate")),
+    Stage("distill", distill.run, "seed", _named("distill")),
+    Stage("retrieval", retrieval.run, "run", _named("retrieval")),
+    Stage("export", export.run, "run", _named("export")),
+)
+
+
+def plan(cfg: Config) -> tuple[list[Stage], list[Stage], list[Stage]]:
+    """The enabled stages in three groups: run-level before the seeds, per seed, run-level after."""
+    first_seed = next(i for i, s in enumerate(STAGES) if s.scope == "seed")
+    enabled = [s for s in STAGES if s.enabled(cfg)]
+    before = [s for s in enabled if s.scope == "run" and STAGES.index(s) < first_seed]
+    after = [s for s in enabled if s.scope == "run" and STAGES.index(s) > first_seed]
+    return before, [s for s in enabled if s.scope == "seed"], after
+
+
+def preflight(cfg: Config):
+    """The checks that need a layer above the config (it imports nothing above ``errors``): they
+    fail here, before any model is built, with the same messages the config checks give."""
+    built = {s.name for s in STAGES}
+    not_built = [s for s in cfg.stage_list if s not in built]
+    if not_built:
+        raise ConfigError(f"stage(s) {not_built} are not built yet; available stages: {','.join(STAGE_NAMES)} "
+                          "(for example --stages pretrain,export)")
+    if cfg.prompt.template is not None:
+        Template(cfg.prompt.template)
+    if cfg.handover.out_of_scope is not None:
+        check_out_of_scope(cfg.handover.out_of_scope)
+    ck_root = Path(cfg.output_dir) / "checkpoints"
+    if not cfg.checkpoint.resume and ck_root.is_dir():
+        used = sorted(d.name for d in ck_root.iterdir() if d.is_dir() and any(p.name.isdigit() for p in d.iterdir()))
+        if used:
+            raise ConfigError(f"{cfg.output_dir} already holds checkpoints of an earlier run ({', '.join(used)}); "
+                              "pass --checkpoint.resume true to continue from them, or choose a new --output_dir")
+
+
+# The table covers every stage the command line accepts.
+assert set(STAGE_NAMES) <= {s.name for s in STAGES}, "a stage of config.STAGES is missing from the table"

@@ -1,0 +1,68 @@
+"""Stage ``export`` (run once, on the exported seed): a Hugging Face model directory that
+PyTorch ``transformers`` loads, plus ``autogpt_jax.json`` (export_format); PEFT weights merged
+(LoRA, AdaLoRA; the unmerged LoRA adapter beside them in the PEFT library's layout) or kept in a
+side file; the retriever and the distilled student beside it when the run has them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+
+from autogpt_jax import export_format
+from autogpt_jax.models import hf
+from autogpt_jax.models import peft as peft_lib
+from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
+from autogpt_jax.training.loop import is_main
+
+
+def _peft_export(ctx: RunContext, model, out):
+    """The model to save and the PEFT metadata of the export (None without PEFT)."""
+    pc = ctx.cfg.peft
+    if pc.method == "none" or not peft_lib.has_peft(model):
+        return model, None
+    meta = dataclasses.asdict(pc)
+    if pc.method in ("lora", "adalora"):
+        if pc.method == "lora" and model.arch != "gpt2":
+            # Unmerged, in the PEFT library's layout, beside the merged model.
+            peft_lib.save_lora_adapter(model, out / "peft_adapter", pc, ctx.backbone.source)
+            meta["adapter_dir"] = "peft_adapter"
+        model = nnx.clone(model)
+        peft_lib.merge(model)
+        meta["merged"] = True
+    else:  # adapters / prefixes / soft prompts change the architecture: kept in a side file
+        out.mkdir(parents=True, exist_ok=True)
+        peft_lib.save_params(model, out / "peft.safetensors")
+        meta["merged"] = False
+    return model, meta
+
+
+def run(ctx: RunContext, state: SeedState) -> SeedState:
+    cfg, out = ctx.cfg, ctx.out / "export"
+    if state.task is not None:
+        state = ensure_classifier(ctx, state)
+    model, peft_meta = _peft_export(ctx, state.model, out)
+    hf.save_pretrained(model, out, tokenizer=ctx.tokenizer)  # collective: every process gathers
+    task = {"dataset": cfg.data.dataset, "train_file": cfg.data.train_file}
+    clf = state.classifier
+    if is_main():
+        export_format.write_meta(out, source_model=ctx.backbone.source, architecture=hf.default_architecture(state.model),
+                                 classifier=clf, task=task if clf is not None else None, peft_meta=peft_meta,
+                                 handover=state.handover, retriever_dir="retriever" if state.retriever else None,
+                                 top_k=cfg.retrieval.top_k)
+    rep = {"dir": str(out)}
+    if state.task is not None:
+        rep["seed"] = state.seed
+    if state.retriever is not None:
+        rc = cfg.retrieval
+        state.retriever.save(out / "retriever", dataset=rc.dataset, top_k=rc.top_k, company=rc.company)
+        rep["retriever_dir"] = str(out / "retriever")
+    if state.student is not None:  # the distilled student: a BertForSequenceClassification that predict serves
+        st, sdir = state.student, out / "student"
+        hf.save_pretrained(st.model, sdir, tokenizer=st.tokenizer, labels=st.labels)
+        if is_main():
+            export_format.write_meta(sdir, source_model=cfg.distill.student,
+                                     architecture=hf.default_architecture(st.model), classifier=st, task=task,
+                                     distilled_from=ctx.backbone.source)
+        rep["student_dir"] = str(sdir)
+    return state.record_run("export", rep)

@@ -1,0 +1,141 @@
+"""Stage ``finetune``: prompt-based (cloze / next-token / similarity) or head fine-tuning on the
+K-shot split, once per learning rate of the grid (LM-BFF), the best on dev kept; full or
+parameter-efficient; optionally with the joint loss L_task + λ·L_mlm."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from autogpt_jax.data import batching
+from autogpt_jax.data.adaptation import JointBatches, adapt_batches
+from autogpt_jax.data.task import Task
+from autogpt_jax.errors import ConfigError
+from autogpt_jax.evaluation import evaluate
+from autogpt_jax.inference import prompt_inputs, word_table
+from autogpt_jax.models import peft as peft_lib
+from autogpt_jax.models.build import dtype_of, is_decoder
+from autogpt_jax.prompts.templates import Template, Verbalizer
+from autogpt_jax.stages.context import RunContext, SeedState
+from autogpt_jax.training import objectives
+from autogpt_jax.training import sharding as shd
+from autogpt_jax.training.fit import fit
+
+
+def with_peft(ctx: RunContext, model, loss, steps: int, head_paths: tuple[str, ...]) -> tuple[Any, dict]:
+    """The model to train and the trainer arguments: with ``--peft.method``, a copy of ``model``
+    with the method's parameters attached (unless it already carries them, as after a PEFT adapt
+    stage), trained alone plus the head; full fine-tuning otherwise."""
+    pc = ctx.cfg.peft
+    if pc.method == "none":
+        return model, {"loss": loss}
+    if not peft_lib.has_peft(model):
+        model = nnx.clone(model)
+        peft_lib.apply(model, pc, seed=ctx.cfg.seed)
+    kw: dict[str, Any] = {"loss": loss, "trainable": peft_lib.trainable_filter(pc, head_paths=head_paths),
+                          "frozen_dtype": dtype_of(pc.frozen_dtype) if pc.frozen_dtype != "float32" else None}
+    if pc.method == "adalora":
+        kw["loss"] = peft_lib.with_orthogonality(loss, pc.orth_reg)
+        kw["hook"] = peft_lib.adalora_update(pc, steps)
+    return model, kw
+
+
+def example_batches(ctx: RunContext, model, seqs: list[np.ndarray], fields: dict[str, np.ndarray], batch_size: int,
+                    seed: int, label_ids: np.ndarray | None = None):
+    """Fine-tuning batches: decoder prompts with single-token label words packed into rows
+    (``finetune.pack``), everything else padded to a length bucket."""
+    pad = ctx.tokenizer.pad_token_id or 0
+    if ctx.cfg.finetune.pack and label_ids is not None and is_decoder(model) and label_ids.shape[-1] == 1:
+        row_len = max(128, batching.bucket_length(max(len(s_) for s_ in seqs)))
+        return batching.PackedExampleBatches(seqs, fields, batch_size, seed, pad_id=pad, row_len=row_len,
+                                             row_multiple=shd.batch_divisor(ctx.mesh))
+    return batching.ExampleBatches(seqs, fields, batch_size, seed, pad_id=pad)
+
+
+def mlm_batches(ctx: RunContext, task: Task, model, template: Template, verb: Verbalizer, batch_size: int, seed: int):
+    """The adaptation data (unlabelled task text + prompted training sentences) as LM batches."""
+    ids_CxW, _ = word_table(ctx.tokenizer, model, verb, template)
+    return adapt_batches(ctx.tokenizer, task.unlabeled, list(task.train["text"]), np.asarray(task.train["label"]),
+                         template, ids_CxW, ctx.cfg.adapt, batch_size, seed, decoder=is_decoder(model))
+
+
+def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
+                     verb: Verbalizer | None, *, lr: float, steps: int, stage: str, mlm_weight: float = 0.0,
+                     early_stop: bool = True) -> tuple[Any, dict]:
+    """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
+    cfg, fc, tok = ctx.cfg, ctx.cfg.finetune, ctx.tokenizer
+    texts, labels = list(task.train["text"]), np.asarray(task.train["label"], np.int32)
+    ids = None
+    if mode == "prompt":
+        ids, wts = word_table(tok, model, verb, template)
+        # Decoders: the shared prompt prefix is split off and runs once per batch.
+        seqs, mpos, prefix = prompt_inputs(tok, model, template, texts, cfg.prompt.max_length)
+        loss = objectives.make_cloze_loss(ids, wts, prefix)
+        fields = {"mask_pos": mpos, "labels": labels}
+    elif mode == "similarity":
+        loss = objectives.make_similarity_loss(*verb.description_table(tok, template), cfg.prompt.similarity_scale)
+        seqs = batching.encode(tok, texts, cfg.prompt.max_length)
+        fields = {"labels": labels}
+    else:
+        if getattr(model, "classifier", None) is None:
+            raise ConfigError("finetune.mode head needs a classification head; the model was built without one")
+        loss = lambda m, b, r=None: objectives.classification_loss(m, b, r, pooling=fc.pooling)  # noqa: E731
+        seqs = batching.encode(tok, texts, cfg.prompt.max_length)
+        fields = {"labels": labels}
+    bs = fc.batch_size
+    batches = example_batches(ctx, model, seqs, fields, bs, task.seed, ids)
+    if mlm_weight > 0:
+        lm_loss = objectives.clm_loss if is_decoder(model) else objectives.mlm_loss
+        loss = objectives.joint_loss(loss, lm_loss, mlm_weight)
+        batches = JointBatches(batches, mlm_batches(ctx, task, model, template, verb, bs, task.seed + 17))
+    model, peft_kw = with_peft(ctx, model, loss, steps, head_paths=("classifier",) if mode == "head" else ())
+
+    def on_dev(m) -> dict[str, float]:
+        res = evaluate(ctx.classifier(mode, m, task, template, verb), task.dev, cfg.eval.batch_size)
+        return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
+
+    res = fit(stage=stage, model=model, loss=peft_kw.pop("loss"), optim=dataclasses.replace(fc.optim, learning_rate=lr),
+              steps=steps, batches=batches, batch_size=bs, batch_key="finetune.batch_size", mesh=ctx.mesh,
+              logger=ctx.logger, seed=cfg.seed, progress=cfg.logging.progress, log_every=max(1, steps // 10),
+              fgm_epsilon=fc.fgm_epsilon, evaluate=on_dev, eval_every=fc.eval_every, best_metric="dev_accuracy",
+              best_mode="max", keep_best=True, early_stop_patience=fc.early_stop_patience if early_stop else 0,
+              **peft_kw)
+    best = res.best or {"step": 0, "dev_accuracy": -1.0, "dev_log_loss": None}
+    s = res.summary
+    return res.model, {"learning_rate": lr, "best_dev_accuracy": best["dev_accuracy"],
+                       "best_dev_log_loss": best["dev_log_loss"], "best_step": best["step"],
+                       "trainable_parameters": res.trainable_parameters, "steps_run": s["steps"],
+                       "wall_time_s": s["wall_time_s"], "tokens_per_s": s["tokens_per_s"],
+                       "stopped_early": s["stopped_early"]}
+
+
+def grid_finetune(ctx: RunContext, task: Task, model, mode: str, template, verb, *, stage: str,
+                  mlm_weight: float = 0.0, lrs: tuple[float, ...] | None = None) -> tuple[Any, dict]:
+    """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev."""
+    cfg = ctx.cfg
+    best, grid = None, []
+    reusable = mlm_weight == 0 and mode != "head" and "adapt" not in cfg.stage_list
+    for lr in lrs or cfg.finetune.lr_grid:
+        hit = ctx.reuse.get((task.seed, lr)) if reusable else None
+        if hit is not None:
+            m, s_ = hit[0], {**hit[1], "reused": "backbone selection's screen (same split, recipe and lr)"}
+        else:
+            m, s_ = train_classifier(ctx, task, model, mode, template, verb, lr=lr, steps=cfg.finetune.steps,
+                                     stage=stage, mlm_weight=mlm_weight)
+        grid.append(s_)
+        if best is None or s_["best_dev_accuracy"] > best[1]["best_dev_accuracy"]:
+            best = (m, s_)
+    return best[0], {"mode": mode, "mlm_weight": mlm_weight, "fgm_epsilon": cfg.finetune.fgm_epsilon,
+                     "chosen": best[1], "grid": grid}
+
+
+def run(ctx: RunContext, state: SeedState) -> SeedState:
+    if state.baseline_ft is not None:  # the prompt fine-tuning baseline was this very run
+        model, rep = state.baseline_ft
+    else:
+        model, rep = grid_finetune(ctx, state.task, state.model, state.mode, state.template, state.verbalizer,
+                                   stage="finetune", mlm_weight=ctx.cfg.finetune.mlm_weight)
+    return state.record("finetune", rep, model=model, finetune=rep["chosen"], classifier=None)

@@ -4,9 +4,10 @@
         [--support-model runs/support_qa/export] [--out space]
 
 The folder holds README.md (Spaces front matter: sdk gradio, sdk_version, python_version,
-app_file), app.py (demo/app.py), the autogpt_jax package it imports, requirements.txt (CPU JAX and
-the rest, pinned to the versions this environment runs), .gitattributes (model files through Git
-LFS) and models/sentiment, models/support (the export directories with their report.json). Push
+app_file), app.py (demo/app.py) with the services.py it imports (demo/services.py), the
+autogpt_jax package they import, requirements.txt (CPU JAX and the rest, pinned to the versions
+this environment runs), .gitattributes (model files through Git LFS) and models/sentiment,
+models/support (the export directories with their report.json). Push
 it to a Space as is; `python app.py` in it serves the demo locally.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -67,8 +69,6 @@ def _copy_export(src: Path, dst: Path) -> str:
     report = src.parent / "report.json"
     if report.is_file():
         shutil.copy2(report, dst / "report.json")
-    import json
-
     meta = json.loads((src / "autogpt_jax.json").read_text())
     return f"`{Path(str(meta.get('source_model'))).name}`, {meta.get('mode')} scoring, {len(meta.get('labels') or [])} classes"
 
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {out} exists and is not a Space folder built by this script; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copy2(ROOT / "demo" / "app.py", out / "app.py")
+    for name in ("app.py", "services.py"):  # app.py imports services from its own folder
+        shutil.copy2(ROOT / "demo" / name, out / name)
     shutil.copytree(ROOT / "autogpt_jax", out / "autogpt_jax", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     sent = _copy_export(Path(args.sentiment_model), out / "models" / "sentiment")
     sup = _copy_export(Path(args.support_model), out / "models" / "support")

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from autogpt_jax.data import batching, files, sources
+from autogpt_jax.models import hf
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
-
-    from autogpt_jax.data import batching, sources
-    from autogpt_jax.models import hf
-
     reviews = list(sources.load_dataset("mr")["train"]["text"])
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -33,7 +32,7 @@ def main():
                 w.writerow([reviews[int(rng.integers(len(reviews)))], "pos" if i % 2 else "neg"])
         size_mb = path.stat().st_size / 1e6
         t = time.perf_counter()
-        ds = sources.load_files(str(path))
+        ds = files.load_files(str(path))
         load_s = time.perf_counter() - t
     print(f"load {args.rows:,}-row CSV ({size_mb:.1f} MB) into a DatasetDict: {load_s:.2f} s")
     tok = hf.load_tokenizer(hf.resolve("splade-tiny"))

@@ -15,7 +15,14 @@ import argparse
 import os
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from autogpt_jax.models import load_model
+from autogpt_jax.models.build import is_decoder
+from autogpt_jax.models.generation import generate
 
 
 def timeit(fn, iters: int, warmup: int = 3) -> float:
@@ -38,13 +45,8 @@ def main():
     ap.add_argument("--gen-batch", type=int, default=1, help="decoders: prompts per generation call")
     args = ap.parse_args()
 
-    import jax
-    import jax.numpy as jnp
     import torch
-    from flax import nnx
     from transformers import AutoModel
-
-    from autogpt_jax.models import load_model
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -55,8 +57,6 @@ def main():
     tokens = ids.size
 
     graphdef, state = nnx.split(lm.model)
-    from autogpt_jax.training.objectives import is_decoder
-
     if is_decoder(lm.model):
         return decoder(args, lm, ids, mask, threads)
 
@@ -83,13 +83,8 @@ def main():
 
 
 def decoder(args, lm, ids, mask, threads):
-    import jax
-    import jax.numpy as jnp
     import torch
-    from flax import nnx
     from transformers import AutoModelForCausalLM
-
-    from autogpt_jax.models.generation import generate
 
     graphdef, state = nnx.split(lm.model)
 

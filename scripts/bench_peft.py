@@ -20,6 +20,7 @@ figures replace those taken during the accuracy runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,7 +28,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from autogpt_jax.config import load_config
+from autogpt_jax.data import batching
+from autogpt_jax.data.task import prepare_task
+from autogpt_jax.evaluation import evaluate
+from autogpt_jax.pipeline import make_context
+from autogpt_jax.prompts.templates import Template, Verbalizer
+from autogpt_jax.stages.finetune import train_classifier, with_peft
+from autogpt_jax.training import objectives
+from autogpt_jax.training import sharding as shd
+from autogpt_jax.training.steps import Trainer
 
 # Learning rate per method: full fine-tuning uses the default config's best; the PEFT methods train
 # few, freshly initialised parameters and want larger steps (PEFT-library / paper defaults).
@@ -47,42 +60,32 @@ def main():
     if args.report:
         return print_table([json.loads(l) for f in args.report for l in open(f) if l.strip()])
     logging.disable(logging.WARNING)
-
-    import jax
-
-    from autogpt_jax import pipeline as P
-    from autogpt_jax.config import load_config
-    from autogpt_jax.prompts.templates import Template, Verbalizer
-    from autogpt_jax.training import sharding as shd
-    from autogpt_jax.training.loop import MetricsLogger
-
     work = Path(tempfile.mkdtemp())
     common = ["--config_path", "configs/sentiment_mr.yaml", "--output_dir", str(work), "--logging.progress", "false",
               "--logging.tensorboard", "false", "--finetune.steps", str(args.steps)]
-    base_cfg = load_config(common)
-    mesh = shd.make_mesh(base_cfg.mesh)
-    run = P.Run(base_cfg, mesh, work, MetricsLogger(work, base_cfg.logging, {}))
-    run.model, run.tokenizer, run.model_source, run.fresh = P.build_model(base_cfg, mesh, 0)
-    base = run.model
+    # eval.compare off: the backbone is built without a classification head (nothing here uses one).
+    ctx = make_context(load_config([*common, "--eval.compare", "false"]))
+    base = ctx.backbone.model
     template, verb = Template("{text} It was {mask}."), Verbalizer((("terrible",), ("great",)))
     rows, stats_by_method = [], {}
     methods = args.methods.split(",")
     if args.timing:
-        task = P.prepare_task(run, 13)
+        task = prepare_task(ctx.cfg, 13)
         for method in [m for m in methods if m != "zero_shot"]:
-            run.cfg = load_config([*common, "--peft.method", method])
-            row = {"timing_only": True, "method": method, **step_stats(run, task, base, template, verb, method)}
+            mctx = dataclasses.replace(ctx, cfg=load_config([*common, "--peft.method", method]))
+            row = {"timing_only": True, "method": method, **step_stats(mctx, task, base, template, verb, method)}
             print(json.dumps(row), flush=True)
             if args.results:
                 with open(args.results, "a") as f:
                     f.write(json.dumps(row) + "\n")
+        ctx.logger.close()
         return
     for seed in [int(s) for s in args.seeds.split(",")]:
-        task = P.prepare_task(run, seed)
+        task = prepare_task(ctx.cfg, seed)
         for method in methods:
             if method == "zero_shot":
                 t0 = time.perf_counter()
-                acc = P._evaluate(P._classifier(run, base, task, "similarity", template, verb), task.test, 64)["accuracy"]
+                acc = evaluate(ctx.classifier("similarity", base, task, template, verb), task.test, 64)["accuracy"]
                 row = {"seed": seed, "method": method, "accuracy": acc, "wall_s": time.perf_counter() - t0}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -90,13 +93,13 @@ def main():
                     with open(args.results, "a") as f:
                         f.write(json.dumps(row) + "\n")
                 continue
-            run.cfg = load_config([*common, "--peft.method", method])
+            mctx = dataclasses.replace(ctx, cfg=load_config([*common, "--peft.method", method]))
             t0 = time.perf_counter()
-            model, s = P._train_cls(run, task, base, "similarity", template, verb, lr=LEARNING_RATES[method],
-                                    steps=args.steps, stage=f"peft-{method}")
-            acc = P._evaluate(P._classifier(run, model, task, "similarity", template, verb), task.test, 64)["accuracy"]
+            model, s = train_classifier(mctx, task, base, "similarity", template, verb, lr=LEARNING_RATES[method],
+                                        steps=args.steps, stage=f"peft-{method}")
+            acc = evaluate(mctx.classifier("similarity", model, task, template, verb), task.test, 64)["accuracy"]
             # Speed and memory do not depend on the split: measured on the first seed only.
-            stats = stats_by_method.get(method) or step_stats(run, task, base, template, verb, method)
+            stats = stats_by_method.get(method) or step_stats(mctx, task, base, template, verb, method)
             stats_by_method[method] = stats
             row = {"seed": seed, "method": method, "accuracy": acc, "wall_s": time.perf_counter() - t0,
                    "learning_rate": LEARNING_RATES[method], **stats}
@@ -105,31 +108,23 @@ def main():
             if args.results:
                 with open(args.results, "a") as f:
                     f.write(json.dumps(row) + "\n")
+    ctx.logger.close()
     shutil.rmtree(work, ignore_errors=True)
     print_table(rows)
-    del jax
 
 
-def step_stats(run, task, base, template, verb, method, n_steps: int = 10) -> dict:
+def step_stats(ctx, task, base, template, verb, method, n_steps: int = 10) -> dict:
     """Trainable parameters, optimiser bytes, mean step time and the compiled step's memory."""
-    import jax
-
-    from autogpt_jax.data import batching
-    from autogpt_jax.pipeline import with_peft
-    from autogpt_jax.training import objectives
-    from autogpt_jax.training import sharding as shd
-    from autogpt_jax.training.steps import Trainer
-
-    cfg, tok = run.cfg, run.tokenizer
+    cfg, tok = ctx.cfg, ctx.tokenizer
     loss = objectives.make_similarity_loss(*verb.description_table(tok, template), cfg.prompt.similarity_scale)
-    model, kw = with_peft(run, base, loss, n_steps, head_paths=())
-    trainer, state = Trainer.create(model, kw.pop("loss"), cfg.finetune.optim, n_steps, run.mesh, **kw)
+    model, kw = with_peft(ctx, base, loss, n_steps, head_paths=())
+    trainer, state = Trainer.create(model, kw.pop("loss"), cfg.finetune.optim, n_steps, ctx.mesh, **kw)
     seqs = batching.encode(tok, list(task.train["text"]), cfg.prompt.max_length)
     batches = batching.ExampleBatches(seqs, {"labels": np.asarray(task.train["label"], np.int32)},
                                       cfg.finetune.batch_size, 0, pad_id=tok.pad_token_id or 0)
-    batch = shd.put_batch(next(batches), run.mesh)
+    batch = shd.put_batch(next(batches), ctx.mesh)
     trainer.compile(batch)
-    mem = trainer._train.lower(state, batch, jax.random.key(0)).compile().memory_analysis()
+    mem = trainer.memory_analysis(state, batch, jax.random.key(0))
     state, m = trainer.train_step(state, batch, jax.random.key(0))
     jax.block_until_ready(m)
     t = time.perf_counter()

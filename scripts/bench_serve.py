@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, installed or not
+
+from autogpt_jax.data import sources  # noqa: E402
 
 
 def texts() -> tuple[list[str], list[str]]:
-    sys.path.insert(0, str(ROOT))
-    from autogpt_jax.data import sources
-
     reviews = list(sources.load_dataset("mr")["test"]["text"])[:400]
     questions = list(sources.load_dataset("bitext_support")["test"]["question"])[:400]
     return reviews, questions

@@ -32,6 +32,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, installed or not
+
+from autogpt_jax.config import load_config  # noqa: E402
+from autogpt_jax.pipeline import run_pipeline  # noqa: E402
+from autogpt_jax.retrieval.answers import build_answers, pair_data  # noqa: E402
+from autogpt_jax.retrieval.index import rank_metrics  # noqa: E402
+
 # Published anchors (BANKING77 test accuracy): Casanueva et al. 2020 and later few-shot work with
 # BERT-large-sized encoders (~335M parameters, 15x MiniLM's 22.7M).
 ANCHOR_10SHOT = "85-90"
@@ -39,9 +46,6 @@ ANCHOR_FULL = "93.7"
 
 
 def _pipeline(args: list[str]) -> dict:
-    from autogpt_jax.config import load_config
-    from autogpt_jax.pipeline import run_pipeline
-
     return run_pipeline(load_config(["--logging.progress", "false", "--logging.tensorboard", "false", *args]))
 
 
@@ -64,20 +68,16 @@ def bm25_row(cfg) -> dict:
 
     from rank_bm25 import BM25Okapi
 
-    from autogpt_jax import retrieval
-
-    train, held = retrieval.pair_data(cfg)
-    answers = retrieval.build_answers(train, cfg.retrieval.answers_per_intent, cfg.retrieval.company,
-                                      seed=cfg.data.split_seed)
+    train, held = pair_data(cfg.retrieval.dataset)
+    answers = build_answers(train, cfg.retrieval.answers_per_intent, cfg.retrieval.company,
+                            seed=cfg.data.split_seed)
     words = lambda t: re.findall(r"\w+", t.lower())  # noqa: E731
     bm25 = BM25Okapi([words(a.text) for a in answers])
     scores = np.stack([bm25.get_scores(words(q)) for q in held["question"]])
-    return retrieval.rank_metrics(scores, list(held["intent"]), [a.intent for a in answers])
+    return rank_metrics(scores, list(held["intent"]), [a.intent for a in answers])
 
 
 def retrieval_part(workdir: str, extra: list[str]) -> dict:
-    from autogpt_jax.config import load_config
-
     t0 = time.perf_counter()
     out = tempfile.mkdtemp(dir=workdir)
     args = ["--config_path", str(ROOT / "configs/support_qa.yaml"), "--output_dir", out, *extra]
@@ -154,7 +154,6 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="only print the table from --results")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     res = json.loads(Path(args.results).read_text()) if args.results and Path(args.results).exists() else {}
     if not args.report:
         workdir = args.workdir or tempfile.mkdtemp(prefix="bench_support_")

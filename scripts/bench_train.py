@@ -14,7 +14,17 @@ import argparse
 import os
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from autogpt_jax.config import MeshConfig, OptimConfig
+from autogpt_jax.data.masking import mask_tokens, num_slots
+from autogpt_jax.models.bert import Bert, BertConfig
+from autogpt_jax.training import objectives
+from autogpt_jax.training import sharding as shd
+from autogpt_jax.training.steps import Trainer
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
@@ -33,8 +43,6 @@ def model_flops_per_token(h: int, layers: int, inter: int, seq: int, vocab: int,
 
 
 def make_batch(rng, batch, seq, vocab, rate, mask_id):
-    from autogpt_jax.data.masking import mask_tokens, num_slots
-
     ids = rng.integers(1000, vocab, size=(batch, seq)).astype(np.int32)
     ids[:, 0], ids[:, -1] = 101, 102
     maskable = np.ones_like(ids, bool)
@@ -46,16 +54,6 @@ def make_batch(rng, batch, seq, vocab, rate, mask_id):
 
 
 def bench_ours(args, cfg_kw, vocab):
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from autogpt_jax.config import MeshConfig, OptimConfig
-    from autogpt_jax.models.bert import Bert, BertConfig
-    from autogpt_jax.training import objectives
-    from autogpt_jax.training import sharding as shd
-    from autogpt_jax.training.steps import Trainer
-
     mesh = shd.make_mesh(MeshConfig())
     cfg = BertConfig(vocab_size=vocab, max_position_embeddings=max(512, args.seq), hidden_dropout=args.dropout,
                      attention_dropout=args.dropout, **cfg_kw)
@@ -78,11 +76,12 @@ def bench_ours(args, cfg_kw, vocab):
 
 def bench_torch(args, cfg_kw, vocab):
     import torch
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig as TorchBertConfig
+    from transformers import BertForMaskedLM
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=cfg_kw["hidden_size"], num_hidden_layers=cfg_kw["num_layers"],
+    cfg = TorchBertConfig(vocab_size=vocab, hidden_size=cfg_kw["hidden_size"], num_hidden_layers=cfg_kw["num_layers"],
                      num_attention_heads=cfg_kw["num_heads"], intermediate_size=cfg_kw["intermediate_size"],
                      max_position_embeddings=max(512, args.seq))
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = args.dropout
@@ -127,8 +126,6 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout, both models")
     ap.add_argument("--skip-torch", action="store_true", help="only our step (accelerator runs)")
     args = ap.parse_args()
-
-    import jax
 
     cfg_kw = SHAPES[args.shape]
     tokens = args.batch * args.seq

@@ -316,14 +316,24 @@ def test_distill_loss_is_cross_entropy_to_soft_labels(tiny_bert_dir):
 def test_several_split_seeds_with_baselines_give_mean_and_std(tmp_path):
     """--eval.seeds runs every stage once per LM-BFF split and reports mean ± std over them;
     --eval.compare adds the zero-shot, prompt fine-tuning and head fine-tuning baselines on the same splits."""
+    from autogpt_jax.export_format import load_classifier
     from autogpt_jax.pipeline import run_pipeline
 
     out = tmp_path / "seeds"
-    report = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "finetune,evaluate",
-                                       "--eval.seeds", "13,21", "--eval.compare", "true",
-                                       "--eval.head_learning_rates", "1e-3", "--finetune.steps", "4"]))
+    run = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out),
+                                    "--stages", "finetune,evaluate,export", "--eval.seeds", "21,13",
+                                    "--eval.compare", "true", "--eval.head_learning_rates", "1e-3",
+                                    "--finetune.steps", "4"]), return_run=True)
+    report = run.report
     seeds = report["seeds"]
-    assert [s["seed"] for s in seeds] == [13, 21]
+    assert [s["seed"] for s in seeds] == [21, 13]
+    # The export is data.split_seed's model (13, run second), and the report says so.
+    assert report["exported_seed"] == 13 and report["export"]["seed"] == 13 and run.exported.seed == 13
+    texts = list(_mr_test(40)["text"])
+    exported = load_classifier(out / "export").probabilities(texts)
+    by_seed = {st.seed: st.classifier.probabilities(texts) for st in run.seeds}
+    np.testing.assert_allclose(exported, by_seed[13], atol=1e-5)
+    assert np.abs(exported - by_seed[21]).max() > 1e-4
     trains = [{json.loads(l)["text"] for l in (out / "splits" / f"seed-{k}" / "train.jsonl").read_text().splitlines()}
               for k in (13, 21)]
     assert len(trains[0]) == len(trains[1]) == 16 and trains[0] != trains[1]  # two different splits
@@ -341,6 +351,16 @@ def test_several_split_seeds_with_baselines_give_mean_and_std(tmp_path):
         assert set(s["baselines"]) == {"zero_shot", "prompt_ft", "head_ft"}
     # The zero-shot baseline is the untrained prompt: the same for both splits (same test set, no training).
     assert seeds[0]["baselines"]["zero_shot"] == seeds[1]["baselines"]["zero_shot"]
+
+
+def test_without_data_split_seed_among_the_seeds_the_best_dev_seed_is_exported():
+    from autogpt_jax.pipeline import exported_seed
+    from autogpt_jax.stages.context import SeedState
+
+    states = [SeedState(seed=k, model=None, results={"dev": {"accuracy": a}}) for k, a in ((13, 0.5), (21, 0.75),
+                                                                                           (42, 0.75))]
+    assert exported_seed(states, split_seed=87).seed == 21  # best dev; ties go to the earlier seed
+    assert exported_seed(states, split_seed=42).seed == 42  # data.split_seed when it ran
 
 
 @pytest.mark.slow  # a whole pipeline run

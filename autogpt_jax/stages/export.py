@@ -37,16 +37,27 @@ def _peft_export(ctx: RunContext, model, out):
     return model, meta
 
 
+def _architecture(model, clf) -> str:
+    """What the export is to PyTorch. An encoder that scores prompts keeps its MLM head even when it
+    also carries a classification head (built for the eval.compare head baseline); a head-mode
+    classifier is a BertForSequenceClassification."""
+    if model.kind == "encoder" and clf is not None:
+        return "BertForSequenceClassification" if clf.mode == "head" else "BertForMaskedLM"
+    return hf.default_architecture(model)
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, out = ctx.cfg, ctx.out / "export"
     if state.task is not None:
         state = ensure_classifier(ctx, state)
     model, peft_meta = _peft_export(ctx, state.model, out)
-    hf.save_pretrained(model, out, tokenizer=ctx.tokenizer)  # collective: every process gathers
-    task = {"dataset": cfg.data.dataset, "train_file": cfg.data.train_file}
     clf = state.classifier
+    arch = _architecture(state.model, clf)
+    hf.save_pretrained(model, out, tokenizer=ctx.tokenizer, architecture=arch,
+                       labels=clf.labels if clf is not None else None)  # collective: every process gathers
+    task = {"dataset": cfg.data.dataset, "train_file": cfg.data.train_file}
     if is_main():
-        export_format.write_meta(out, source_model=ctx.backbone.source, architecture=hf.default_architecture(state.model),
+        export_format.write_meta(out, source_model=ctx.backbone.source, architecture=arch,
                                  classifier=clf, task=task if clf is not None else None, peft_meta=peft_meta,
                                  handover=state.handover, retriever_dir="retriever" if state.retriever else None,
                                  top_k=cfg.retrieval.top_k)

@@ -1,4 +1,4 @@
-"""Flax NNX models (BERT, GPT-2) and their Hugging Face checkpoint I/O."""
+"""Flax NNX models (BERT, GPT-2, Llama family) and their Hugging Face checkpoint I/O."""
 
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.models.generation import generate

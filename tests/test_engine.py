@@ -314,7 +314,8 @@ def test_a_stage_whose_config_changed_is_trained_again_on_resume(tmp_path):
     """Each checkpointed stage records its fingerprint (the config keys it reads, its inputs, the
     fingerprints of the stages before it). --checkpoint.resume reuses a stage only under the same
     fingerprint: change an adapt key and adapt trains again while pretraining is resumed; change a
-    pretraining key and both train again."""
+    pretraining key and both train again. (Resuming under the same fingerprint:
+    test_tiny_pretrain_run_writes_metrics_report_and_tensorboard.)"""
     from autogpt_jax.config import load_config
     from autogpt_jax.pipeline import run_pipeline
 
@@ -336,9 +337,10 @@ def test_a_stage_whose_config_changed_is_trained_again_on_resume(tmp_path):
     assert ad["resumed_from_step"] is None and ad["steps_this_run"] == 4
     assert ad["stale_checkpoint"] == ["keys.adapt.mask_rate"]
     assert (out / "checkpoints" / "adapt-seed42.stale").is_dir()
-    # The same config again: both resumed.
-    pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3")
-    assert ad["resumed_from_step"] == 4 and ad["steps_this_run"] == 0 and ad["stale_checkpoint"] is None
+    # The rerun wrote today's fingerprint beside its checkpoints: the next resume under it reuses them.
+    fp = json.loads((out / "checkpoints" / "adapt-seed42" / "fingerprint.json").read_text())
+    assert fp["keys"]["adapt"]["mask_rate"] == 0.3 and fp["inputs"]["split_seed"] == 42
+    assert fp["upstream"]["pretrain"]["keys"]["pretrain"]["steps"] == 6
     # A pretraining key changed: pretraining trains again, and so does the adaptation built on it.
     pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3", "--pretrain.optim.learning_rate", "0.001")
     assert pre["steps_this_run"] == 6 and pre["stale_checkpoint"] == ["keys.pretrain.optim.learning_rate"]

@@ -29,7 +29,7 @@ from flax import nnx
 from autogpt_jax.errors import ModelLoadError
 from autogpt_jax.models import gguf
 from autogpt_jax.models.hub import read_config, resolve
-from autogpt_jax.models.keymaps import ARCHS, ArchSpec, _untied_check, arch_for, map_weights
+from autogpt_jax.models.keymaps import ARCHS, ArchSpec, check_untied, arch_for, map_weights
 from autogpt_jax.models.weights import read_weights
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtyp
         raise ModelLoadError(f"{path}/config.json: cannot build a {spec.model_type} config ({type(e).__name__}: {e})") from None
     if gguf_file is None:
         weights, source = read_weights(path)
-    _untied_check(spec, hf_config, weights, source)
+    check_untied(spec, hf_config, weights, source)
     ctor, abstract = build_abstract(spec, cfg, seed=seed, dtype=dtype, param_dtype=param_dtype)
     graphdef, abs_state = nnx.split(abstract)
     flat = list(nnx.to_flat_state(abs_state))

@@ -222,7 +222,7 @@ def map_weights(spec: ArchSpec, weights: dict[str, np.ndarray], expected: dict[s
     return values, unexpected
 
 
-def _untied_check(spec: ArchSpec, hf_config: dict, weights: dict[str, np.ndarray], source: Path):
+def check_untied(spec: ArchSpec, hf_config: dict, weights: dict[str, np.ndarray], source: Path):
     if spec.model_type == "bert":
         dec = weights.get("cls.predictions.decoder.weight")
         emb = weights.get("bert.embeddings.word_embeddings.weight")

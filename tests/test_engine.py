@@ -323,7 +323,8 @@ def test_a_stage_whose_config_changed_is_trained_again_on_resume(tmp_path):
     args = ["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out), "--stages", "pretrain,adapt",
             "--data.dataset", "mr", "--data.k_shot", "8", "--data.max_test", "16", "--adapt.steps", "4",
             "--adapt.batch_size", "8", "--adapt.seq_len", "32", "--adapt.max_unlabeled", "32",
-            "--prompt.max_length", "32", "--pretrain.steps", "6", "--pretrain.eval_every", "0"]
+            "--prompt.max_length", "32", "--pretrain.steps", "6", "--pretrain.eval_every", "0",
+            "--data.max_unlabeled", "60"]
 
     def run(*extra):
         rep = run_pipeline(load_config([*args, *extra]))

@@ -18,7 +18,7 @@ from autogpt_jax.assistant import SupportAssistant
 from autogpt_jax.config import PeftConfig
 from autogpt_jax.errors import PredictError
 from autogpt_jax.handover import Handover
-from autogpt_jax.inference import Classifier, word_table
+from autogpt_jax.inference import Classifier, make_classifier
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft
 from autogpt_jax.prompts.templates import Template, Verbalizer
@@ -83,17 +83,12 @@ def load_classifier(model_dir: str | Path) -> Classifier:
         fields = {f.name for f in dataclasses.fields(PeftConfig)}
         peft.apply(lm.model, PeftConfig(**{k: v for k, v in pm.items() if k in fields}))
         peft.load_params(lm.model, d / "peft.safetensors")
-    ids = wts = template = desc = None
+    template = verb = None
     if mode in ("prompt", "similarity"):
         template = Template(meta["template"]).with_demos(meta.get("demonstrations") or [])
         verb = Verbalizer(tuple(tuple(w) for w in meta["label_words"]))
-        if mode == "prompt":
-            ids, wts = word_table(tok, lm.model, verb, template)
-        else:
-            desc = verb.description_table(tok, template)
-    clf = Classifier(lm.model, tok, labels, mode, template, ids, wts, max_length=meta.get("max_length", 128),
-                     pooling=meta.get("pooling", "mean"), label_words=meta.get("label_words"), descriptions=desc,
-                     scale=meta.get("similarity_scale") or 20.0)
+    clf = make_classifier(mode, lm.model, tok, labels, template, verb, max_length=meta.get("max_length", 128),
+                          pooling=meta.get("pooling", "mean"), scale=meta.get("similarity_scale") or 20.0)
     if meta.get("handover"):
         clf.handover = Handover(**meta["handover"])
     return clf

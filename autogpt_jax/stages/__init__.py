@@ -21,6 +21,7 @@ from autogpt_jax.prompts.templates import Template
 from autogpt_jax.stages import (adapt, baselines, distill, evaluate, export, finetune, pretrain, prompt, retrieval,
                                 task)
 from autogpt_jax.stages.context import RunContext, SeedState
+from autogpt_jax.training.checkpoint import has_checkpoints
 
 TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate", "distill")
 
@@ -79,7 +80,7 @@ def preflight(cfg: Config):
         check_out_of_scope(cfg.handover.out_of_scope)
     ck_root = Path(cfg.output_dir) / "checkpoints"
     if not cfg.checkpoint.resume and ck_root.is_dir():
-        used = sorted(d.name for d in ck_root.iterdir() if d.is_dir() and any(p.name.isdigit() for p in d.iterdir()))
+        used = sorted(d.name for d in ck_root.iterdir() if has_checkpoints(d))
         if used:
             raise ConfigError(f"{cfg.output_dir} already holds checkpoints of an earlier run ({', '.join(used)}); "
                               "pass --checkpoint.resume true to continue from them, or choose a new --output_dir")

@@ -21,6 +21,11 @@ from autogpt_jax.training.steps import TrainState
 log = logging.getLogger(__name__)
 
 
+def has_checkpoints(directory: Path) -> bool:
+    """Whether ``directory`` holds saved steps (orbax names each step's folder by its number)."""
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def _key(path) -> str:
     return "/".join(str(k) for k in path)
 

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ from flax import nnx
 from autogpt_jax.config import CheckpointConfig, OptimConfig
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.training import sharding as shd
-from autogpt_jax.training.checkpoint import StageCheckpointer
+from autogpt_jax.training.checkpoint import StageCheckpointer, has_checkpoints
 from autogpt_jax.training.loop import MetricsLogger, is_main, train_loop
 from autogpt_jax.training.steps import Trainer
 
@@ -89,8 +88,7 @@ def _open_checkpoints(stage: str, ck: Checkpointing) -> tuple[StageCheckpointer,
     ``<dir>.stale``, never deleted) so that the stage trains again."""
     d, stale = ck.directory, None
     fp_path = d / FINGERPRINT_FILE
-    has_steps = d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
-    if ck.cfg.resume and has_steps:
+    if ck.cfg.resume and has_checkpoints(d):
         old = json.loads(fp_path.read_text()) if fp_path.is_file() else None
         changed = changed_keys(old, ck.fingerprint)
         if changed:
@@ -160,7 +158,6 @@ def fit(*, stage: str, model: nnx.Module, loss: Callable, optim: OptimConfig, st
                         frozen=jax.tree.map(lambda x: x.copy(), st.frozen) if trainer.hook else None)
         return metrics
 
-    t0 = time.perf_counter()
     try:
         state, summary = train_loop(
             stage=stage, trainer=trainer, state=state, batches=batches, total_steps=steps, rng=jax.random.key(seed),
@@ -177,5 +174,4 @@ def fit(*, stage: str, model: nnx.Module, loss: Callable, optim: OptimConfig, st
         kept = {"step": best["step"], **best["metrics"]}
     else:
         out, kept = trainer.model(state), None
-    log.debug("%s: fit in %.1f s", stage, time.perf_counter() - t0)
     return Fit(out, summary, kept, start, n_trainable, stale)

@@ -6,21 +6,33 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= configs/sentiment_mr_auto.yaml
 
-.PHONY: train pretrain test browser demo bench clean
+.PHONY: train pretrain test browser demo bench clean lock
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e .
+# Installs are pinned by constraints.txt: the exact versions the test suite last passed with
+# (regenerate it with `make lock` after a green `make test` on new versions).
+LOCK := constraints.txt
+
+$(STAMP): pyproject.toml $(LOCK) | $(VENV)/bin/python
+	$(PY) -m pip install -q -c $(LOCK) -e .
 	@touch $@
 
 # One install for the package and its test extras (the package's own stamp is then current too).
-$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test]'
+$(TEST_STAMP): pyproject.toml $(LOCK) | $(VENV)/bin/python
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	@touch $(STAMP) $@
+
+# The lock file from this environment: every installed distribution but the project itself, with
+# local version labels dropped (torch 2.13.0+cpu is pinned as 2.13.0, which the CPU wheel satisfies).
+lock: | $(VENV)/bin/python
+	@{ echo "# The versions \`make test\` passed with; regenerate: make lock (see docs/testing.md)."; \
+	  $(PY) -m pip freeze --exclude-editable --disable-pip-version-check | sed -E 's/\+[A-Za-z0-9.]+$$//' \
+	    | grep -v -i '^autogpt[-_]jax' | LC_ALL=C sort -f; } > $(LOCK)
+	@echo "wrote $(LOCK) ($$(grep -vc '^#' $(LOCK)) pins)"
 
 train: $(STAMP)
 	@test -f $(CONFIG) || { echo "error: config $(CONFIG) not found; pass CONFIG=configs/<name>.yaml"; exit 2; }

@@ -21,6 +21,8 @@ from autogpt_jax.handover import Handover
 from autogpt_jax.inference import Classifier, make_classifier
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft
+from autogpt_jax.models import peft_export
+from autogpt_jax.models.scan import stack_layers
 from autogpt_jax.prompts.templates import Template, Verbalizer
 from autogpt_jax.retrieval.retriever import Retriever
 
@@ -67,8 +69,9 @@ def write_meta(out_dir: str | Path, *, source_model: str, architecture: str, cla
     return path
 
 
-def load_classifier(model_dir: str | Path) -> Classifier:
-    """The exported model with its task metadata (labels, template, label words, head)."""
+def load_classifier(model_dir: str | Path, *, scan_layers: bool = True) -> Classifier:
+    """The exported model with its task metadata (labels, template, label words, head); its layers
+    scanned (one compiled layer; ``model.scan_layers``) unless ``scan_layers`` is false."""
     d = Path(model_dir)
     meta = read_meta(d)
     if not meta.get("labels"):
@@ -82,7 +85,9 @@ def load_classifier(model_dir: str | Path) -> Classifier:
     if pm and not pm.get("merged", True):  # adapters / prefixes / soft prompts: re-attach, then fill
         fields = {f.name for f in dataclasses.fields(PeftConfig)}
         peft.apply(lm.model, PeftConfig(**{k: v for k, v in pm.items() if k in fields}))
-        peft.load_params(lm.model, d / "peft.safetensors")
+        peft_export.load_params(lm.model, d / "peft.safetensors")
+    if scan_layers:
+        stack_layers(lm.model)
     template = verb = None
     if mode in ("prompt", "similarity"):
         template = Template(meta["template"]).with_demos(meta.get("demonstrations") or [])

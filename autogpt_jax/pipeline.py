@@ -19,6 +19,7 @@ from autogpt_jax.models.build import build_model, param_count
 from autogpt_jax.stages import plan, preflight
 from autogpt_jax.stages.context import RunContext, SeedState, write_json
 from autogpt_jax.training import sharding as shd
+from autogpt_jax.training.compilation import compile_seconds
 from autogpt_jax.training.loop import MetricsLogger
 
 
@@ -98,13 +99,27 @@ def run_pipeline(cfg: Config, *, return_run: bool = False, reuse: dict | None = 
         return run if return_run else run.report
     preflight(cfg)
     t0 = time.perf_counter()
-    ctx = make_context(cfg, reuse)
+    timings: dict[str, dict[str, float]] = {}
+
+    def timed(name: str, fn):
+        """Run ``fn()``, adding its wall and compile seconds to ``timings[name]`` (summed over seeds)."""
+        w, c = time.perf_counter(), compile_seconds()
+        out_ = fn()
+        e = timings.setdefault(name, {"wall_s": 0.0, "compile_s": 0.0})
+        e["wall_s"] = round(e["wall_s"] + time.perf_counter() - w, 2)
+        e["compile_s"] = round(e["compile_s"] + compile_seconds() - c, 2)
+        e["run_s"] = round(e["wall_s"] - e["compile_s"], 2)
+        return out_
+
+    ctx = timed("build", lambda: make_context(cfg, reuse))
     out, mesh, backbone, logger = ctx.out, ctx.mesh, ctx.backbone, ctx.logger
     report: dict[str, Any] = {
         "model": backbone.source, "parameters": param_count(backbone.model), "stages": list(cfg.stage_list),
         "devices": {"count": jax.device_count(), "processes": jax.process_count(),
                     "platform": jax.devices()[0].platform, "mesh": dict(mesh.shape)},
         "config": to_dict(cfg),
+        # Per stage: wall seconds, of which compiling (tracing, lowering, XLA or the cache) and the rest.
+        "timings": timings,
     }
 
     def done(state: SeedState):
@@ -117,14 +132,14 @@ def run_pipeline(cfg: Config, *, return_run: bool = False, reuse: dict | None = 
     states: list[SeedState] = []
     try:
         for stage in before:
-            state = stage.run(ctx, state)
+            state = timed(stage.name, lambda: stage.run(ctx, state))
             done(state)
         if per_seed:
             base = state.replace(run_results=types.MappingProxyType({}))
             for seed in cfg.eval.seed_list or (cfg.data.split_seed,):
                 s = base.replace(seed=seed)
                 for stage in per_seed:
-                    s = stage.run(ctx, s)
+                    s = timed(stage.name, lambda: stage.run(ctx, s))
                 states.append(s)
                 report["seeds"] = [dict(x.results) for x in states]
                 write_json(out / "report.json", report)
@@ -132,7 +147,7 @@ def run_pipeline(cfg: Config, *, return_run: bool = False, reuse: dict | None = 
             state = exported_seed(states, cfg.data.split_seed)
             report["exported_seed"] = state.seed
         for stage in after:
-            state = stage.run(ctx, state)
+            state = timed(stage.name, lambda: stage.run(ctx, state))
             done(state)
         done(state)
     finally:

@@ -11,6 +11,7 @@ from autogpt_jax.config import load_config
 from autogpt_jax.errors import AutoGPTJaxError
 from autogpt_jax.pipeline import run_pipeline
 from autogpt_jax.report import print_report
+from autogpt_jax.training.compilation import enable_cache
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         cfg = load_config(argv)
+        enable_cache(cfg.compile_cache)
         report = run_pipeline(cfg)
     except AutoGPTJaxError as e:
         print(f"error: {e}", file=sys.stderr)

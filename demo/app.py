@@ -26,8 +26,8 @@ import pandas as pd
 # Space (scripts/build_space.py copies both). services puts autogpt_jax on sys.path before it imports
 # it (see there), so import autogpt_jax through services only, never above this line.
 from services import (API_CONCURRENCY, LATENCY_BUDGET_MS, MAX_BATCH, MAX_CHARS, WARMUP_BATCHES, WARMUP_ENV,
-                      Sentiment, Support, chat_reply, clean, find_exports, how_it_works, load, sentiment_records,
-                      support_records, warmup_batches)
+                      Sentiment, Support, chat_reply, clean, enable_cache, find_exports, how_it_works, load,
+                      sentiment_records, support_records, warmup_batches)
 
 # --------------------------------------------------------------------------------------------
 # the app
@@ -137,7 +137,11 @@ def main(argv=None) -> int:
                          f"{','.join(map(str, WARMUP_BATCHES))}; env {WARMUP_ENV})")
     ap.add_argument("--latency-budget-ms", type=float, default=LATENCY_BUDGET_MS,
                     help="serve the sentiment export's distilled student when the model is slower than this")
+    ap.add_argument("--no-compile-cache", action="store_true",
+                    help="compile without JAX's persistent cache ($AUTOGPT_JAX_CACHE/xla; "
+                         "env AUTOGPT_JAX_COMPILE_CACHE=0)")
     args = ap.parse_args(argv)
+    enable_cache(not args.no_compile_cache)
     logging.basicConfig(level=logging.WARNING)
     sdir, qdir = find_exports(args.sentiment_model, args.support_model)
     if sdir is None and qdir is None:

@@ -1,5 +1,6 @@
 """The training engine: sharding invariance, checkpoints, NaN handling, losses."""
 
+import collections
 import json
 import logging
 import math
@@ -16,7 +17,8 @@ from autogpt_jax.data import batching
 from autogpt_jax.data.sources import load_unlabeled
 from autogpt_jax.models import hf
 from autogpt_jax.models.bert import Bert, BertConfig
-from autogpt_jax.training import objectives
+from autogpt_jax.models.scan import stack_layers
+from autogpt_jax.training import objectives, steps
 from autogpt_jax.training import sharding as shd
 from autogpt_jax.training.checkpoint import StageCheckpointer
 from autogpt_jax.training.steps import Trainer
@@ -205,26 +207,29 @@ def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path, mon
     from autogpt_jax.pipeline import run_pipeline
     from autogpt_jax.errors import TrainingDivergedError
 
-    orig = Trainer._train_step
+    orig = steps._train_step
 
-    def poisoned(self, state, batch, rng):  # from step 8 on, the update diverges
-        new, m = orig(self, state, batch, rng)
+    def poisoned(spec, tx, state, batch, rng):  # from step 8 on, the update diverges
+        new, m = orig(spec, tx, state, batch, rng)
         bad = state.step >= 7
         m = dict(m, loss=jnp.where(bad, jnp.nan, m["loss"]))
         params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new.params)
         return new.replace(params=params), m
 
-    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+    monkeypatch.setattr(steps, "_train_step", poisoned)
+    monkeypatch.setattr(steps, "_STEPS", collections.OrderedDict())  # not the process's compiled steps
     out = tmp_path / "nan"
     cfg = load_config(["--config_path", "tests/configs/tiny_pretrain.yaml", "--output_dir", str(out)])
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 8.*last good checkpoint is step 5"):
         run_pipeline(cfg)
     ck = StageCheckpointer(out / "checkpoints" / "pretrain", CheckpointConfig())
     assert ck.all_steps() == [5]
-    monkeypatch.setattr(Trainer, "_train_step", orig)
+    monkeypatch.setattr(steps, "_train_step", orig)
     mesh = shd.make_mesh(MeshConfig())
     tok = hf.load_tokenizer(hf.resolve("splade-tiny"))
-    _, like = Trainer.create(_tiny_bert(len(tok)), objectives.mlm_loss, OptimConfig(), 20, mesh)
+    model = _tiny_bert(len(tok))
+    stack_layers(model)  # as the run built it (model.scan_layers)
+    _, like = Trainer.create(model, objectives.mlm_loss, OptimConfig(), 20, mesh)
     restored, _, step = ck.restore_latest(like)
     assert step == 5 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
 
@@ -246,6 +251,13 @@ def test_tiny_pretrain_run_writes_metrics_report_and_tensorboard(tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "export" / "model.safetensors").exists()
     assert sorted(int(p.name) for p in (out / "checkpoints" / "pretrain").iterdir() if p.name.isdigit()) == [15, 20]
+    # Compile seconds apart from the rest, per stage and inside the training summary.
+    t = report["timings"]
+    assert set(t) == {"build", "pretrain", "export"}
+    for stage, e in t.items():
+        assert 0 <= e["compile_s"] <= e["wall_s"] and e["run_s"] == pytest.approx(e["wall_s"] - e["compile_s"], abs=0.02)
+    assert t["pretrain"]["compile_s"] > 0 and 0 < pre["compile_s"] <= t["pretrain"]["compile_s"] + 0.01
+    assert pre["run_s"] > 0
     # A second run into the same directory must not silently clash with (or clobber) those checkpoints.
     from autogpt_jax.config import ConfigError, load_config
     from autogpt_jax.pipeline import run_pipeline

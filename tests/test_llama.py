@@ -13,6 +13,7 @@ from flax import nnx
 from autogpt_jax.errors import ModelLoadError
 from autogpt_jax.models import hf
 from autogpt_jax.models.generation import generate, generate_text
+from autogpt_jax.models.scan import stack_layers
 
 
 def _torch_logits(path, ids, mask=None, gguf_file=None):
@@ -26,10 +27,13 @@ def _torch_logits(path, ids, mask=None, gguf_file=None):
         return pt(torch.tensor(np.asarray(ids)), attention_mask=m).logits.numpy()
 
 
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_tiny_decoder_matches_pytorch(arch, tiny_llama_dir, tiny_qwen2_dir):
+def test_tiny_decoder_matches_pytorch(arch, scan_layers, tiny_llama_dir, tiny_qwen2_dir):
     path = tiny_llama_dir if arch == "llama" else tiny_qwen2_dir
     lm = hf.load_model(path)
+    if scan_layers:
+        stack_layers(lm.model)
     assert lm.config.num_kv_heads == 2 and lm.config.tie_word_embeddings == (arch == "qwen2")
     ids = np.random.default_rng(0).integers(3, 1000, (2, 11))
     mask = np.ones_like(ids)
@@ -43,7 +47,9 @@ def test_tiny_decoder_matches_pytorch(arch, tiny_llama_dir, tiny_qwen2_dir):
 
 @pytest.mark.slow
 def test_smollm2_gguf_matches_pytorch_on_two_prompts(smollm2_path, smollm2_tokenizer):
+    """Scanned, as runs build it (test_scan shows scanned and unrolled layers agree)."""
     lm = hf.load_model(smollm2_path)
+    stack_layers(lm.model)
     assert (lm.config.num_layers, lm.config.num_heads, lm.config.num_kv_heads) == (30, 9, 3)
     import torch
     from transformers import AutoModelForCausalLM

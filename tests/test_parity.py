@@ -1,11 +1,23 @@
-"""Golden parity of our Flax models against PyTorch transformers (float32)."""
+"""Golden parity of our Flax models against PyTorch transformers (float32), with the layers
+unrolled and scanned (``model.scan_layers``, the default)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from autogpt_jax.models import load_model
+from autogpt_jax.models import load_model as _load_model
+from autogpt_jax.models.scan import is_stacked, stack_layers
+
+SCAN = pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+
+
+def load_model(path, scan_layers: bool = False, **kw):
+    lm = _load_model(path, **kw)
+    if scan_layers:
+        stack_layers(lm.model)
+        assert is_stacked(lm.model)
+    return lm
 
 TEXTS = [
     "the film is a charming, funny and moving portrait of a family.",
@@ -23,10 +35,11 @@ def _torch(enc):
 
 
 @pytest.mark.slow
-def test_minilm_hidden_states_match_pytorch(minilm_dir):
+@SCAN
+def test_minilm_hidden_states_match_pytorch(minilm_dir, scan_layers):
     from transformers import AutoModel
 
-    lm = load_model(minilm_dir)
+    lm = load_model(minilm_dir, scan_layers)
     assert [p for p in lm.fresh if not p.startswith("mlm.")] == []  # only the absent MLM head is fresh
     enc = _encode(lm.tokenizer(), TEXTS)
     ours = np.asarray(lm.model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
@@ -43,10 +56,11 @@ def test_minilm_hidden_states_match_pytorch(minilm_dir):
 
 
 @pytest.mark.slow  # real pretrained weights
-def test_splade_mlm_logits_match_pytorch(splade_dir):
+@SCAN
+def test_splade_mlm_logits_match_pytorch(splade_dir, scan_layers):
     from transformers import AutoModelForMaskedLM
 
-    lm = load_model(splade_dir)
+    lm = load_model(splade_dir, scan_layers)
     assert lm.fresh == [p for p in lm.fresh if p.startswith("pooler.")]  # MLM head came from the file
     enc = _encode(lm.tokenizer(), TEXTS)
     h = lm.model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]), jnp.asarray(enc["token_type_ids"]))
@@ -62,10 +76,11 @@ def test_splade_mlm_logits_match_pytorch(splade_dir):
     np.testing.assert_allclose(sub, ours[:, np.asarray(ids)], rtol=1e-5, atol=1e-5)
 
 
-def test_gpt2_logits_match_pytorch(gpt2_dir):
+@SCAN
+def test_gpt2_logits_match_pytorch(gpt2_dir, scan_layers):
     from transformers import GPT2LMHeadModel
 
-    lm = load_model(gpt2_dir)
+    lm = load_model(gpt2_dir, scan_layers)
     assert lm.fresh == []
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 1000, size=(3, 17))

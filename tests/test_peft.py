@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from autogpt_jax.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, PeftConfig, load_config
-from autogpt_jax.models import hf, peft
+from autogpt_jax.models import hf, peft, peft_export
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.models.gpt2 import GPT2, GPT2Config
 from autogpt_jax.training import objectives
@@ -149,7 +149,7 @@ def test_lora_export_loads_in_pytorch_peft(tiny_bert_dir, tmp_path):
     peft.apply(model, pc)
     for _, d in peft.target_denses(model, pc.target_list):  # a trained-looking B (it starts at zero)
         d.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(1), d.lora_b.shape)
-    out = peft.save_lora_adapter(model, tmp_path / "adapter", pc, str(tiny_bert_dir))
+    out = peft_export.save_lora_adapter(model, tmp_path / "adapter", pc, str(tiny_bert_dir))
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
     ids = np.random.default_rng(0).integers(5, 1000, (2, 10))

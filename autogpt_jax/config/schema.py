@@ -22,6 +22,9 @@ class Config:
     seed: int = 0
     # Comma-separated subset of: pretrain,prompt,adapt,finetune,evaluate,distill,export
     stages: str = "pretrain"
+    # JAX's persistent compilation cache ($AUTOGPT_JAX_CACHE/xla, or JAX_COMPILATION_CACHE_DIR): a
+    # later run reads the executables an earlier one compiled. false compiles everything afresh.
+    compile_cache: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from autogpt_jax.models.layers import Attention, Dropout, activation, dense, embed, layer_norm, padding_mask
+from autogpt_jax.models.scan import layer_at, layer_keys, rngs_at, run_layers
 
 Array = jax.Array
 
@@ -222,8 +223,12 @@ class Bert(nnx.Module):
         x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, inputs_embeds_BxLxD=inputs_embeds_BxLxD, rngs=rngs)
         mask_BxLxL = padding_mask(attention_mask_BxL, input_ids_BxL.shape[1])
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x_BxLxD = layer(x_BxLxD, mask_BxLxL, positions_BxP=output_positions_BxP if i == last else None, rngs=rngs)
+        keys = layer_keys(rngs, last + 1)
+        x_BxLxD, _ = run_layers(self.layers, lambda layer, x, _, r: (layer(x, mask_BxLxL, rngs=r), None), x_BxLxD,
+                                keys=keys, stop=last)
+        # The last layer on its own: with output positions it computes only those.
+        x_BxLxD = layer_at(self.layers, last)(x_BxLxD, mask_BxLxL, positions_BxP=output_positions_BxP,
+                                             rngs=rngs_at(keys, last))
         if soft is not None and output_positions_BxP is None:
             x_BxLxD = x_BxLxD[:, soft.shape[0]:]
         return x_BxLxD

@@ -21,6 +21,7 @@ from autogpt_jax.models import hf
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.models.gpt2 import GPT2, GPT2Config
 from autogpt_jax.models.llama import Llama, LlamaConfig
+from autogpt_jax.models.scan import stack_layers
 
 KINDS = ("encoder", "decoder")
 
@@ -83,6 +84,8 @@ def build_model(mc: ModelConfig, *, seed: int, num_labels: int = 0,
         lm = hf.load_model(mc.name_or_path, dtype=dtype, seed=seed, config_overrides=overrides,
                            num_labels=num_labels, shardings=lambda key, shape, var: sharding(var))
         tok = hf.load_tokenizer(hf.resolve(mc.tokenizer)) if mc.tokenizer else lm.tokenizer()
+        if mc.scan_layers:
+            stack_layers(lm.model, sharding)
         return Backbone(lm.model, tok, str(lm.path), tuple(lm.fresh))
     tok = hf.load_tokenizer(hf.resolve(mc.tokenizer))
     drop = 0.1 if mc.dropout is None else mc.dropout
@@ -114,4 +117,7 @@ def build_model(mc: ModelConfig, *, seed: int, num_labels: int = 0,
     shardings = jax.tree.map(sharding, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
     # Born sharded: the initialiser runs under jit with each parameter's sharding as its output.
     state = jax.jit(lambda: nnx.state(ctor()), out_shardings=shardings)()
-    return Backbone(nnx.merge(graphdef, state), tok, f"scratch:{mc.arch}", ("*",))
+    model = nnx.merge(graphdef, state)
+    if mc.scan_layers:
+        stack_layers(model, sharding)
+    return Backbone(model, tok, f"scratch:{mc.arch}", ("*",))

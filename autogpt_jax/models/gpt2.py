@@ -11,6 +11,7 @@ from flax import nnx
 
 from autogpt_jax.models.layers import (Attention, Cache, Dropout, activation, advance_cache, decoder_inputs, dense,
                                        embed, layer_norm)
+from autogpt_jax.models.scan import is_stacked, layer_keys, run_layers
 
 Array = jax.Array
 
@@ -139,7 +140,8 @@ class GPT2(nnx.Module):
         if max_len > self.config.n_positions:
             raise ValueError(f"cache length {max_len} exceeds n_positions {self.config.n_positions}")
         H = self.config.num_heads
-        return Cache.empty(len(self.layers), batch, H, max_len, self.config.hidden_size // H, dtype or self.dtype)
+        return Cache.empty(len(self.layers), batch, H, max_len, self.config.hidden_size // H, dtype or self.dtype,
+                           stacked=is_stacked(self))
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, *, cache: Cache | None = None,
                  inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None, positions_BxL: Array | None = None,
@@ -157,11 +159,12 @@ class GPT2(nnx.Module):
                                                                   block_mask_BxLxL)
         x_BxLxD = self.wte(input_ids_BxL) if inputs_embeds_BxLxD is None else inputs_embeds_BxLxD
         x_BxLxD = self.dropout(x_BxLxD + self.wpe(pos_BxL), deterministic=rngs is None, rngs=rngs)
-        new_layers = []
-        for i, block in enumerate(self.layers):
-            x_BxLxD, lc = block(x_BxLxD, mask_BxLxS, cache=None if cache is None else cache.layers[i],
-                                cache_index=index, rngs=rngs)
-            new_layers.append(lc)
+
+        def step(block, x_BxLxD, layer_cache, layer_rngs):
+            return block(x_BxLxD, mask_BxLxS, cache=layer_cache, cache_index=index, rngs=layer_rngs)
+
+        x_BxLxD, new_layers = run_layers(self.layers, step, x_BxLxD, None if cache is None else cache.layers,
+                                         keys=layer_keys(rngs, len(self.layers)))
         h_BxLxD = self.ln_f(x_BxLxD)
         if cache is not None:
             cache = advance_cache(cache, new_layers, valid_BxS, attention_mask_BxL)

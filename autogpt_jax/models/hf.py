@@ -30,6 +30,7 @@ from autogpt_jax.errors import ModelLoadError
 from autogpt_jax.models import gguf
 from autogpt_jax.models.hub import read_config, resolve
 from autogpt_jax.models.keymaps import ARCHS, ArchSpec, check_untied, arch_for, map_weights
+from autogpt_jax.models.scan import STACK_ATTR
 from autogpt_jax.models.weights import read_weights
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,9 @@ def _summarise(paths: list[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+STACKED_PREFIX = f"layers.{STACK_ATTR}."
+
+
 def _to_host(x) -> np.ndarray:
     """float32 host copy; arrays sharded across processes are all-gathered (every process must call)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -159,7 +163,14 @@ def to_hf_state(model: nnx.Module, spec: ArchSpec, architecture: str) -> dict[st
         raise ValueError(f"cannot export a {spec.model_type} model as {architecture!r}; "
                          f"choose one of {sorted(spec.exports)}")
     leave_out, prefix = spec.exports[architecture]
-    ours = {_path_str(p): _to_host(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    ours = {}
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        key, arr = _path_str(p), _to_host(v.get_value())
+        if key.startswith(STACKED_PREFIX):  # scanned layers: one tensor per layer, as unrolled models name them
+            rest = key[len(STACKED_PREFIX):]
+            ours.update({f"layers.{i}.{rest}": arr[i] for i in range(arr.shape[0])})
+        else:
+            ours[key] = arr
     out: dict[str, np.ndarray] = {}
     for rule in spec.rules:
         rx = rule.ours_regex()

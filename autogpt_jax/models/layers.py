@@ -283,16 +283,27 @@ class Cache(NamedTuple):
     """Fixed-size generation buffer of a decoder: per-layer keys/values, which slots hold real
     tokens, the next write slot, and each row's next position id (rows may be left-padded)."""
 
-    layers: tuple[LayerCache, ...]
+    layers: tuple[LayerCache, ...] | LayerCache  # one per layer, or one stacked (scanned layers: L×B×H×S×K)
     valid_BxS: Array
     index: Array
     next_pos_B: Array
 
     @classmethod
-    def empty(cls, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype) -> "Cache":
-        z = jnp.zeros((batch, kv_heads, max_len, head_dim), dtype)
-        return cls(tuple(LayerCache(z, z) for _ in range(num_layers)), jnp.zeros((batch, max_len), bool),
-                   jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
+    def empty(cls, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype,
+              stacked: bool = False) -> "Cache":
+        if stacked:
+            z = jnp.zeros((num_layers, batch, kv_heads, max_len, head_dim), dtype)
+            layers = LayerCache(z, z)
+        else:
+            z = jnp.zeros((batch, kv_heads, max_len, head_dim), dtype)
+            layers = tuple(LayerCache(z, z) for _ in range(num_layers))
+        return cls(layers, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
+
+    def broadcast(self, batch: int) -> "Cache":
+        """A one-row cache (a shared prefix) repeated for ``batch`` rows."""
+        kv = jax.tree.map(lambda x: jnp.broadcast_to(x, (*x.shape[:-4], batch, *x.shape[-3:])), self.layers)
+        return Cache(kv, jnp.broadcast_to(self.valid_BxS, (batch, self.valid_BxS.shape[1])), self.index,
+                     jnp.broadcast_to(self.next_pos_B, (batch,)))
 
 
 def decoder_inputs(attention_mask_BxL: Array, cache: Cache | None, positions_BxL: Array | None = None,
@@ -318,8 +329,9 @@ def decoder_inputs(attention_mask_BxL: Array, cache: Cache | None, positions_BxL
     return cache.next_pos_B[:, None] + pos_BxL, mask_BxLxS, cache.index, valid_BxS
 
 
-def advance_cache(cache: Cache, layers: list[LayerCache], valid_BxS: Array, attention_mask_BxL: Array) -> Cache:
-    return Cache(tuple(layers), valid_BxS, cache.index + attention_mask_BxL.shape[1],
+def advance_cache(cache: Cache, layers, valid_BxS: Array, attention_mask_BxL: Array) -> Cache:
+    """``layers``: the updated per-layer caches (a sequence, or one stacked LayerCache)."""
+    return Cache(layers if isinstance(layers, LayerCache) else tuple(layers), valid_BxS, cache.index + attention_mask_BxL.shape[1],
                  cache.next_pos_B + attention_mask_BxL.sum(axis=1))
 
 

@@ -17,6 +17,7 @@ from flax import nnx
 
 from autogpt_jax.models.layers import (Attention, Cache, RMSNorm, activation, advance_cache, decoder_inputs, dense,
                                        embed, rope_tables)
+from autogpt_jax.models.scan import is_stacked, layer_keys, run_layers
 
 Array = jax.Array
 
@@ -178,7 +179,7 @@ class Llama(nnx.Module):
             raise ValueError(f"cache length {max_len} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
         return Cache.empty(len(self.layers), batch, self.config.num_kv_heads, max_len, self.config.dim_per_head,
-                           dtype or self.dtype)
+                           dtype or self.dtype, stacked=is_stacked(self))
 
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, *, cache: Cache | None = None,
                  inputs_embeds_BxLxD=None, rngs: nnx.Rngs | None = None, positions_BxL: Array | None = None,
@@ -193,11 +194,12 @@ class Llama(nnx.Module):
                                                                   block_mask_BxLxL)
         rope = rope_tables(pos_BxL, self.config.dim_per_head, self.config.rope_theta)
         x_BxLxD = self.embed_tokens(input_ids_BxL) if inputs_embeds_BxLxD is None else inputs_embeds_BxLxD
-        new_layers = []
-        for i, block in enumerate(self.layers):
-            x_BxLxD, lc = block(x_BxLxD, mask_BxLxS, rope, cache=None if cache is None else cache.layers[i],
-                                cache_index=index, rngs=rngs)
-            new_layers.append(lc)
+
+        def step(block, x_BxLxD, layer_cache, layer_rngs):
+            return block(x_BxLxD, mask_BxLxS, rope, cache=layer_cache, cache_index=index, rngs=layer_rngs)
+
+        x_BxLxD, new_layers = run_layers(self.layers, step, x_BxLxD, None if cache is None else cache.layers,
+                                         keys=layer_keys(rngs, len(self.layers)))
         h_BxLxD = self.norm(x_BxLxD)
         if cache is not None:
             cache = advance_cache(cache, new_layers, valid_BxS, attention_mask_BxL)

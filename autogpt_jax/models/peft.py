@@ -24,9 +24,7 @@ Projection names (``--peft.targets``) are the same for BERT, GPT-2 and Llama: qu
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import jax
@@ -36,8 +34,8 @@ from flax import nnx
 
 from autogpt_jax.config import PeftConfig
 from autogpt_jax.errors import ConfigError
-from autogpt_jax.models import hf
 from autogpt_jax.models.layers import Dense, Dropout, gelu_erf
+from autogpt_jax.models.scan import is_stacked, unstacked
 
 TARGETS = ("query", "key", "value", "out", "gate", "intermediate", "output")
 
@@ -78,19 +76,26 @@ def valid_targets(model) -> tuple[str, ...]:
 
 
 def target_denses(model, targets: tuple[str, ...]) -> list[tuple[str, Dense]]:
-    """(path, layer) of every target projection, in layer order."""
+    """(path, layer) of every target projection, in layer order. With scanned layers there is one
+    (stacked) projection per target, at ``layers.*``: its variables have a leading layers axis."""
     valid = valid_targets(model)
     unknown = [t for t in targets if t not in valid]
     if unknown:
         raise ConfigError(f"peft.targets {unknown} are not projections of this {_arch(model)} model; valid names: "
                           f"{', '.join(valid)}")
+    blocks = [("*", model.layers.stacked)] if is_stacked(model) else list(enumerate(model.layers))
     found = []
-    for i, layer in enumerate(model.layers):
+    for i, layer in blocks:
         for t in targets:
             d = getattr(layer.attention, t) if t in ("query", "key", "value", "out") else getattr(layer, t)
             prefix = f"layers.{i}.attention.{t}" if t in ("query", "key", "value", "out") else f"layers.{i}.{t}"
             found.append((prefix, d))
     return found
+
+
+def _copies(model) -> int:
+    """Projections each entry of ``target_denses`` stands for (the depth, when stacked)."""
+    return len(model.layers) if is_stacked(model) else 1
 
 
 def check(model, cfg: PeftConfig) -> None:
@@ -117,10 +122,16 @@ def check(model, cfg: PeftConfig) -> None:
 
 
 def apply(model, cfg: PeftConfig, *, seed: int = 0) -> None:
-    """Attach the method's parameters to ``model`` (in place)."""
+    """Attach the method's parameters to ``model`` (in place). Scanned layers get them per layer,
+    stacked: the same values as on the unrolled model."""
     check(model, cfg)
     if cfg.method == "none":
         return
+    with unstacked(model):
+        _attach(model, cfg, seed)
+
+
+def _attach(model, cfg: PeftConfig, seed: int) -> None:
     rngs = nnx.Rngs(params=seed + 1009)
     dtype = model.dtype
     D = model.config.hidden_size
@@ -188,12 +199,13 @@ def trainable_filter(cfg: PeftConfig, *, head_paths: tuple[str, ...] = ()):
 
 def count_formula(model, cfg: PeftConfig) -> int:
     """Trainable PEFT parameters by the method's formula (the head not included)."""
-    n_layers, D = len(model.layers), model.config.hidden_size
+    n_layers, D, k = len(model.layers), model.config.hidden_size, _copies(model)
     m = cfg.method
     if m == "lora":
-        return sum(cfg.rank * (d.in_features + d.out_features) for _, d in target_denses(model, cfg.target_list))
+        return k * sum(cfg.rank * (d.in_features + d.out_features) for _, d in target_denses(model, cfg.target_list))
     if m == "adalora":
-        return sum(cfg.init_rank * (d.in_features + d.out_features + 1) for _, d in target_denses(model, cfg.target_list))
+        return k * sum(cfg.init_rank * (d.in_features + d.out_features + 1)
+                       for _, d in target_denses(model, cfg.target_list))
     if m == "adapter":
         return n_layers * 2 * (2 * D * cfg.adapter_size + cfg.adapter_size + D)
     if m == "prefix":
@@ -220,23 +232,30 @@ def _all_denses(model):
 
 
 def orthogonality_penalty(model) -> Array:
-    """Σ over AdaLoRA matrices of ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F, each averaged over its r² entries."""
+    """Σ over AdaLoRA matrices of ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F, each averaged over its r² entries
+    (P: in × r, Q: r × out, either with a leading layers axis when stacked)."""
     total = jnp.zeros((), jnp.float32)
     for d in adalora_denses(model):
         p, q = d.lora_a[...].astype(jnp.float32), d.lora_b[...].astype(jnp.float32)
-        r = p.shape[1]
-        eye = jnp.eye(r)
-        total = total + jnp.mean((p.T @ p - eye) ** 2) + jnp.mean((q @ q.T - eye) ** 2)
+        eye = jnp.eye(p.shape[-1])
+        ptp = jnp.einsum("...ir,...is->...rs", p, p)
+        qqt = jnp.einsum("...ri,...si->...rs", q, q)
+        total = total + jnp.sum(jnp.mean((ptp - eye) ** 2, axis=(-2, -1)) + jnp.mean((qqt - eye) ** 2, axis=(-2, -1)))
     return total
 
 
-def with_orthogonality(loss_fn, weight: float):
-    def loss(model, batch, rngs=None):
-        value, aux = loss_fn(model, batch, rngs)
-        reg = orthogonality_penalty(model)
-        return value + weight * reg, {**aux, "orth_reg": reg}
+@dataclasses.dataclass(frozen=True)
+class with_orthogonality:
+    """``loss_fn`` + ``weight`` · the orthogonality penalty (compares by value, so equal
+    configurations share one compiled train step)."""
 
-    return loss
+    loss_fn: Any
+    weight: float
+
+    def __call__(self, model, batch, rngs=None):
+        value, aux = self.loss_fn(model, batch, rngs)
+        reg = orthogonality_penalty(model)
+        return value + self.weight * reg, {**aux, "orth_reg": reg}
 
 
 def budget(step: Array, cfg: PeftConfig, total_steps: int, n_matrices: int) -> Array:
@@ -248,36 +267,40 @@ def budget(step: Array, cfg: PeftConfig, total_steps: int, n_matrices: int) -> A
     return jnp.round(bT + (b0 - bT) * (1.0 - frac) ** 3).astype(jnp.int32)
 
 
-def adalora_update(cfg: PeftConfig, total_steps: int):
+@dataclasses.dataclass(frozen=True)
+class adalora_update:
     """The trainer hook ``(model, grads_model, step)``: updates each triplet's smoothed importance
     (sensitivity |θ·∇θ| of λ_i, P's column i and Q's row i, times its uncertainty) in place and,
     every ``adalora_delta_t`` steps from ``adalora_t_init`` on, keeps the budget's worth of most
     important triplets across all matrices. Pure under jit: it only writes AdaLoRAState variables."""
-    b1, b2 = cfg.adalora_beta1, cfg.adalora_beta2
 
-    def hook(model, grads, step):
+    cfg: PeftConfig
+    total_steps: int
+
+    def __call__(self, model, grads, step):
+        cfg, total_steps = self.cfg, self.total_steps
+        b1, b2 = cfg.adalora_beta1, cfg.adalora_beta2
         denses, gdenses = adalora_denses(model), adalora_denses(grads)
         scores = []
-        for d, g in zip(denses, gdenses):
-            s_now = (jnp.abs(d.lora_e[...] * g.lora_e[...]) + jnp.abs(d.lora_a[...] * g.lora_a[...]).mean(0)
-                     + jnp.abs(d.lora_b[...] * g.lora_b[...]).mean(1))
+        for d, g in zip(denses, gdenses):  # λ: (…, r); P: (…, in, r); Q: (…, r, out); … = layers when stacked
+            s_now = (jnp.abs(d.lora_e[...] * g.lora_e[...]) + jnp.abs(d.lora_a[...] * g.lora_a[...]).mean(-2)
+                     + jnp.abs(d.lora_b[...] * g.lora_b[...]).mean(-1))
             ipt = b1 * d.lora_ipt[...] + (1 - b1) * s_now
             unc = b2 * d.lora_unc[...] + (1 - b2) * jnp.abs(s_now - ipt)
             d.lora_ipt[...] = ipt
             d.lora_unc[...] = unc
             scores.append(ipt * unc)
-        all_scores = jnp.concatenate(scores)
-        keep = budget(step, cfg, total_steps, len(denses))
+        # Layer-major order (layer 0's targets, then layer 1's, ...) stacked or not, so that ties
+        # are broken the same way in both layouts.
+        table = jnp.stack(scores, axis=-2)  # (…, targets, r)
+        all_scores = table.reshape(-1)
+        keep = budget(step, cfg, total_steps, all_scores.shape[0] // table.shape[-1])
         order = jnp.argsort(-all_scores)
         kept = jnp.zeros_like(all_scores).at[order].set((jnp.arange(all_scores.shape[0]) < keep).astype(jnp.float32))
+        kept = kept.reshape(table.shape)
         active = (step >= cfg.adalora_t_init) & (step % cfg.adalora_delta_t == 0)
-        start = 0
-        for d, sc in zip(denses, scores):
-            n = sc.shape[0]
-            d.lora_mask[...] = jnp.where(active, kept[start:start + n], d.lora_mask[...])
-            start += n
-
-    return hook
+        for j, d in enumerate(denses):
+            d.lora_mask[...] = jnp.where(active, kept[..., j, :], d.lora_mask[...])
 
 
 def total_rank(model) -> int:
@@ -296,84 +319,11 @@ def merge(model) -> int:
     for _, d in _all_denses(model):
         if getattr(d, "lora_a", None) is None:
             continue
-        a, b = d.lora_a[...].astype(jnp.float32), d.lora_b[...].astype(jnp.float32)
+        a, b = d.lora_a[...].astype(jnp.float32), d.lora_b[...].astype(jnp.float32)  # (…, in, r), (…, r, out)
         if getattr(d, "lora_e", None) is not None:
-            a = a * (d.lora_e[...] * d.lora_mask[...])[None, :]
+            a = a * (d.lora_e[...] * d.lora_mask[...])[..., None, :]
             del d.lora_e, d.lora_mask, d.lora_ipt, d.lora_unc
         d.kernel[...] = (d.kernel[...].astype(jnp.float32) + d.lora_scale * (a @ b)).astype(d.kernel[...].dtype)
         del d.lora_a, d.lora_b, d.lora_scale, d.lora_dropout
         n += 1
     return n
-
-
-def save_lora_adapter(model, out_dir: str | Path, cfg: PeftConfig, base_model: str, task_type: str | None = None) -> Path:
-    """An unmerged LoRA export in the PEFT library's layout: ``adapter_config.json`` and
-    ``adapter_model.safetensors`` (keys ``base_model.model.<HF module>.lora_A.weight``)."""
-    from safetensors.numpy import save_file
-
-    if cfg.method != "lora":
-        raise ValueError("the PEFT-library export is written for LoRA only")
-    arch = _arch(model)
-    if arch == "gpt2":
-        raise ValueError("the PEFT-library export is written for BERT- and Llama-family models (GPT-2 fuses q/k/v)")
-    architecture = hf.default_architecture(model)
-    if arch == "bert":
-        prefix = "" if architecture == "BertModel" else "bert."
-        layers = "encoder.layer"
-        hf_module = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-                     "out": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense"}
-    else:
-        prefix, layers = "model.", "layers"
-        hf_module = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
-                     "out": "self_attn.o_proj", "gate": "mlp.gate_proj", "intermediate": "mlp.up_proj",
-                     "output": "mlp.down_proj"}
-        task_type = task_type or "CAUSAL_LM"
-    tensors: dict[str, np.ndarray] = {}
-    for path, d in target_denses(model, cfg.target_list):
-        i, t = path.split(".")[1], path.split(".")[-1]
-        key = f"base_model.model.{prefix}{layers}.{i}.{hf_module[t]}"
-        tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_a[...]), np.float32).T)
-        tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(d.lora_b[...]), np.float32).T)
-    out = Path(out_dir)
-    if jax.process_index() != 0:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    # A regex, which PEFT matches against the whole module name: as a plain suffix, "output.dense"
-    # would also catch attention.output.dense.
-    targets = r".*" + re.escape(layers) + r"\.\d+\.(" + "|".join(re.escape(hf_module[t]) for t in cfg.target_list) + ")"
-    conf = {"peft_type": "LORA", "base_model_name_or_path": base_model, "r": cfg.rank, "lora_alpha": cfg.alpha,
-            "lora_dropout": cfg.dropout, "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
-            "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
-            "task_type": task_type}
-    (out / "adapter_config.json").write_text(json.dumps(conf, indent=2) + "\n")
-    return out
-
-
-def save_params(model, path: str | Path) -> None:
-    """The PEFT parameters alone (flat paths), for methods that change the architecture."""
-    from safetensors.numpy import save_file
-
-    flat = {".".join(str(k) for k in p): np.asarray(jax.device_get(v.get_value()), np.float32)
-            for p, v in nnx.to_flat_state(nnx.state(model, PeftParam))}
-    if jax.process_index() == 0:
-        save_file(flat, str(path), metadata={"format": "autogpt_jax-peft"})
-
-
-def load_params(model, path: str | Path) -> None:
-    """Fill the PEFT parameters that ``apply`` attached from ``save_params``'s file; names and
-    shapes must match."""
-    from safetensors.numpy import load_file
-
-    saved = load_file(str(path))
-    state = nnx.state(model, PeftParam)
-    flat = dict(nnx.to_flat_state(state))
-    want = {".".join(str(k) for k in p): p for p in flat}
-    if set(saved) != set(want):
-        raise ValueError(f"{path}: PEFT parameters {sorted(set(saved) ^ set(want))[:5]} do not match the configuration")
-    for name, p in want.items():
-        v = flat[p]
-        if tuple(saved[name].shape) != tuple(v.get_value().shape):
-            raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model wants {v.get_value().shape}")
-        v.set_value(jnp.asarray(saved[name], v.get_value().dtype))
-    nnx.update(model, nnx.from_flat_state(flat))

@@ -12,6 +12,7 @@ from flax import nnx
 from autogpt_jax import export_format
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft as peft_lib
+from autogpt_jax.models import peft_export
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
 from autogpt_jax.training.loop import is_main
 
@@ -25,14 +26,14 @@ def _peft_export(ctx: RunContext, model, out):
     if pc.method in ("lora", "adalora"):
         if pc.method == "lora" and model.arch != "gpt2":
             # Unmerged, in the PEFT library's layout, beside the merged model.
-            peft_lib.save_lora_adapter(model, out / "peft_adapter", pc, ctx.backbone.source)
+            peft_export.save_lora_adapter(model, out / "peft_adapter", pc, ctx.backbone.source)
             meta["adapter_dir"] = "peft_adapter"
         model = nnx.clone(model)
         peft_lib.merge(model)
         meta["merged"] = True
     else:  # adapters / prefixes / soft prompts change the architecture: kept in a side file
         out.mkdir(parents=True, exist_ok=True)
-        peft_lib.save_params(model, out / "peft.safetensors")
+        peft_export.save_params(model, out / "peft.safetensors")
         meta["merged"] = False
     return model, meta
 

@@ -62,10 +62,10 @@ def mlm_batches(ctx: RunContext, task: Task, model, template: Template, verb: Ve
                          template, ids_CxW, ctx.cfg.adapt, batch_size, seed, decoder=is_decoder(model))
 
 
-def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
-                     verb: Verbalizer | None, *, lr: float, steps: int, stage: str, mlm_weight: float = 0.0,
-                     early_stop: bool = True) -> tuple[Any, dict]:
-    """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
+def classifier_training(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
+                        verb: Verbalizer | None, *, steps: int, mlm_weight: float = 0.0) -> tuple[Any, Any, dict]:
+    """What fine-tuning ``mode`` trains: the model (a PEFT copy with ``--peft.method``), the
+    K-shot training batches, and the trainer arguments (``loss``, and PEFT's filter and hook)."""
     cfg, fc, tok = ctx.cfg, ctx.cfg.finetune, ctx.tokenizer
     texts, labels = list(task.train["text"]), np.asarray(task.train["label"], np.int32)
     ids = None
@@ -82,7 +82,7 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
     else:
         if getattr(model, "classifier", None) is None:
             raise ConfigError("finetune.mode head needs a classification head; the model was built without one")
-        loss = lambda m, b, r=None: objectives.classification_loss(m, b, r, pooling=fc.pooling)  # noqa: E731
+        loss = objectives.head_loss(fc.pooling)
         seqs = batching.encode(tok, texts, cfg.prompt.max_length)
         fields = {"labels": labels}
     bs = fc.batch_size
@@ -92,13 +92,23 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
         loss = objectives.joint_loss(loss, lm_loss, mlm_weight)
         batches = JointBatches(batches, mlm_batches(ctx, task, model, template, verb, bs, task.seed + 17))
     model, peft_kw = with_peft(ctx, model, loss, steps, head_paths=("classifier",) if mode == "head" else ())
+    return model, batches, peft_kw
+
+
+def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
+                     verb: Verbalizer | None, *, lr: float, steps: int, stage: str, mlm_weight: float = 0.0,
+                     early_stop: bool = True) -> tuple[Any, dict]:
+    """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
+    cfg, fc = ctx.cfg, ctx.cfg.finetune
+    model, batches, peft_kw = classifier_training(ctx, task, model, mode, template, verb, steps=steps,
+                                                  mlm_weight=mlm_weight)
 
     def on_dev(m) -> dict[str, float]:
         res = evaluate(ctx.classifier(mode, m, task, template, verb), task.dev, cfg.eval.batch_size)
         return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
 
     res = fit(stage=stage, model=model, loss=peft_kw.pop("loss"), optim=dataclasses.replace(fc.optim, learning_rate=lr),
-              steps=steps, batches=batches, batch_size=bs, batch_key="finetune.batch_size", mesh=ctx.mesh,
+              steps=steps, batches=batches, batch_size=fc.batch_size, batch_key="finetune.batch_size", mesh=ctx.mesh,
               logger=ctx.logger, seed=cfg.seed, progress=cfg.logging.progress, log_every=max(1, steps // 10),
               fgm_epsilon=fc.fgm_epsilon, evaluate=on_dev, eval_every=fc.eval_every, best_metric="dev_accuracy",
               best_mode="max", keep_best=True, early_stop_patience=fc.early_stop_patience if early_stop else 0,
@@ -108,7 +118,7 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
     return res.model, {"learning_rate": lr, "best_dev_accuracy": best["dev_accuracy"],
                        "best_dev_log_loss": best["dev_log_loss"], "best_step": best["step"],
                        "trainable_parameters": res.trainable_parameters, "steps_run": s["steps"],
-                       "wall_time_s": s["wall_time_s"], "tokens_per_s": s["tokens_per_s"],
+                       "wall_time_s": s["wall_time_s"], "compile_s": s["compile_s"], "tokens_per_s": s["tokens_per_s"],
                        "stopped_early": s["stopped_early"]}
 
 

@@ -21,6 +21,7 @@ from autogpt_jax.config import LoggingConfig
 from autogpt_jax.errors import AutoGPTJaxError, TrainingDivergedError
 from autogpt_jax.training import sharding as shd
 from autogpt_jax.training.checkpoint import StageCheckpointer
+from autogpt_jax.training.compilation import compile_seconds
 from autogpt_jax.training.steps import TrainState, Trainer
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def train_loop(
     mesh = trainer.mesh
     bar = tqdm(total=total_steps, initial=start_step, desc=stage, disable=not (progress and is_main()),
                dynamic_ncols=True, unit="step")
+    c0 = compile_seconds()
     pending: tuple[int, dict, int] | None = None  # (step, device metrics, tokens) of the last dispatch
     t0 = time.perf_counter()
     t_window, tok_window = time.perf_counter(), 0
@@ -153,7 +155,8 @@ def train_loop(
             t_window, tok_window = now, 0
             logger.log(stage, step, {k: v for k, v in m.items() if not k.endswith(("_sum", "_count", "_correct"))
                                      and k not in ("count", "correct")})
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:,.0f}")
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:,.0f}",
+                            compile=f"{compile_seconds() - c0:.0f}s")
         return m
 
     step = start_step
@@ -206,9 +209,12 @@ def train_loop(
         if ckpt is not None:
             ckpt.wait()
     wall = time.perf_counter() - t0
+    compiling = compile_seconds() - c0
     done = step - start_step
     summary = {
         "steps": step, "steps_this_run": done, "wall_time_s": round(wall, 2),
+        # Of the wall time: compiling (train and eval steps, the evaluation's programs) and the rest.
+        "compile_s": round(compiling, 2), "run_s": round(wall - compiling, 2),
         "tokens_per_s": round(tokens_total / wall, 1) if wall > 0 else None,
         "final_loss": last_metrics.get("loss"), "best": {best_metric: best} if best is not None else None,
         "evals": evals, "stopped_early": stopped_early,

@@ -7,10 +7,12 @@ the label words only.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -18,6 +20,35 @@ from autogpt_jax.models.build import is_decoder
 
 Array = jax.Array
 Loss = Callable[[nnx.Module, dict, "nnx.Rngs | None"], tuple[Array, dict]]
+
+
+class Keyed:
+    """A function that compares equal to another built from the same values: the compiled train
+    step is shared by equal losses (training/steps.py), so a learning-rate grid that rebuilds
+    its loss for each point reuses one executable."""
+
+    def __init__(self, fn: Callable, key: tuple):
+        self.fn, self.key = fn, key
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Keyed) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def keyed(fn: Callable, *key) -> Keyed:
+    """``fn`` compared by ``key`` (hashable values; arrays are keyed by shape, dtype and bytes)."""
+    return Keyed(fn, tuple(array_key(k) if isinstance(k, (np.ndarray, jax.Array)) else k for k in key))
+
+
+def array_key(x) -> tuple:
+    a = np.asarray(x)
+    return a.shape, str(a.dtype), a.tobytes()
 
 
 def weighted_ce(logits_NxC: Array, labels_N: Array, weights_N: Array) -> tuple[Array, Array]:
@@ -91,7 +122,7 @@ def _decoder_hidden(model, input_ids_BxL: Array, attention_mask_BxL: Array, rngs
     P = prefix_P.shape[0]
     cache = model.init_cache(1, P + L)
     _, cache = model(prefix_P[None], jnp.ones((1, P), jnp.int32), cache=cache, rngs=rngs)
-    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (B, *x.shape[1:])) if x.ndim else x, cache)
+    cache = cache.broadcast(B)
     return model(input_ids_BxL, attention_mask_BxL, cache=cache, rngs=rngs, **kw)[0]
 
 
@@ -216,7 +247,12 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -
         total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 
-    return loss
+    return keyed(loss, "cloze", ids, wts, None if prefix is None else prefix)
+
+
+def head_loss(pooling: str) -> Loss:
+    """:func:`classification_loss` with ``pooling`` (comparable: one compiled step per pooling)."""
+    return keyed(functools.partial(classification_loss, pooling=pooling), "head", pooling)
 
 
 def sentence_embeddings(model, input_ids_BxL: Array, attention_mask_BxL: Array, rngs=None) -> Array:
@@ -256,7 +292,7 @@ def make_similarity_loss(desc_ids_NxL, desc_mask_NxL, desc_weights_CxN, scale: f
         total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 
-    return loss
+    return keyed(loss, "similarity", ids, mask, wts, float(scale))
 
 
 def joint_loss(task: Loss, mlm: Loss, mlm_weight: float) -> Loss:
@@ -269,4 +305,4 @@ def joint_loss(task: Loss, mlm: Loss, mlm_weight: float) -> Loss:
         lm, aux_m = mlm(model, mlm_batch, rngs)
         return lt + mlm_weight * lm, {**aux_t, **aux_m, "task_loss": lt, "mlm_loss": lm}
 
-    return loss
+    return keyed(loss, "joint", task, mlm, float(mlm_weight))

@@ -25,6 +25,7 @@ BATCH_AXES = ("data", "fsdp")
 # logical axis -> mesh axis (None: replicated). The single source of sharding truth.
 LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", BATCH_AXES),
+    ("layers", None),  # the stacked axis of scanned layers (models/scan.py): every device holds every layer
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("embed_out", "tensor"),

@@ -7,16 +7,20 @@ over parameter types/paths) get gradients and optimiser moments; the rest ride a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
 from autogpt_jax.config import OptimConfig
+from autogpt_jax.models.scan import STACK_ATTR
 from autogpt_jax.training import sharding as shd
 
 Array = jax.Array
@@ -27,30 +31,67 @@ class TrainState(struct.PyTreeNode):
     params: nnx.State  # trainable
     opt_state: Any
     frozen: nnx.State  # everything else the model holds (not saved in checkpoints when derivable)
+    # The optimiser's hyperparameters as traced scalars (``hyperparams``): one compiled step
+    # serves every learning rate, warmup and step count.
+    hparams: dict[str, Array] = struct.field(default_factory=dict)
+
+
+# Scalars of the optimiser that live in the state, not in the compiled program.
+HYPERPARAMS = ("learning_rate", "warmup", "decay", "weight_decay", "b1", "b2", "eps", "grad_clip")
+
+
+def hyperparams(cfg: OptimConfig, total_steps: int) -> dict[str, np.ndarray]:
+    """The traced hyperparameters of ``cfg`` for a run of ``total_steps``: the schedule's peak,
+    warmup and decay lengths, AdamW's constants and the clipping norm (0: none)."""
+    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    vals = {"learning_rate": cfg.learning_rate, "warmup": warm, "decay": max(total_steps - warm, 1),
+            "weight_decay": cfg.weight_decay, "b1": cfg.b1, "b2": cfg.b2, "eps": cfg.eps, "grad_clip": cfg.grad_clip}
+    return {k: np.float32(vals[k]) for k in HYPERPARAMS}
+
+
+def schedule_value(kind: str, step: Array, hp: dict[str, Array]) -> Array:
+    """The learning rate at ``step``: linear warmup from 0 to the peak over ``warmup`` steps, then
+    ``kind`` (linear to 0 | cosine to 0 | constant) over ``decay`` steps. The same values as optax's
+    join_schedules(linear warmup, linear/cosine decay), computed from traced scalars."""
+    t = jnp.asarray(step, jnp.float32)
+    lr, warm, decay = hp["learning_rate"], hp["warmup"], hp["decay"]
+    frac = jnp.clip(t - warm, 0.0, decay) / decay
+    if kind == "constant":
+        after = lr
+    elif kind == "cosine":
+        after = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    else:
+        after = lr * (1.0 - frac)
+    return jnp.where(t < warm, lr * t / jnp.maximum(warm, 1.0), after)
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    decay_steps = max(total_steps - warm, 1)
-    if cfg.schedule == "constant":
-        after = optax.constant_schedule(cfg.learning_rate)
-    elif cfg.schedule == "cosine":
-        after = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
-    else:
-        after = optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps)
-    if warm == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warm), after], [warm])
+    """``cfg``'s schedule for ``total_steps`` as a plain function of the step."""
+    hp = {k: jnp.asarray(v) for k, v in hyperparams(cfg, total_steps).items()}
+    return lambda step: schedule_value(cfg.schedule, step, hp)
+
+
+def _decay_mask(params):
+    """No weight decay on biases and norm scales: vectors, or vectors per layer in a scanned stack."""
+    def decays(path, p):
+        return p.ndim - (1 if STACK_ATTR in _keys(path) else 0) >= 2
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _adamw(learning_rate, b1, b2, eps, weight_decay, grad_clip):
+    clip = jnp.where(grad_clip > 0, grad_clip, jnp.inf)
+    return optax.chain(optax.clip_by_global_norm(clip),
+                       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask))
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = make_schedule(cfg, total_steps)
-    # No weight decay on biases and LayerNorm scales (vectors).
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             mask=decay_mask))
-    return optax.chain(*parts), schedule
+    """Clipping + AdamW with every constant injected (``optax.inject_hyperparams``): the values
+    live in the optimiser state, so the compiled update is the same for every setting."""
+    hp = hyperparams(cfg, total_steps)
+    tx = optax.inject_hyperparams(_adamw)(**{k: float(hp[k]) for k in ("learning_rate", "b1", "b2", "eps",
+                                                                         "weight_decay", "grad_clip")})
+    return tx, make_schedule(cfg, total_steps)
 
 
 def _keys(path) -> tuple[str, ...]:
@@ -80,15 +121,15 @@ def opt_state_shardings(tx: optax.GradientTransformation, params, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, params))
 
 
-@dataclasses.dataclass
-class Trainer:
-    """Holds the compiled steps for one model, loss and optimiser on one mesh."""
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything a compiled train step is specialised on. Equal specs (and equal state
+    shardings) share one compiled step: a learning-rate grid, another seed or another step count
+    changes only traced values. Losses and hooks compare by value (``objectives.keyed``)."""
 
     graphdef: Any
     loss_fn: Callable
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    mesh: Mesh
+    schedule: str  # linear | cosine | constant
     grad_accum: int = 1
     # FGM (Miyato et al. 2017): also descend on the loss at word embeddings moved by
     # ε · g / ‖g‖ along their own gradient; 0 disables.
@@ -97,9 +138,127 @@ class Trainer:
     # step; it may write the model's non-trained variables in place (AdaLoRA's rank masks).
     hook: Callable | None = None
     trainable: Any = nnx.Param
+
+
+# (spec, mesh, state shardings) -> (train, eval) jitted steps, most recent last.
+_STEPS: collections.OrderedDict = collections.OrderedDict()
+_STEPS_KEPT = 16
+
+
+def _loss(spec: StepSpec, params, frozen, batch, rng):
+    model = nnx.merge(spec.graphdef, params, frozen)
+    rngs = nnx.Rngs(dropout=rng) if rng is not None else None
+    return spec.loss_fn(model, batch, rngs)
+
+
+def _value_and_grad(spec: StepSpec, params, frozen, batch, rng):
+    grad_fn = jax.value_and_grad(functools.partial(_loss, spec), has_aux=True)
+    (loss, aux), grads = grad_fn(params, frozen, batch, rng)
+    if spec.fgm_epsilon > 0:
+        found = []
+
+        def perturb(path, p, g):
+            if not is_word_embedding(path):
+                return p
+            found.append(path)
+            return p + (spec.fgm_epsilon * g / jnp.maximum(jnp.linalg.norm(g.astype(jnp.float32)), 1e-12)).astype(p.dtype)
+
+        adv = jax.tree_util.tree_map_with_path(perturb, params, grads)
+        if not found:
+            raise ValueError("FGM needs a trainable word-embedding table (embeddings.word or wte)")
+        (adv_loss, _), adv_grads = grad_fn(adv, frozen, batch, jax.random.fold_in(rng, 1))
+        grads = jax.tree.map(jnp.add, grads, adv_grads)
+        aux = {**aux, "adv_loss": adv_loss}
+    return (loss, aux), grads
+
+
+def _train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState, batch: dict, rng: Array):
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = functools.partial(_value_and_grad, spec)
+    if spec.grad_accum == 1:
+        (loss, aux), grads = grad_fn(state.params, state.frozen, batch, rng)
+    else:
+        k = spec.grad_accum
+        micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            g_acc, l_acc, aux_acc = carry
+            mb, i = xs
+            (l, a), g = grad_fn(state.params, state.frozen, mb, jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, aux_acc, a)), None
+
+        zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+        (_, aux_shape), _ = jax.eval_shape(lambda: grad_fn(state.params, state.frozen,
+                                                           jax.tree.map(lambda x: x[0], micro), rng))
+        zeros_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
+        (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros((), jnp.float32), zeros_aux),
+                                             (micro, jnp.arange(k)))
+        grads = jax.tree.map(lambda g: g / k, grads)
+        loss = loss / k
+    frozen = state.frozen
+    if spec.hook is not None:
+        model = nnx.merge(spec.graphdef, state.params, state.frozen)
+        spec.hook(model, nnx.merge(spec.graphdef, grads, state.frozen), state.step)
+        _, _, frozen = nnx.split(model, spec.trainable, ...)
+    lr = schedule_value(spec.schedule, state.step, state.hparams)
+    opt_state = state.opt_state._replace(hyperparams={
+        **state.opt_state.hyperparams, "learning_rate": lr,
+        **{k: state.hparams[k] for k in ("b1", "b2", "eps", "weight_decay", "grad_clip")}})
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, frozen=frozen), metrics
+
+
+def _eval_step(spec: StepSpec, state: TrainState, batch: dict):
+    loss, aux = _loss(spec, state.params, state.frozen, batch, None)
+    return {"loss": loss, **aux}
+
+
+def compiled_steps(spec: StepSpec, tx: optax.GradientTransformation, mesh: Mesh, state_shardings) -> tuple:
+    """The jitted (train, eval) steps for ``spec`` on these state shardings, built once per
+    process and shared by every trainer with the same spec: the state is donated, batches are
+    split over the mesh's batch axes, the rng and metrics are replicated."""
+    leaves, treedef = jax.tree.flatten(state_shardings)
+    key = (spec, mesh, treedef, tuple(leaves))
+    hit = _STEPS.get(key)
+    if hit is not None:
+        _STEPS.move_to_end(key)
+        return hit
+    batch_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
+    train = jax.jit(functools.partial(_train_step, spec, tx), in_shardings=(state_shardings, batch_sh, repl),
+                    out_shardings=(state_shardings, repl), donate_argnums=(0,))
+    evaluate = jax.jit(functools.partial(_eval_step, spec), in_shardings=(state_shardings, batch_sh),
+                       out_shardings=repl)
+    _STEPS[key] = (train, evaluate)
+    while len(_STEPS) > _STEPS_KEPT:
+        _STEPS.popitem(last=False)
+    return train, evaluate
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The compiled steps for one model, loss and optimiser on one mesh."""
+
+    spec: StepSpec
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: Mesh
     state_shardings: Any = None
     _train: Callable | None = None
     _eval: Callable | None = None
+
+    @property
+    def graphdef(self):
+        return self.spec.graphdef
+
+    @property
+    def hook(self):
+        return self.spec.hook
+
+    @property
+    def trainable(self):
+        return self.spec.trainable
 
     # -- state ------------------------------------------------------------------------------------
     @classmethod
@@ -123,9 +282,11 @@ class Trainer:
         params = jax.device_put(params, p_sh)
         frozen = jax.device_put(frozen, f_sh)
         opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
-        state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(mesh)),
-                           params=params, opt_state=opt_state, frozen=frozen)
-        trainer = cls(graphdef, loss_fn, tx, schedule, mesh, optim.grad_accum, fgm_epsilon, hook, trainable)
+        repl = shd.replicated(mesh)
+        state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), repl), params=params, opt_state=opt_state,
+                           frozen=frozen, hparams=jax.device_put(hyperparams(optim, total_steps), repl))
+        spec = StepSpec(graphdef, loss_fn, optim.schedule, optim.grad_accum, fgm_epsilon, hook, trainable)
+        trainer = cls(spec, tx, schedule, mesh)
         trainer.state_shardings = jax.tree.map(lambda x: x.sharding, state)
         return trainer, state
 
@@ -133,75 +294,9 @@ class Trainer:
         return nnx.merge(self.graphdef, state.params, state.frozen)
 
     # -- steps ------------------------------------------------------------------------------------
-    def _loss(self, params, frozen, batch, rng):
-        model = nnx.merge(self.graphdef, params, frozen)
-        rngs = nnx.Rngs(dropout=rng) if rng is not None else None
-        return self.loss_fn(model, batch, rngs)
-
-    def _value_and_grad(self, params, frozen, batch, rng):
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-        (loss, aux), grads = grad_fn(params, frozen, batch, rng)
-        if self.fgm_epsilon > 0:
-            found = []
-
-            def perturb(path, p, g):
-                if not is_word_embedding(path):
-                    return p
-                found.append(path)
-                return p + (self.fgm_epsilon * g / jnp.maximum(jnp.linalg.norm(g.astype(jnp.float32)), 1e-12)).astype(p.dtype)
-
-            adv = jax.tree_util.tree_map_with_path(perturb, params, grads)
-            if not found:
-                raise ValueError("FGM needs a trainable word-embedding table (embeddings.word or wte)")
-            (adv_loss, _), adv_grads = grad_fn(adv, frozen, batch, jax.random.fold_in(rng, 1))
-            grads = jax.tree.map(jnp.add, grads, adv_grads)
-            aux = {**aux, "adv_loss": adv_loss}
-        return (loss, aux), grads
-
-    def _train_step(self, state: TrainState, batch: dict, rng: Array):
-        rng = jax.random.fold_in(rng, state.step)
-        grad_fn = self._value_and_grad
-        if self.grad_accum == 1:
-            (loss, aux), grads = grad_fn(state.params, state.frozen, batch, rng)
-        else:
-            k = self.grad_accum
-            micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
-
-            def body(carry, xs):
-                g_acc, l_acc, aux_acc = carry
-                mb, i = xs
-                (l, a), g = grad_fn(state.params, state.frozen, mb, jax.random.fold_in(rng, i))
-                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, aux_acc, a)), None
-
-            zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-            (_, aux_shape), _ = jax.eval_shape(lambda: grad_fn(state.params, state.frozen,
-                                                               jax.tree.map(lambda x: x[0], micro), rng))
-            zeros_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
-            (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros((), jnp.float32), zeros_aux),
-                                                 (micro, jnp.arange(k)))
-            grads = jax.tree.map(lambda g: g / k, grads)
-            loss = loss / k
-        frozen = state.frozen
-        if self.hook is not None:
-            model = nnx.merge(self.graphdef, state.params, state.frozen)
-            self.hook(model, nnx.merge(self.graphdef, grads, state.frozen), state.step)
-            _, _, frozen = nnx.split(model, self.trainable, ...)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.schedule(state.step), **aux}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, frozen=frozen), metrics
-
-    def _eval_step(self, state: TrainState, batch: dict):
-        loss, aux = self._loss(state.params, state.frozen, batch, None)
-        return {"loss": loss, **aux}
-
-    def compile(self, example_batch: dict):
-        """jit with explicit in/out shardings; the state is donated."""
-        batch_sh = jax.tree.map(lambda _: shd.batch_sharding(self.mesh), example_batch)
-        repl = shd.replicated(self.mesh)
-        self._train = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_sh, repl),
-                              out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
-        self._eval = jax.jit(self._eval_step, in_shardings=(self.state_shardings, batch_sh), out_shardings=repl)
+    def compile(self, example_batch: dict | None = None):
+        """The jitted steps (shared with every trainer of the same spec; see :func:`compiled_steps`)."""
+        self._train, self._eval = compiled_steps(self.spec, self.tx, self.mesh, self.state_shardings)
         return self
 
     def memory_analysis(self, state: TrainState, batch: dict, rng: Array):

@@ -22,7 +22,7 @@ from autogpt_jax.inference import Classifier, make_classifier
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft
 from autogpt_jax.models import peft_export
-from autogpt_jax.models.scan import stack_layers
+from autogpt_jax.models.scan import stack_layers, wants_scan
 from autogpt_jax.prompts.templates import Template, Verbalizer
 from autogpt_jax.retrieval.retriever import Retriever
 
@@ -69,9 +69,9 @@ def write_meta(out_dir: str | Path, *, source_model: str, architecture: str, cla
     return path
 
 
-def load_classifier(model_dir: str | Path, *, scan_layers: bool = True) -> Classifier:
+def load_classifier(model_dir: str | Path, *, scan_layers: bool | None = None) -> Classifier:
     """The exported model with its task metadata (labels, template, label words, head); its layers
-    scanned (one compiled layer; ``model.scan_layers``) unless ``scan_layers`` is false."""
+    scanned as ``model.scan_layers`` would (None: auto, by depth)."""
     d = Path(model_dir)
     meta = read_meta(d)
     if not meta.get("labels"):
@@ -86,7 +86,7 @@ def load_classifier(model_dir: str | Path, *, scan_layers: bool = True) -> Class
         fields = {f.name for f in dataclasses.fields(PeftConfig)}
         peft.apply(lm.model, PeftConfig(**{k: v for k, v in pm.items() if k in fields}))
         peft_export.load_params(lm.model, d / "peft.safetensors")
-    if scan_layers:
+    if wants_scan(lm.model, scan_layers):
         stack_layers(lm.model)
     template = verb = None
     if mode in ("prompt", "similarity"):

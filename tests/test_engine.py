@@ -17,7 +17,6 @@ from autogpt_jax.data import batching
 from autogpt_jax.data.sources import load_unlabeled
 from autogpt_jax.models import hf
 from autogpt_jax.models.bert import Bert, BertConfig
-from autogpt_jax.models.scan import stack_layers
 from autogpt_jax.training import objectives, steps
 from autogpt_jax.training import sharding as shd
 from autogpt_jax.training.checkpoint import StageCheckpointer
@@ -227,9 +226,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path, mon
     monkeypatch.setattr(steps, "_train_step", orig)
     mesh = shd.make_mesh(MeshConfig())
     tok = hf.load_tokenizer(hf.resolve("splade-tiny"))
-    model = _tiny_bert(len(tok))
-    stack_layers(model)  # as the run built it (model.scan_layers)
-    _, like = Trainer.create(model, objectives.mlm_loss, OptimConfig(), 20, mesh)
+    _, like = Trainer.create(_tiny_bert(len(tok)), objectives.mlm_loss, OptimConfig(), 20, mesh)
     restored, _, step = ck.restore_latest(like)
     assert step == 5 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
 

@@ -287,7 +287,8 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
                        "--model.name_or_path", str(tiny_llama_dir),
                        "--prompt.template", "Review: {text}{answer}The sentiment is {mask}",
                        "--peft.method", "lora", "--peft.targets", "query,value,gate", "--finetune.learning_rates", "1e-3",
-                       "--finetune.mlm_weight", "0.5", "--prompt.demonstrations", "1"])
+                       "--finetune.mlm_weight", "0.5", "--prompt.demonstrations", "1",
+                       "--model.scan_layers", "true"])  # scanned layers through the whole pipeline, on 8 devices
     run = run_pipeline(cfg, return_run=True)
     rep = json.loads((out / "report.json").read_text())["seeds"][0]
     # One demonstration per class, from the training split, with its class's label word.

@@ -71,7 +71,9 @@ def test_pipeline_end_to_end_and_predict_matches(tmp_path, capsys):
     from autogpt_jax.predict import main as predict_main
 
     out = tmp_path / "run"
-    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--finetune.learning_rates", "1e-5,3e-3"])
+    # Scanned layers in the run; predict below loads the export unrolled (auto: 2 layers) and must agree.
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--finetune.learning_rates", "1e-5,3e-3",
+                       "--model.scan_layers", "true"])
     run = run_pipeline(cfg, return_run=True)
     report = json.loads((out / "report.json").read_text())
     seed = report["seeds"][0]

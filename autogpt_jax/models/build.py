@@ -21,7 +21,7 @@ from autogpt_jax.models import hf
 from autogpt_jax.models.bert import Bert, BertConfig
 from autogpt_jax.models.gpt2 import GPT2, GPT2Config
 from autogpt_jax.models.llama import Llama, LlamaConfig
-from autogpt_jax.models.scan import stack_layers
+from autogpt_jax.models.scan import stack_layers, wants_scan
 
 KINDS = ("encoder", "decoder")
 
@@ -84,7 +84,7 @@ def build_model(mc: ModelConfig, *, seed: int, num_labels: int = 0,
         lm = hf.load_model(mc.name_or_path, dtype=dtype, seed=seed, config_overrides=overrides,
                            num_labels=num_labels, shardings=lambda key, shape, var: sharding(var))
         tok = hf.load_tokenizer(hf.resolve(mc.tokenizer)) if mc.tokenizer else lm.tokenizer()
-        if mc.scan_layers:
+        if wants_scan(lm.model, mc.scan_layers):
             stack_layers(lm.model, sharding)
         return Backbone(lm.model, tok, str(lm.path), tuple(lm.fresh))
     tok = hf.load_tokenizer(hf.resolve(mc.tokenizer))
@@ -118,6 +118,6 @@ def build_model(mc: ModelConfig, *, seed: int, num_labels: int = 0,
     # Born sharded: the initialiser runs under jit with each parameter's sharding as its output.
     state = jax.jit(lambda: nnx.state(ctor()), out_shardings=shardings)()
     model = nnx.merge(graphdef, state)
-    if mc.scan_layers:
+    if wants_scan(model, mc.scan_layers):
         stack_layers(model, sharding)
     return Backbone(model, tok, f"scratch:{mc.arch}", ("*",))

@@ -42,6 +42,16 @@ class LayerStack(nnx.Module):
         return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
 
 
+# ``model.scan_layers`` null scans stacks at least this deep: a 30-layer decoder's train step
+# compiles 5.6x faster scanned, a 6-layer encoder's no faster (scripts/bench_compile.py, 2026-12-02).
+AUTO_MIN_LAYERS = 12
+
+
+def wants_scan(model, setting: bool | None) -> bool:
+    """``model.scan_layers``: true, false, or None (auto: from :data:`AUTO_MIN_LAYERS` layers)."""
+    return len(model.layers) >= AUTO_MIN_LAYERS if setting is None else bool(setting)
+
+
 def is_stacked(model) -> bool:
     return isinstance(getattr(model, "layers", None), LayerStack)
 

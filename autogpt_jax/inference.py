@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from autogpt_jax.data import batching
 from autogpt_jax.models.build import is_decoder
@@ -88,13 +89,19 @@ class Classifier:
         seqs = batching.encode(self.tokenizer, list(texts), self.max_length)
         return seqs, np.zeros(len(seqs), np.int32)
 
-    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def logits(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
+        """Class logits of ``texts`` (N × C). ``progress``: a progress bar with this label."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
         seqs, mask_pos = self.encode(texts)
         out = np.zeros((len(seqs), len(self.labels)), np.float32)
         pad = self.tokenizer.pad_token_id or 0
+        with tqdm(total=len(seqs), desc=progress, unit="text", dynamic_ncols=True,
+                  disable=progress is None or jax.process_index() != 0) as bar:
+            return self._logits(seqs, mask_pos, out, pad, batch_size, bar)
+
+    def _logits(self, seqs, mask_pos, out, pad: int, batch_size: int, bar) -> np.ndarray:
         if self.pack and self._prefix is not None and self._ids.shape[-1] == 1:
             row_len = max(128, batching.bucket_length(max(len(s_) for s_ in seqs), batching.EVAL_BUCKETS))
             rows = max(1, batch_size * 64 // row_len)  # about as many tokens per call as padded batches
@@ -102,6 +109,7 @@ class Classifier:
                 lg = np.asarray(_packed_logits(self._graphdef, self._state, {k: jnp.asarray(v) for k, v in b.items()},
                                                self._ids, self._wts, self._prefix))
                 out[idx[idx >= 0]] = lg[idx >= 0]
+                bar.update(int((idx >= 0).sum()))
             return out
         bs = batching.eval_batch_size(len(seqs), batch_size)
         for idx, b in batching.eval_batches(seqs, bs, pad):
@@ -111,6 +119,7 @@ class Classifier:
                                jnp.asarray(b["attention_mask"]), jnp.asarray(mask_pos[src]), self._ids, self._wts, self._protos,
                                self._prefix, mode=self.mode, pooling=self.pooling, scale=float(self.scale))
             out[idx[real]] = np.asarray(lg)[real]
+            bar.update(int(real.sum()))
         return out
 
     def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -141,14 +150,15 @@ def strip_prefix(seqs: list[np.ndarray], pos: np.ndarray, n: int) -> tuple[list[
     return [s_[n:] for s_ in seqs], pos - n
 
 
-def predict_records(clf, texts: list[str], batch_size: int = 64) -> list[dict]:
+def predict_records(clf, texts: list[str], batch_size: int = 64, progress: str | None = None) -> list[dict]:
     """One record per text: ``label`` and ``probabilities``; with a hand-over calibration in the
     export, the probabilities are calibrated and ``confidence`` and ``handover`` are added."""
     h = getattr(clf, "handover", None)
+    logits = clf.logits(texts, batch_size, progress=progress)
     if h is None:
-        probs, hand = clf.probabilities(texts, batch_size), None
+        probs, hand = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1)), None
     else:
-        probs, hand = h.decide(clf.logits(texts, batch_size))
+        probs, hand = h.decide(logits)
     out = []
     for i, p in enumerate(probs):
         r = {"label": clf.labels[int(p.argmax())], "probabilities": {l: float(v) for l, v in zip(clf.labels, p)}}

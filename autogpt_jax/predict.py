@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         if read_meta(args.model_dir).get("retriever"):
             records = load_assistant(args.model_dir).answer(texts, args.batch_size)
         else:
-            records = predict_records(load_classifier(args.model_dir), texts, args.batch_size)
+            records = predict_records(load_classifier(args.model_dir), texts, args.batch_size,
+                                      progress="predict" if len(texts) > args.batch_size else None)
     except AutoGPTJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ calls through gradio_client at concurrency 1 are timed as well: that client adds
 own per call on this machine (an echo endpoint measures 80 ms with it, 7 ms over plain HTTP).
 
     python scripts/bench_serve.py [--sentiment-model runs/sentiment_mr/export]
-        [--support-model runs/support_qa/export] [--requests 64] [--port 7871]
+        [--support-model runs/support_qa/export] [--requests 64] [--port 7871] [--cold-only]
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--support-model", default=str(ROOT / "runs/support_qa/export"))
     ap.add_argument("--requests", type=int, default=64, help="requests per endpoint and concurrency")
     ap.add_argument("--port", type=int, default=7871)
+    ap.add_argument("--cold-only", action="store_true", help="measure the cold start only (run it twice: the "
+                    "second start reads the first one's executables from the persistent compilation cache)")
     args = ap.parse_args(argv)
     from gradio_client import Client
 
@@ -110,7 +112,9 @@ def main(argv=None) -> int:
                 time.sleep(0.5)
                 if time.perf_counter() - t0 > 900:
                     raise SystemExit("the app did not answer within 900 s")
-        print(f"cold start to the first answer: {cold:.1f} s (load, compile every length bucket, serve)")
+        print(f"cold start to the first answer: {cold:.1f} s (load, compile every length bucket, serve)", flush=True)
+        if args.cold_only:
+            return 0
         print(f"{'endpoint':<12}{'client':<15}{'concurrency':>12}{'p50 ms':>10}{'p95 ms':>10}{'requests/s':>12}")
         for endpoint, pool in (("/sentiment", reviews), ("/support", questions)):
             for client, conc in (("http", 1), ("http", 16), ("gradio_client", 1)):

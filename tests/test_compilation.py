@@ -25,10 +25,9 @@ print("hits", len(hits), "compile_s", round(compilation.compile_seconds(), 3))
 """
 
 
-def _run(cache, env_extra=None):
+def _run(cache):
     env = xla_env(1)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    env.update(env_extra or {})
     out = subprocess.run([sys.executable, "-c", PROGRAM, str(cache)], env=env, capture_output=True, text=True,
                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -42,11 +41,22 @@ def test_a_second_process_reads_the_executables_of_the_first(tmp_path):
     assert d == str(cache) and hits == 0 and first > 0
     written = sorted(os.listdir(cache))
     assert written  # the executable is on disk
+    # The second process: the same program read back.
     d, hits, again = _run(cache)
     assert hits >= 1 and sorted(os.listdir(cache)) == written
-    # Off: compiled afresh, nothing read or written.
-    d, hits, _ = _run(tmp_path / "off", {compilation.ENV_OFF: "0"})
-    assert d == "None" and hits == 0 and not (tmp_path / "off").exists()
+
+
+def test_the_off_switch_neither_reads_nor_writes(tmp_path, monkeypatch):
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache
+    monkeypatch.setenv(compilation.ENV_OFF, "0")
+    try:
+        assert compilation.enable_cache(True, tmp_path / "off") is None and compilation.cache_dir() is None
+        assert not jax.config.jax_enable_compilation_cache
+        jax.jit(lambda x: jnp.cos(x) * 4.0 - 0.5)(jnp.arange(5.0)).block_until_ready()
+        assert not (tmp_path / "off").exists()
+    finally:
+        monkeypatch.delenv(compilation.ENV_OFF)
+        compilation.enable_cache(before[1], before[0])
 
 
 def test_the_compile_clock_counts_compiling_not_running():

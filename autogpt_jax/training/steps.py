@@ -3,6 +3,12 @@
 ``train_step(state, batch, rng) -> (state, metrics)``: the model's graph definition, the loss and
 the optimiser are partialled out; the state is donated. Only the trainable parameters (a filter
 over parameter types/paths) get gradients and optimiser moments; the rest ride along frozen.
+
+What may change between runs without a new program lives in the state: the optimiser's
+hyperparameters (learning rate, schedule lengths, AdamW's constants, the clipping norm) as traced
+scalars. Trainers of the same :class:`StepSpec` on the same shardings share one compiled step
+(:func:`compiled_steps`), so a learning-rate grid, a new seed or another step count compiles
+nothing.
 """
 
 from __future__ import annotations

@@ -122,8 +122,8 @@ class Classifier:
             bar.update(int(real.sum()))
         return out
 
-    def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        lg = self.logits(texts, batch_size)
+    def probabilities(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
+        lg = self.logits(texts, batch_size, progress)
         return np.asarray(jax.nn.softmax(jnp.asarray(lg), axis=-1))
 
 
@@ -154,11 +154,10 @@ def predict_records(clf, texts: list[str], batch_size: int = 64, progress: str |
     """One record per text: ``label`` and ``probabilities``; with a hand-over calibration in the
     export, the probabilities are calibrated and ``confidence`` and ``handover`` are added."""
     h = getattr(clf, "handover", None)
-    logits = clf.logits(texts, batch_size, progress=progress)
     if h is None:
-        probs, hand = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1)), None
+        probs, hand = clf.probabilities(texts, batch_size, progress), None
     else:
-        probs, hand = h.decide(logits)
+        probs, hand = h.decide(clf.logits(texts, batch_size, progress))
     out = []
     for i, p in enumerate(probs):
         r = {"label": clf.labels[int(p.argmax())], "probabilities": {l: float(v) for l, v in zip(clf.labels, p)}}

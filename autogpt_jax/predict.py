@@ -17,7 +17,7 @@ from autogpt_jax.data.files import read_table
 from autogpt_jax.errors import AutoGPTJaxError
 from autogpt_jax.export_format import load_assistant, load_classifier, read_meta
 from autogpt_jax.inference import predict_records
-from autogpt_jax.training.compilation import enable_cache
+from autogpt_jax.training.compilation import OFF_HELP, enable_cache
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--input_file", help="CSV or JSONL with a `text` column")
     ap.add_argument("--output_file", help="write JSON Lines here instead of stdout")
     ap.add_argument("--batch_size", type=int, default=64)
-    ap.add_argument("--no_compile_cache", action="store_true",
-                    help="compile without JAX's persistent cache ($AUTOGPT_JAX_CACHE/xla; env AUTOGPT_JAX_COMPILE_CACHE=0)")
+    ap.add_argument("--no_compile_cache", action="store_true", help=OFF_HELP)
     args = ap.parse_args(argv)
     enable_cache(not args.no_compile_cache)
     try:

@@ -26,7 +26,7 @@ import pandas as pd
 # Space (scripts/build_space.py copies both). services puts autogpt_jax on sys.path before it imports
 # it (see there), so import autogpt_jax through services only, never above this line.
 from services import (API_CONCURRENCY, LATENCY_BUDGET_MS, MAX_BATCH, MAX_CHARS, WARMUP_BATCHES, WARMUP_ENV,
-                      Sentiment, Support, chat_reply, clean, enable_cache, find_exports, how_it_works, load,
+                      OFF_HELP, Sentiment, Support, chat_reply, clean, enable_cache, find_exports, how_it_works, load,
                       sentiment_records, support_records, warmup_batches)
 
 # --------------------------------------------------------------------------------------------
@@ -137,9 +137,7 @@ def main(argv=None) -> int:
                          f"{','.join(map(str, WARMUP_BATCHES))}; env {WARMUP_ENV})")
     ap.add_argument("--latency-budget-ms", type=float, default=LATENCY_BUDGET_MS,
                     help="serve the sentiment export's distilled student when the model is slower than this")
-    ap.add_argument("--no-compile-cache", action="store_true",
-                    help="compile without JAX's persistent cache ($AUTOGPT_JAX_CACHE/xla; "
-                         "env AUTOGPT_JAX_COMPILE_CACHE=0)")
+    ap.add_argument("--no-compile-cache", action="store_true", help=OFF_HELP)
     args = ap.parse_args(argv)
     enable_cache(not args.no_compile_cache)
     logging.basicConfig(level=logging.WARNING)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from autogpt_jax.data.batching import EVAL_BUCKETS  # noqa: E402
 from autogpt_jax.export_format import META_FILE, is_export, load_assistant, load_classifier, read_meta  # noqa: E402
 from autogpt_jax.inference import predict_records  # noqa: E402
-from autogpt_jax.training.compilation import enable_cache  # noqa: E402,F401  (app.py takes it from here)
+from autogpt_jax.training.compilation import OFF_HELP, enable_cache  # noqa: E402,F401  (app.py takes them from here)
 
 log = logging.getLogger("autogpt_jax.demo")
 

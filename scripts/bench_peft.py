@@ -123,7 +123,6 @@ def step_stats(ctx, task, base, template, verb, method, n_steps: int = 10) -> di
     batches = batching.ExampleBatches(seqs, {"labels": np.asarray(task.train["label"], np.int32)},
                                       cfg.finetune.batch_size, 0, pad_id=tok.pad_token_id or 0)
     batch = shd.put_batch(next(batches), ctx.mesh)
-    trainer.compile(batch)
     mem = trainer.memory_analysis(state, batch, jax.random.key(0))
     state, m = trainer.train_step(state, batch, jax.random.key(0))
     jax.block_until_ready(m)

@@ -331,7 +331,8 @@ def decoder_inputs(attention_mask_BxL: Array, cache: Cache | None, positions_BxL
 
 def advance_cache(cache: Cache, layers, valid_BxS: Array, attention_mask_BxL: Array) -> Cache:
     """``layers``: the updated per-layer caches (a sequence, or one stacked LayerCache)."""
-    return Cache(layers if isinstance(layers, LayerCache) else tuple(layers), valid_BxS, cache.index + attention_mask_BxL.shape[1],
+    layers = layers if isinstance(layers, LayerCache) else tuple(layers)
+    return Cache(layers, valid_BxS, cache.index + attention_mask_BxL.shape[1],
                  cache.next_pos_B + attention_mask_BxL.sum(axis=1))
 
 

@@ -56,8 +56,13 @@ def is_stacked(model) -> bool:
     return isinstance(getattr(model, "layers", None), LayerStack)
 
 
-def _axes(var: nnx.Variable) -> tuple:
-    return tuple(var.get_metadata().get("out_sharding") or ())
+def _relabel(state, axes: Callable[[tuple], tuple], sharding) -> None:
+    """Give every variable of ``state`` the logical axes ``axes(its axes)`` (None when empty) and,
+    with ``sharding``, the placement those axes ask for; in place."""
+    for _, var in nnx.to_flat_state(state):
+        var.set_metadata(out_sharding=axes(tuple(var.get_metadata().get("out_sharding") or ())) or None)
+        if sharding is not None:
+            var.set_value(jax.device_put(var.get_value(), sharding(var)))
 
 
 def stack_layers(model, sharding: Callable[[nnx.Variable], Any] | None = None) -> None:
@@ -70,11 +75,7 @@ def stack_layers(model, sharding: Callable[[nnx.Variable], Any] | None = None) -
     if any(g != graphdefs[0] for g in graphdefs[1:]):
         raise ValueError("model.scan_layers needs layers of one structure; these layers differ")
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    for _, var in nnx.to_flat_state(stacked):
-        axes = _axes(var)
-        var.set_metadata(out_sharding=(LAYERS_AXIS, *axes) if axes else None)
-        if sharding is not None:
-            var.set_value(jax.device_put(var.get_value(), sharding(var)))
+    _relabel(stacked, lambda axes: (LAYERS_AXIS, *axes) if axes else (), sharding)
     model.layers = LayerStack(nnx.merge(graphdefs[0], stacked), len(blocks))
 
 
@@ -87,11 +88,7 @@ def unstack_layers(model, sharding: Callable[[nnx.Variable], Any] | None = None)
     blocks = []
     for i in range(stack.num_layers):
         st = jax.tree.map(lambda x: x[i], state)
-        for _, var in nnx.to_flat_state(st):
-            axes = _axes(var)
-            var.set_metadata(out_sharding=axes[1:] if axes[:1] == (LAYERS_AXIS,) else (axes or None))
-            if sharding is not None:
-                var.set_value(jax.device_put(var.get_value(), sharding(var)))
+        _relabel(st, lambda axes: axes[1:] if axes[:1] == (LAYERS_AXIS,) else axes, sharding)
         blocks.append(nnx.merge(graphdef, st))
     model.layers = nnx.List(blocks)
 

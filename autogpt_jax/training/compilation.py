@@ -23,9 +23,13 @@ import jax
 from jax import monitoring
 from jax.experimental.compilation_cache.compilation_cache import reset_cache
 
+from autogpt_jax import packages
+
 log = logging.getLogger(__name__)
 
 ENV_OFF = "AUTOGPT_JAX_COMPILE_CACHE"
+# The help of the command-line switches that turn the cache off (predict, the demo).
+OFF_HELP = f"compile without JAX's persistent cache ($AUTOGPT_JAX_CACHE/xla; env {ENV_OFF}=0)"
 _EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
            "/jax/core/compile/backend_compile_duration")
 _lock = threading.Lock()
@@ -33,12 +37,14 @@ _total = [0.0]
 _state: dict[str, object] = {"listening": False, "dir": None}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("AUTOGPT_JAX_CACHE", Path.home() / ".cache" / "autogpt_jax"))
-
-
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or cache_root() / "xla")
+    return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or packages.cache_dir() / "xla")
+
+
+def _off() -> None:
+    jax.config.update("jax_enable_compilation_cache", False)
+    reset_cache()
+    _state["dir"] = None
 
 
 def enable_cache(enabled: bool = True, directory: str | os.PathLike | None = None, *,
@@ -49,18 +55,13 @@ def enable_cache(enabled: bool = True, directory: str | os.PathLike | None = Non
     worth keeping too; JAX's default is a second)."""
     listen()
     if not enabled or os.environ.get(ENV_OFF, "1").lower() in ("0", "false", "no", "off"):
-        jax.config.update("jax_enable_compilation_cache", False)
-        reset_cache()
-        _state["dir"] = None
-        return None
+        return _off()
     d = Path(directory) if directory is not None else default_cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a read-only home: run without the cache rather than fail
         log.warning("compilation cache %s is not writable (%s); compiling without it", d, e)
-        jax.config.update("jax_enable_compilation_cache", False)
-        reset_cache()
-        return None
+        return _off()
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(d))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)

@@ -247,7 +247,7 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -
         total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 
-    return keyed(loss, "cloze", ids, wts, None if prefix is None else prefix)
+    return keyed(loss, "cloze", ids, wts, prefix)
 
 
 def head_loss(pooling: str) -> Loss:

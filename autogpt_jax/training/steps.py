@@ -37,22 +37,18 @@ class TrainState(struct.PyTreeNode):
     params: nnx.State  # trainable
     opt_state: Any
     frozen: nnx.State  # everything else the model holds (not saved in checkpoints when derivable)
-    # The optimiser's hyperparameters as traced scalars (``hyperparams``): one compiled step
-    # serves every learning rate, warmup and step count.
+    # The schedule's scalars, traced (``schedule_scalars``): one compiled step serves every peak
+    # learning rate, warmup and step count. AdamW's constants and the clipping norm are traced too,
+    # in ``opt_state`` (``optax.inject_hyperparams``).
     hparams: dict[str, Array] = struct.field(default_factory=dict)
 
 
-# Scalars of the optimiser that live in the state, not in the compiled program.
-HYPERPARAMS = ("learning_rate", "warmup", "decay", "weight_decay", "b1", "b2", "eps", "grad_clip")
-
-
-def hyperparams(cfg: OptimConfig, total_steps: int) -> dict[str, np.ndarray]:
-    """The traced hyperparameters of ``cfg`` for a run of ``total_steps``: the schedule's peak,
-    warmup and decay lengths, AdamW's constants and the clipping norm (0: none)."""
+def schedule_scalars(cfg: OptimConfig, total_steps: int) -> dict[str, np.ndarray]:
+    """The schedule of ``cfg`` for a run of ``total_steps`` as traced scalars: its peak learning
+    rate, warmup and decay lengths."""
     warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    vals = {"learning_rate": cfg.learning_rate, "warmup": warm, "decay": max(total_steps - warm, 1),
-            "weight_decay": cfg.weight_decay, "b1": cfg.b1, "b2": cfg.b2, "eps": cfg.eps, "grad_clip": cfg.grad_clip}
-    return {k: np.float32(vals[k]) for k in HYPERPARAMS}
+    return {"learning_rate": np.float32(cfg.learning_rate), "warmup": np.float32(warm),
+            "decay": np.float32(max(total_steps - warm, 1))}
 
 
 def schedule_value(kind: str, step: Array, hp: dict[str, Array]) -> Array:
@@ -73,7 +69,7 @@ def schedule_value(kind: str, step: Array, hp: dict[str, Array]) -> Array:
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """``cfg``'s schedule for ``total_steps`` as a plain function of the step."""
-    hp = {k: jnp.asarray(v) for k, v in hyperparams(cfg, total_steps).items()}
+    hp = {k: jnp.asarray(v) for k, v in schedule_scalars(cfg, total_steps).items()}
     return lambda step: schedule_value(cfg.schedule, step, hp)
 
 
@@ -93,10 +89,10 @@ def _adamw(learning_rate, b1, b2, eps, weight_decay, grad_clip):
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Clipping + AdamW with every constant injected (``optax.inject_hyperparams``): the values
-    live in the optimiser state, so the compiled update is the same for every setting."""
-    hp = hyperparams(cfg, total_steps)
-    tx = optax.inject_hyperparams(_adamw)(**{k: float(hp[k]) for k in ("learning_rate", "b1", "b2", "eps",
-                                                                         "weight_decay", "grad_clip")})
+    live in the optimiser state, so the compiled update is the same for every setting. The
+    learning rate there is the peak; the train step replaces it with the schedule's value."""
+    tx = optax.inject_hyperparams(_adamw)(learning_rate=cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                          weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
     return tx, make_schedule(cfg, total_steps)
 
 
@@ -207,9 +203,7 @@ def _train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainSt
         spec.hook(model, nnx.merge(spec.graphdef, grads, state.frozen), state.step)
         _, _, frozen = nnx.split(model, spec.trainable, ...)
     lr = schedule_value(spec.schedule, state.step, state.hparams)
-    opt_state = state.opt_state._replace(hyperparams={
-        **state.opt_state.hyperparams, "learning_rate": lr,
-        **{k: state.hparams[k] for k in ("b1", "b2", "eps", "weight_decay", "grad_clip")}})
+    opt_state = state.opt_state._replace(hyperparams={**state.opt_state.hyperparams, "learning_rate": lr})
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **aux}
@@ -290,7 +284,7 @@ class Trainer:
         opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
         repl = shd.replicated(mesh)
         state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), repl), params=params, opt_state=opt_state,
-                           frozen=frozen, hparams=jax.device_put(hyperparams(optim, total_steps), repl))
+                           frozen=frozen, hparams=jax.device_put(schedule_scalars(optim, total_steps), repl))
         spec = StepSpec(graphdef, loss_fn, optim.schedule, optim.grad_accum, fgm_epsilon, hook, trainable)
         trainer = cls(spec, tx, schedule, mesh)
         trainer.state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -300,7 +294,7 @@ class Trainer:
         return nnx.merge(self.graphdef, state.params, state.frozen)
 
     # -- steps ------------------------------------------------------------------------------------
-    def compile(self, example_batch: dict | None = None):
+    def compile(self):
         """The jitted steps (shared with every trainer of the same spec; see :func:`compiled_steps`)."""
         self._train, self._eval = compiled_steps(self.spec, self.tx, self.mesh, self.state_shardings)
         return self
@@ -309,17 +303,17 @@ class Trainer:
         """XLA's memory analysis of the compiled train step for this batch shape (None where the
         backend gives none): argument, output, temporary and aliased bytes."""
         if self._train is None:
-            self.compile(batch)
+            self.compile()
         return self._train.lower(state, batch, rng).compile().memory_analysis()
 
     def train_step(self, state: TrainState, batch: dict, rng: Array):
         if self._train is None:
-            self.compile(batch)
+            self.compile()
         return self._train(state, batch, rng)
 
     def eval_step(self, state: TrainState, batch: dict):
         if self._eval is None:
-            self.compile(batch)
+            self.compile()
         return self._eval(state, batch)
 
 

@@ -2,8 +2,10 @@
 
 Written once here (by the export stage) and read here (by predict, the demo, the Space builder):
 the task's labels, the classifier mode (prompt | similarity | head), template, demonstrations,
-label words, PEFT settings, the hand-over calibration and, for a customer-service export, where
-the retriever lives.
+label words, PEFT settings, the calibration's class bias, the hand-over calibration and, for a
+customer-service export, where the retriever lives. A prompt ensemble is its first member's export
+with ``ensemble`` (weighting, and each member's directory, weight, prompt and dev accuracy); the
+other members are exports of their own under ``members/``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from autogpt_jax import __version__
+import numpy as np
+
 from autogpt_jax.assistant import SupportAssistant
 from autogpt_jax.config import PeftConfig
+from autogpt_jax.ensemble import Ensemble
 from autogpt_jax.errors import PredictError
 from autogpt_jax.handover import Handover
 from autogpt_jax.inference import Classifier, make_classifier
@@ -33,6 +38,12 @@ def is_export(model_dir: str | Path) -> bool:
     return (Path(model_dir) / META_FILE).is_file()
 
 
+def heavy(meta: dict) -> bool:
+    """An export that a demo serves through its distilled student when there is one (the teacher
+    is not loaded): a prompt ensemble or a decoder."""
+    return bool(meta.get("ensemble")) or str(meta.get("architecture", "")).endswith("ForCausalLM")
+
+
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
     """The export's metadata; a clear error when ``model_dir`` is not an export directory."""
     d = Path(model_dir)
@@ -46,7 +57,8 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
 
 def write_meta(out_dir: str | Path, *, source_model: str, architecture: str, classifier: Classifier | None = None,
                task: dict | None = None, peft_meta: dict | None = None, handover: Handover | None = None,
-               retriever_dir: str | None = None, top_k: int | None = None, distilled_from: str | None = None) -> Path:
+               retriever_dir: str | None = None, top_k: int | None = None, distilled_from: str | None = None,
+               ensemble: dict | None = None) -> Path:
     """``autogpt_jax.json`` for a model saved in ``out_dir``: the task fields when ``classifier`` is given."""
     meta: dict[str, Any] = {"autogpt_jax_version": __version__, "source_model": source_model,
                             "architecture": architecture, "task": None}
@@ -62,6 +74,10 @@ def write_meta(out_dir: str | Path, *, source_model: str, architecture: str, cla
                         label_words=clf.label_words, peft=peft_meta,
                         similarity_scale=clf.scale if clf.mode == "similarity" else None,
                         handover=handover.to_json() if handover is not None else None)
+        if clf.logit_bias is not None:
+            meta["logit_bias"] = [float(b) for b in clf.logit_bias]
+    if ensemble is not None:
+        meta["ensemble"] = ensemble
     if retriever_dir is not None:
         meta.update(retriever=retriever_dir, top_k=top_k)
     path = Path(out_dir) / META_FILE
@@ -69,11 +85,23 @@ def write_meta(out_dir: str | Path, *, source_model: str, architecture: str, cla
     return path
 
 
-def load_classifier(model_dir: str | Path, *, scan_layers: bool | None = None) -> Classifier:
-    """The exported model with its task metadata (labels, template, label words, head); its layers
-    scanned as ``model.scan_layers`` would (None: auto, by depth)."""
+def load_classifier(model_dir: str | Path, *, scan_layers: bool | None = None) -> Classifier | Ensemble:
+    """The exported model with its task metadata (labels, template, label words, head, bias); its
+    layers scanned as ``model.scan_layers`` would (None: auto, by depth). An ensemble's export
+    loads every member."""
     d = Path(model_dir)
     meta = read_meta(d)
+    ens = meta.get("ensemble")
+    if ens:
+        members = [_load_one(d / m["dir"], read_meta(d / m["dir"]), scan_layers) for m in ens["members"]]
+        out = Ensemble(members, np.asarray([m["weight"] for m in ens["members"]]), ens.get("weighting", "dev"),
+                       ens["members"])
+        out.handover = members[0].handover
+        return out
+    return _load_one(d, meta, scan_layers)
+
+
+def _load_one(d: Path, meta: dict, scan_layers: bool | None) -> Classifier:
     if not meta.get("labels"):
         raise PredictError(f"{d / META_FILE}: this export has no task (it came from a pretraining-only run)")
     labels, mode = meta["labels"], meta["mode"]
@@ -96,6 +124,8 @@ def load_classifier(model_dir: str | Path, *, scan_layers: bool | None = None) -
                           pooling=meta.get("pooling", "mean"), scale=meta.get("similarity_scale") or 20.0)
     if meta.get("handover"):
         clf.handover = Handover(**meta["handover"])
+    if meta.get("logit_bias") is not None:
+        clf.logit_bias = np.asarray(meta["logit_bias"], np.float32)
     return clf
 
 

@@ -1,7 +1,8 @@
 """Batched, jit-compiled class probabilities for prompt (cloze) and head models.
 
 One compiled function per (batch size, length bucket); inputs are sorted by length so padding
-stays small, and results come back in input order.
+stays small, and results come back in input order. On a mesh, each batch is split over its data
+axes: every device (of every process) scores its share, and the logits are gathered in input order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from autogpt_jax.data import batching
 from autogpt_jax.models.build import is_decoder
 from autogpt_jax.prompts.templates import Template
 from autogpt_jax.training import objectives
+from autogpt_jax.training import sharding as shd
+
+MEMO = 4  # the logits of the last few text lists each classifier keeps (evaluation reads them twice)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode", "pooling", "scale"))
@@ -69,8 +73,13 @@ class Classifier:
     pack: bool = True
     # a fitted autogpt_jax.handover.Handover (temperature + hand-over threshold), when there is one
     handover: Any = None
+    # C: added to the logits (a calibration, see autogpt_jax.calibration); None: none
+    logit_bias: np.ndarray | None = None
+    # score on this mesh, each batch split over its data axes (None: the default device)
+    mesh: Any = None
 
     def __post_init__(self):
+        self._memo: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
         self._graphdef, self._state = nnx.split(self.model)
         self._ids = None if self.label_word_ids is None else jnp.asarray(self.label_word_ids)
         self._wts = None if self.label_word_weights is None else jnp.asarray(self.label_word_weights)
@@ -91,34 +100,56 @@ class Classifier:
 
     def logits(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
         """Class logits of ``texts`` (N × C). ``progress``: a progress bar with this label."""
-        texts = list(texts)
+        texts = tuple(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
-        seqs, mask_pos = self.encode(texts)
-        out = np.zeros((len(seqs), len(self.labels)), np.float32)
-        pad = self.tokenizer.pad_token_id or 0
-        with tqdm(total=len(seqs), desc=progress, unit="text", dynamic_ncols=True,
-                  disable=progress is None or jax.process_index() != 0) as bar:
-            return self._logits(seqs, mask_pos, out, pad, batch_size, bar)
+        hit = self._memo.get(hash(texts))
+        if hit is not None and hit[0] == texts:
+            raw = hit[1]
+        else:
+            seqs, mask_pos = self.encode(list(texts))
+            out = np.zeros((len(seqs), len(self.labels)), np.float32)
+            pad = self.tokenizer.pad_token_id or 0
+            with tqdm(total=len(seqs), desc=progress, unit="text", dynamic_ncols=True,
+                      disable=progress is None or jax.process_index() != 0) as bar:
+                raw = self._logits(seqs, mask_pos, out, pad, batch_size, bar)
+            if len(self._memo) >= MEMO:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[hash(texts)] = (texts, raw)
+        return raw + self.logit_bias if self.logit_bias is not None else raw.copy()
+
+    def _put(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, jax.Array]:
+        if self.mesh is None:
+            return {k: jnp.asarray(v) for k, v in arrays.items()}
+        return shd.put_rows(arrays, self.mesh, rows)
+
+    def _tables(self) -> tuple:
+        tables = (self._ids, self._wts, self._protos, self._prefix)
+        if self.mesh is None:
+            return tables
+        rep = shd.replicated(self.mesh)
+        return tuple(None if t is None else jax.device_put(t, rep) for t in tables)
 
     def _logits(self, seqs, mask_pos, out, pad: int, batch_size: int, bar) -> np.ndarray:
+        div = 1 if self.mesh is None else shd.batch_divisor(self.mesh)
+        ids, wts, protos, prefix = self._tables()
         if self.pack and self._prefix is not None and self._ids.shape[-1] == 1:
             row_len = max(128, batching.bucket_length(max(len(s_) for s_ in seqs), batching.EVAL_BUCKETS))
-            rows = max(1, batch_size * 64 // row_len)  # about as many tokens per call as padded batches
+            # about as many tokens per call as padded batches
+            rows = shd.round_up(max(1, batch_size * 64 // row_len), div)
             for idx, b in batching.packed_eval_batches(seqs, mask_pos, rows, row_len, pad):
-                lg = np.asarray(_packed_logits(self._graphdef, self._state, {k: jnp.asarray(v) for k, v in b.items()},
-                                               self._ids, self._wts, self._prefix))
+                lg = shd.to_host(_packed_logits(self._graphdef, self._state, self._put(b, rows), ids, wts, prefix))
                 out[idx[idx >= 0]] = lg[idx >= 0]
                 bar.update(int((idx >= 0).sum()))
             return out
-        bs = batching.eval_batch_size(len(seqs), batch_size)
+        bs = shd.round_up(batching.eval_batch_size(len(seqs), batch_size), div)
         for idx, b in batching.eval_batches(seqs, bs, pad):
             real = idx >= 0
             src = np.where(real, idx, idx[0])
-            lg = _class_logits(self._graphdef, self._state, jnp.asarray(b["input_ids"]),
-                               jnp.asarray(b["attention_mask"]), jnp.asarray(mask_pos[src]), self._ids, self._wts, self._protos,
-                               self._prefix, mode=self.mode, pooling=self.pooling, scale=float(self.scale))
-            out[idx[real]] = np.asarray(lg)[real]
+            b = self._put({**b, "mask_pos": mask_pos[src]}, bs)
+            lg = _class_logits(self._graphdef, self._state, b["input_ids"], b["attention_mask"], b["mask_pos"], ids,
+                               wts, protos, prefix, mode=self.mode, pooling=self.pooling, scale=float(self.scale))
+            out[idx[real]] = shd.to_host(lg)[real]
             bar.update(int(real.sum()))
         return out
 
@@ -168,7 +199,7 @@ def predict_records(clf, texts: list[str], batch_size: int = 64, progress: str |
 
 
 def make_classifier(mode: str, model, tokenizer, labels: list[str], template: Template | None = None, verb=None, *,
-                    max_length: int = 128, pooling: str = "mean", scale: float = 20.0) -> Classifier:
+                    max_length: int = 128, pooling: str = "mean", scale: float = 20.0, mesh=None) -> Classifier:
     """The classifier of ``mode``: ``prompt`` (label-word scores at the mask or the next token),
     ``similarity`` (cosine to the class descriptions) or ``head`` (the classification head)."""
     ids = wts = desc = None
@@ -177,4 +208,5 @@ def make_classifier(mode: str, model, tokenizer, labels: list[str], template: Te
     elif mode == "similarity":
         desc = verb.description_table(tokenizer, template)
     return Classifier(model, tokenizer, labels, mode, template, ids, wts, max_length=max_length, pooling=pooling,
-                      label_words=verb.to_json() if verb is not None else None, descriptions=desc, scale=scale)
+                      label_words=verb.to_json() if verb is not None else None, descriptions=desc, scale=scale,
+                      mesh=mesh)

@@ -61,6 +61,36 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def levers(cfg: Config) -> dict[str, Any]:
+    """The method's levers this run uses (report.json ``levers``): each one that is on, with its setting."""
+    pc, stages = cfg.prompt, cfg.stage_list
+    on: dict[str, Any] = {}
+    if "prompt" in stages:
+        on["prompt search"] = {"templates": "config" if pc.template else f"rule candidates ({pc.candidates})",
+                               "label_words": "config" if pc.label_words else "search",
+                               "paraphrases": pc.paraphrases}
+    if pc.demonstrations:
+        on["demonstrations"] = pc.demonstrations
+    if "adapt" in stages:
+        on["adaptation"] = {"steps": cfg.adapt.steps, "texts": cfg.adapt.max_unlabeled}
+    if cfg.peft.method != "none":
+        on["peft"] = cfg.peft.method
+    if cfg.finetune.mlm_weight:
+        on["joint loss"] = cfg.finetune.mlm_weight
+    if cfg.finetune.fgm_epsilon:
+        on["fgm"] = cfg.finetune.fgm_epsilon
+    if pc.calibrate != "none":
+        on["calibration"] = pc.calibrate
+    if pc.ensemble > 1:
+        on["ensemble"] = {"members": pc.ensemble, "weighting": pc.ensemble_weighting}
+    if "selftrain" in stages:
+        on["self-training"] = {"generations": cfg.selftrain.generations, "per_class": cfg.selftrain.per_class,
+                               "threshold": cfg.selftrain.threshold}
+    if "distill" in stages:
+        on["distillation"] = cfg.distill.student
+    return on
+
+
 def _dev_accuracy(s: SeedState) -> float:
     if "dev" in s.results:
         return s.results["dev"]["accuracy"]
@@ -118,6 +148,7 @@ def run_pipeline(cfg: Config, *, return_run: bool = False, reuse: dict | None = 
         "devices": {"count": jax.device_count(), "processes": jax.process_count(),
                     "platform": jax.devices()[0].platform, "mesh": dict(mesh.shape)},
         "config": to_dict(cfg),
+        "levers": levers(cfg),
         # Per stage: wall seconds, of which compiling (tracing, lowering, XLA or the cache) and the rest.
         "timings": timings,
     }

@@ -27,8 +27,8 @@ def print_report(report: dict) -> None:
 
         rows = [("zero-shot prompt", "zero_shot_accuracy"), ("zero-shot prompt after adapt", "zero_shot_after_adapt_accuracy"),
                 ("head fine-tuning", "head_ft_accuracy"), ("prompt fine-tuning", "prompt_ft_accuracy"),
-                ("this run (" + ",".join(s for s in report["stages"] if s in ("prompt", "adapt", "finetune")) + ")",
-                 "test_accuracy")]
+                ("this run (" + ",".join(s for s in report["stages"] if s in ("prompt", "adapt", "finetune", "selftrain"))
+                 + ")", "test_accuracy")]
         rows = [(n, fmt(k)) for n, k in rows if k in summ]
         w = max(len(n) for n, _ in rows)
         lines.append(f"test accuracy (%), {len(report.get('seeds', []))} split seed(s):")
@@ -49,6 +49,10 @@ def print_report(report: dict) -> None:
                          f"({100 * t['in_scope_answered']:.1f}% answered)"
                          + (f", out-of-scope recall {fmt('handover_out_of_scope_recall')} on "
                             f"{t['out_of_scope_queries']} {ho['out_of_scope']} queries" if "out_of_scope_recall" in t else ""))
+    if report.get("levers"):
+        lines.append("levers: " + "; ".join(f"{k} {v}" if not isinstance(v, dict) else
+                                            f"{k} ({', '.join(f'{a} {b}' for a, b in v.items())})"
+                                            for k, v in report["levers"].items()))
     ret = report.get("retrieval")
     if ret:
         b, a = ret["before"], ret.get("after", ret["before"])

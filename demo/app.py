@@ -5,7 +5,7 @@ the autogpt_jax pipeline, plus how they were made.
 
 Models are export/ directories of autogpt_jax runs: --sentiment-model (env
 AUTOGPT_JAX_SENTIMENT_MODEL; default models/sentiment beside this file, else
-runs/sentiment_mr/export) and --support-model (env AUTOGPT_JAX_SUPPORT_MODEL; default
+runs/sentiment_mr_best/export, else runs/sentiment_mr/export) and --support-model (env AUTOGPT_JAX_SUPPORT_MODEL; default
 models/support, else runs/support_qa/export). Either may be missing; its tab then says how to train it.
 
 API (gradio_client or HTTP): /sentiment and /support, each one text in, one JSON object out.
@@ -85,7 +85,7 @@ def build(sent: Sentiment | None, sup: Support | None):
         gr.Markdown("# autogpt_jax\nFew-shot task models from a pretrained encoder, trained with JAX + Flax.")
         with gr.Tab("Sentiment", elem_id="tab-sentiment"):
             if sent is None:
-                gr.Markdown("No sentiment model found: run `make train CONFIG=configs/sentiment_mr.yaml` or pass "
+                gr.Markdown("No sentiment model found: run `make demo` (it trains configs/sentiment_mr_best.yaml) or pass "
                             "`--sentiment-model`.")
             with gr.Row():
                 with gr.Column(scale=3):

@@ -27,7 +27,7 @@ for _root in (HERE, HERE.parent):
 import numpy as np  # noqa: E402
 
 from autogpt_jax.data.batching import EVAL_BUCKETS  # noqa: E402
-from autogpt_jax.export_format import META_FILE, is_export, load_assistant, load_classifier, read_meta  # noqa: E402
+from autogpt_jax.export_format import META_FILE, heavy, is_export, load_assistant, load_classifier, read_meta  # noqa: E402
 from autogpt_jax.inference import predict_records  # noqa: E402
 from autogpt_jax.training.compilation import OFF_HELP, enable_cache  # noqa: E402,F401  (app.py takes them from here)
 
@@ -107,22 +107,25 @@ def _warm_texts(max_length: int) -> list[str]:
 
 
 class Sentiment:
-    """The exported sentiment classifier; serves the distilled student (export/student) when the
-    model itself is slower than LATENCY_BUDGET_MS per request and a student exists."""
+    """The exported sentiment classifier. Serves the distilled student (export/student) when there
+    is one and the model itself is a prompt ensemble or a decoder (too heavy for a demo: it is not
+    loaded at all), or when the model is slower than LATENCY_BUDGET_MS per request."""
 
     def __init__(self, export_dir: Path, *, warmup: tuple[int, ...] = WARMUP_BATCHES,
                  latency_budget_ms: float = LATENCY_BUDGET_MS):
         self.dir = export_dir
         self.report = _report(export_dir)
         self.meta = read_meta(export_dir)
-        self.model = load_classifier(export_dir)
-        self.clf, self.served = self.model, "model"
+        self.model = self.clf = None
+        self.served = "model"
         self.model_ms = self.student_ms = None
-        if warmup:  # the latency is measured on warm shapes only
-            _warm(self.model, _warm_texts(self.model.max_length), warmup)
-            self.model_ms = self._latency(self.model)
         student = export_dir / "student"
-        if is_export(student) and (self.model_ms is None or self.model_ms > latency_budget_ms):
+        if not (is_export(student) and heavy(self.meta)):
+            self.model = self.clf = load_classifier(export_dir)
+            if warmup:  # the latency is measured on warm shapes only
+                _warm(self.model, _warm_texts(self.model.max_length), warmup)
+                self.model_ms = self._latency(self.model)
+        if is_export(student) and (self.model is None or self.model_ms is None or self.model_ms > latency_budget_ms):
             self.clf, self.served = load_classifier(student), "student"
             if warmup:
                 _warm(self.clf, _warm_texts(self.clf.max_length), warmup)
@@ -281,6 +284,12 @@ def how_it_works(sent: Sentiment | None, sup: Support | None) -> str:
         rows = [("this model (few-shot)", summ.get("test_accuracy")), ("zero-shot prompt", summ.get("zero_shot_accuracy")),
                 ("prompt fine-tuning, no adaptation", summ.get("prompt_ft_accuracy")),
                 ("classifier-head fine-tuning", summ.get("head_ft_accuracy"))]
+        ens = seed.get("ensemble") or {}
+        if len(ens.get("members") or []) > 1:
+            out.append(f"- a prompt ensemble of {len(ens['members'])} fine-tuned prompts ({e(ens['weighting'])} weights)")
+        for g in (seed.get("selftrain") or {}).get("generations", []):
+            if "test_accuracy" in g:
+                rows.append((f"self-training generation {g['generation']}", g["test_accuracy"]))
         d = seed.get("distill")
         if d:
             rows.append(("distilled student", d["student_test"]["accuracy"]))
@@ -335,7 +344,9 @@ def find_exports(sentiment_flag: str | None, support_flag: str | None) -> tuple[
     """The sentiment and support export directories: the flag, else its env var, else models/<name>
     beside this file (a Space), else the repository's runs/<run>/export; None where none is found."""
     root = HERE.parent if (HERE.parent / "autogpt_jax").is_dir() else HERE
-    sdir = _resolve(sentiment_flag, SENTIMENT_ENV, [HERE / "models" / "sentiment", root / "runs" / "sentiment_mr" / "export"])
+    sdir = _resolve(sentiment_flag, SENTIMENT_ENV, [HERE / "models" / "sentiment",
+                                                     root / "runs" / "sentiment_mr_best" / "export",
+                                                     root / "runs" / "sentiment_mr" / "export"])
     qdir = _resolve(support_flag, SUPPORT_ENV, [HERE / "models" / "support", root / "runs" / "support_qa" / "export"])
     return sdir, qdir
 

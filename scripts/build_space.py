@@ -1,13 +1,14 @@
 """Assemble a Hugging Face Space (Gradio SDK) that serves the demo with the exported models.
 
-    python scripts/build_space.py [--sentiment-model runs/sentiment_mr/export]
+    python scripts/build_space.py [--sentiment-model runs/sentiment_mr_best/export]
         [--support-model runs/support_qa/export] [--out space]
 
 The folder holds README.md (Spaces front matter: sdk gradio, sdk_version, python_version,
 app_file), app.py (demo/app.py) with the services.py it imports (demo/services.py), the
 autogpt_jax package they import, requirements.txt (CPU JAX and the rest, pinned to the versions
 this environment runs), .gitattributes (model files through Git LFS) and models/sentiment,
-models/support (the export directories with their report.json). Push
+models/support (the export directories with their report.json; of an ensemble or decoder export
+with a distilled student, only the student, which the demo serves). Push
 it to a Space as is; `python app.py` in it serves the demo locally.
 """
 
@@ -19,6 +20,8 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+from autogpt_jax.export_format import heavy, is_export
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the demo imports at run time (checked: a venv with only these serves it).
@@ -65,17 +68,22 @@ def _pinned(name: str) -> str:
 
 
 def _copy_export(src: Path, dst: Path) -> str:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    meta = json.loads((src / "autogpt_jax.json").read_text())
+    if heavy(meta) and is_export(src / "student"):  # the Space serves the student: the rest stays behind
+        dst.mkdir(parents=True)
+        shutil.copy2(src / "autogpt_jax.json", dst / "autogpt_jax.json")
+        shutil.copytree(src / "student", dst / "student", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     report = src.parent / "report.json"
     if report.is_file():
         shutil.copy2(report, dst / "report.json")
-    meta = json.loads((src / "autogpt_jax.json").read_text())
     return f"`{Path(str(meta.get('source_model'))).name}`, {meta.get('mode')} scoring, {len(meta.get('labels') or [])} classes"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sentiment-model", default=str(ROOT / "runs" / "sentiment_mr" / "export"))
+    ap.add_argument("--sentiment-model", default=str(ROOT / "runs" / "sentiment_mr_best" / "export"))
     ap.add_argument("--support-model", default=str(ROOT / "runs" / "support_qa" / "export"))
     ap.add_argument("--out", default=str(ROOT / "space"))
     args = ap.parse_args(argv)

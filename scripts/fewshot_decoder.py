@@ -39,6 +39,15 @@ def decoder_inputs(cfg, tok, model, texts):
     return seqs, pos, ids[:, 0, 0]
 
 
+def peer_lora(tdec, cfg, tok, model, train, dev, test_seqs, test_pos, test_y, seed: int) -> float:
+    """Test accuracy of the PyTorch + peft LoRA peer: ``cfg``'s recipe and lr grid, best on dev."""
+    tr = decoder_inputs(cfg, tok, model, train["text"])[:2] + (np.asarray(list(train["label"])),)
+    dv = decoder_inputs(cfg, tok, model, dev["text"])[:2] + (np.asarray(list(dev["label"])),)
+    lora, _ = tdec.lora(tr, dv, cfg.finetune.lr_grid, cfg.finetune.steps, cfg.finetune.batch_size, seed,
+                        cfg.finetune.eval_every)
+    return float((tdec.predict(lora, test_seqs, test_pos) == test_y).mean())
+
+
 def decoder_speed(ctx, tdec, train, test_texts):
     """Train-step seconds (batch 8, LoRA, mean over the same 12 batches after a pass that compiles)
     and test sentences/s, ours and PyTorch's."""
@@ -145,10 +154,6 @@ def seeds_only(seeds, cfg, mr, tok, model, tdec, test_seqs, test_pos, test_y, wo
             continue
         train, dev = fewshot.fewshot_split(mr["train"], cfg.data.k_shot, seed)
         t = time.perf_counter()
-        tr = decoder_inputs(cfg, tok, model, train["text"])[:2] + (np.asarray(list(train["label"])),)
-        dv = decoder_inputs(cfg, tok, model, dev["text"])[:2] + (np.asarray(list(dev["label"])),)
-        lora, _ = tdec.lora(tr, dv, cfg.finetune.lr_grid, cfg.finetune.steps, cfg.finetune.batch_size, seed,
-                            cfg.finetune.eval_every)
-        acc = float((tdec.predict(lora, test_seqs, test_pos) == test_y).mean())
+        acc = peer_lora(tdec, cfg, tok, model, train, dev, test_seqs, test_pos, test_y, seed)
         row["decoder PyTorch + PEFT LoRA (same recipe and grid)"] = (acc, time.perf_counter() - t)
         record({"seed": seed, "k_shot": cfg.data.k_shot, "results": row})

@@ -189,6 +189,25 @@ def test_slow_model_is_served_by_its_distilled_student(exports):
     assert "distilled student" in text and "this model (few-shot)" in text and "Serving the distilled student" in text
 
 
+def test_an_ensemble_export_is_served_by_its_student_without_loading_it(exports, tmp_path):
+    """A prompt ensemble (or decoder) export with a student: the demo serves the student and never
+    loads the heavy model."""
+    import json
+    import shutil
+
+    demo_app = _demo_app()
+    ens = tmp_path / "export"
+    shutil.copytree(exports[0], ens)
+    meta = json.loads((ens / "autogpt_jax.json").read_text())
+    meta["ensemble"] = {"weighting": "dev", "members": [{"dir": ".", "weight": 0.5}, {"dir": "missing", "weight": 0.5}]}
+    (ens / "autogpt_jax.json").write_text(json.dumps(meta))
+    (ens / "model.safetensors").unlink()  # never read
+    s = demo_app.Sentiment(ens, warmup=(1,))
+    assert s.served == "student" and s.model is None and s.model_ms is None and s.student_ms is not None
+    assert s.classify(["a moving film"])[0]["model"] == "student"
+    assert "Serving the distilled student" in demo_app.how_it_works(s, None)
+
+
 def test_negative_sentiment_escalates_at_the_threshold(exports, monkeypatch):
     """The chat is flagged for a human when the sentiment model gives negative at least
     NEGATIVE_ESCALATION (85%); just under it, it is not."""

@@ -3,7 +3,8 @@ its command line (``cli``)."""
 
 from autogpt_jax.config.cli import load_config, to_dict, valid_keys
 from autogpt_jax.config.recipe import (PEFT_METHODS, AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig,
-                                       HandoverConfig, PeftConfig, PretrainConfig, PromptConfig, RetrievalConfig)
+                                       HandoverConfig, PeftConfig, PretrainConfig, PromptConfig, RetrievalConfig,
+                                       SelftrainConfig)
 from autogpt_jax.config.schema import STAGES, Config
 from autogpt_jax.config.sections import (DTYPES, CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
                                          OptimConfig, SelectConfig)
@@ -12,4 +13,4 @@ from autogpt_jax.errors import ConfigError
 __all__ = ["DTYPES", "PEFT_METHODS", "STAGES", "AdaptConfig", "CheckpointConfig", "Config", "ConfigError",
            "DataConfig", "DistillConfig", "EvalConfig", "FinetuneConfig", "HandoverConfig", "LoggingConfig",
            "MeshConfig", "ModelConfig", "OptimConfig", "PeftConfig", "PretrainConfig", "PromptConfig",
-           "RetrievalConfig", "SelectConfig", "load_config", "to_dict", "valid_keys"]
+           "RetrievalConfig", "SelectConfig", "SelftrainConfig", "load_config", "to_dict", "valid_keys"]

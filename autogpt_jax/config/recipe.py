@@ -9,6 +9,8 @@ from typing import Optional
 from autogpt_jax.config.sections import DTYPES, OptimConfig, check
 from autogpt_jax.errors import ConfigError
 
+CALIBRATIONS = ("none", "content_free", "prior", "both")
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     # mlm (BERT) or clm (GPT-2); auto picks by architecture.
@@ -49,6 +51,7 @@ class PromptConfig:
     # How many template candidates to try, and fine-tuning steps for each trial.
     candidates: int = 3
     search_steps: int = 30
+    # search_steps 0 ranks the candidates by zero-shot dev accuracy (ties: lower dev log-loss).
     # Automatic label words: top-k words per class by mask probability, combinations scored on train.
     top_k_words: int = 8
     max_length: int = 96
@@ -63,16 +66,36 @@ class PromptConfig:
     # the conversation (in-context demonstrations, LM-BFF); they run once per batch as part of the
     # shared prefix. 0: none.
     demonstrations: int = 0
+    # Prompt ensemble (PET): the `ensemble` best prompts -- ranked (template, label words) pairs,
+    # each trained with `ensemble_seeds` seeds -- are fine-tuned (lr grid on dev each) and
+    # combined by their log-probabilities averaged with weights: dev (each member's dev
+    # accuracy) or uniform. 1: a single model.
+    ensemble: int = 1
+    ensemble_weighting: str = "dev"
+    ensemble_seeds: int = 1
+    # Decoders: this many paraphrases of each rule instruction, written by the model itself
+    # (generate_text), join the template candidates (LM-BFF generated them with T5). 0: none.
+    paraphrases: int = 0
+    # Calibration of prompt scores (cloze, next-token, similarity) after fine-tuning: none |
+    # content_free (subtract the mean log-probability of content-free inputs -- "N/A", "", the
+    # mask token -- Zhao et al. 2021) | prior (a class bias fitted on dev by log-loss) | both.
+    calibrate: str = "none"
 
     def __post_init__(self):
+        check(self.ensemble >= 1 and self.ensemble_seeds >= 1 and self.paraphrases >= 0,
+              "prompt.ensemble and prompt.ensemble_seeds must be >= 1 and prompt.paraphrases >= 0")
+        check(self.ensemble_weighting in ("dev", "uniform"),
+              f"prompt.ensemble_weighting must be dev or uniform, got {self.ensemble_weighting!r}")
+        check(self.calibrate in CALIBRATIONS,
+              f"prompt.calibrate must be one of {', '.join(CALIBRATIONS)}, got {self.calibrate!r}")
         check(self.demonstrations >= 0, f"prompt.demonstrations must be >= 0, got {self.demonstrations}")
         check(self.task_type in ("sentiment", "topic", "intent", "nli"),
                f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
         check(self.scoring in ("auto", "cloze", "similarity"),
                f"prompt.scoring must be auto, cloze or similarity, got {self.scoring!r}")
         check(self.similarity_scale > 0, "prompt.similarity_scale must be > 0")
-        check(self.candidates >= 1 and self.search_steps >= 1 and self.top_k_words >= 1 and self.max_length >= 16,
-               "prompt.candidates, prompt.search_steps, prompt.top_k_words >= 1 and prompt.max_length >= 16")
+        check(self.candidates >= 1 and self.search_steps >= 0 and self.top_k_words >= 1 and self.max_length >= 16,
+               "prompt.candidates, prompt.top_k_words >= 1, prompt.search_steps >= 0 and prompt.max_length >= 16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +127,8 @@ class FinetuneConfig:
     batch_size: int = 8
     # The grid (LM-BFF protocol: best on dev): comma-separated values.
     learning_rates: str = "1e-4,3e-5"
+    # How the grid's point is chosen on dev: accuracy (ties: the lower dev log-loss) | log_loss.
+    select: str = "accuracy"
     # Joint objective L = L_task + mlm_weight · L_mlm (on unlabelled task text); 0 disables.
     mlm_weight: float = 0.0
     # FGM adversarial training: perturb the word embeddings by ε along the loss gradient (0: off).
@@ -122,6 +147,7 @@ class FinetuneConfig:
     def __post_init__(self):
         check(self.mode in ("prompt", "head"), f"finetune.mode must be prompt or head, got {self.mode!r}")
         check(self.pooling in ("pooler", "cls", "mean"), "finetune.pooling must be pooler, cls or mean")
+        check(self.select in ("accuracy", "log_loss"), f"finetune.select must be accuracy or log_loss, got {self.select!r}")
         check(self.mlm_weight >= 0, "finetune.mlm_weight must be >= 0")
         check(self.fgm_epsilon >= 0, "finetune.fgm_epsilon must be >= 0")
         try:
@@ -194,6 +220,9 @@ class EvalConfig:
     # Learning-rate grid of the head fine-tuning baseline (a fresh classifier head wants larger
     # steps than prompt fine-tuning of a sentence encoder).
     head_learning_rates: str = "1e-4,3e-5"
+    # Also measure every point of the fine-tuning stage's lr grid on the test set (reported beside
+    # its dev figures, never used to choose): how each selection rule would have done.
+    grid_test: bool = False
 
     def __post_init__(self):
         try:
@@ -224,8 +253,10 @@ class DistillConfig:
     student: str = "minilm-l6"
     steps: int = 300
     batch_size: int = 32
-    # Unlabelled texts the teacher labels (the task's pool, capped).
-    max_unlabeled: int = 4000
+    # Unlabelled texts the teacher labels: the task's whole pool (data.unlabeled, or the labelled
+    # pool with its labels dropped), at most this many (null: all). The labels are cached per
+    # (teacher, pool): after a selftrain stage whose teacher is the same model, none are computed again.
+    max_unlabeled: Optional[int] = None
     # Teacher logits are divided by this before the softmax (soft targets).
     temperature: float = 1.0
     max_length: int = 64
@@ -234,10 +265,63 @@ class DistillConfig:
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=5e-5, warmup_steps=30))
 
     def __post_init__(self):
-        check(self.steps >= 1 and self.batch_size >= 1 and self.max_unlabeled >= 1 and self.eval_every >= 1,
+        check(self.steps >= 1 and self.batch_size >= 1 and (self.max_unlabeled or 1) >= 1 and self.eval_every >= 1,
                "distill.steps, batch_size, max_unlabeled and eval_every must be >= 1")
         check(self.temperature > 0, f"distill.temperature must be > 0, got {self.temperature}")
         check(self.pooling in ("cls", "mean", "pooler"), f"distill.pooling must be cls, mean or pooler, got {self.pooling!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelftrainConfig:
+    """Stage ``selftrain`` (iPET / noisy student): the task model (the ensemble, when there is one)
+    labels the unlabelled pool; the most confident pool texts of each class above `threshold` join
+    the K labelled examples with soft labels at `temperature`; a student learns them (noised), and
+    becomes the next generation's teacher. The student is the run's own backbone, started from the
+    weights fine-tuning started from; a smaller student is the distill stage's."""
+
+    generations: int = 1
+    # Pseudo-labelled texts per class in generation 1; each generation keeps `growth` times as many
+    # (iPET: 5). Class-balanced: every class gets the same number (fewer when fewer pass the threshold).
+    per_class: int = 32
+    growth: float = 5.0
+    # Teacher confidence (max class probability) a pool text needs.
+    threshold: float = 0.9
+    # Soft labels: the teacher's logits divided by this before the softmax (PET: 2). 0: hard labels.
+    temperature: float = 2.0
+    # Pool texts the teacher labels, at most (null: the whole pool).
+    max_unlabeled: Optional[int] = None
+    # Noise on the student's pseudo-labelled inputs: word dropout at this rate (0: none), besides the
+    # model's dropout.
+    word_dropout: float = 0.1
+    # Joint loss L = L_task + mlm_weight · L_mlm / L_clm on the unlabelled text (0: off).
+    mlm_weight: float = 0.0
+    # Training steps per generation (null: finetune.steps scaled by the data growth, at most 4×).
+    steps: Optional[int] = None
+    # Learning rates of the student (null: the one fine-tuning chose on dev).
+    learning_rates: Optional[str] = None
+
+    def __post_init__(self):
+        check(self.generations >= 1, f"selftrain.generations must be >= 1, got {self.generations}")
+        check(self.per_class >= 1 and self.growth >= 1.0, "selftrain.per_class must be >= 1 and selftrain.growth >= 1")
+        check(0.0 <= self.threshold < 1.0, f"selftrain.threshold must be in [0, 1), got {self.threshold}")
+        check(self.temperature >= 0, f"selftrain.temperature must be >= 0, got {self.temperature}")
+        check(0.0 <= self.word_dropout < 1.0, f"selftrain.word_dropout must be in [0, 1), got {self.word_dropout}")
+        check(self.mlm_weight >= 0, "selftrain.mlm_weight must be >= 0")
+        check(self.steps is None or self.steps >= 1, "selftrain.steps must be >= 1 or null")
+        check(self.max_unlabeled is None or self.max_unlabeled >= 1, "selftrain.max_unlabeled must be >= 1 or null")
+        try:
+            ok = all(lr > 0 for lr in self.lr_grid)
+        except ValueError:
+            ok = False
+        check(ok, f"selftrain.learning_rates must be comma-separated positive numbers, got {self.learning_rates!r}")
+
+    @property
+    def lr_grid(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in str(self.learning_rates or "").split(",") if x.strip())
+
+    def kept_per_class(self, generation: int) -> int:
+        """Pseudo-labelled texts per class in ``generation`` (1-based)."""
+        return int(round(self.per_class * self.growth ** (generation - 1)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import dataclasses
 
 from autogpt_jax.config.recipe import (AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig, HandoverConfig,
-                                       PeftConfig, PretrainConfig, PromptConfig, RetrievalConfig)
+                                       PeftConfig, PretrainConfig, PromptConfig, RetrievalConfig, SelftrainConfig)
 from autogpt_jax.config.sections import (CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
                                          SelectConfig, check)
 
-STAGES = ("pretrain", "prompt", "adapt", "finetune", "evaluate", "distill", "retrieval", "export")
+STAGES = ("pretrain", "prompt", "adapt", "finetune", "selftrain", "evaluate", "distill", "retrieval", "export")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     output_dir: str = "runs/default"
     seed: int = 0
-    # Comma-separated subset of: pretrain,prompt,adapt,finetune,evaluate,distill,export
+    # Comma-separated subset of: pretrain,prompt,adapt,finetune,selftrain,evaluate,distill,retrieval,export
     stages: str = "pretrain"
     # JAX's persistent compilation cache ($AUTOGPT_JAX_CACHE/xla, or JAX_COMPILATION_CACHE_DIR): a
     # later run reads the executables an earlier one compiled. false compiles everything afresh.
@@ -34,6 +34,7 @@ class Config:
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    selftrain: SelftrainConfig = dataclasses.field(default_factory=SelftrainConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     handover: HandoverConfig = dataclasses.field(default_factory=HandoverConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
@@ -48,6 +49,10 @@ class Config:
         check(not (self.finetune.fgm_epsilon > 0 and self.peft.method != "none"),
                "finetune.fgm_epsilon perturbs the trained word embeddings; with peft.method "
                f"{self.peft.method} they are frozen. Use one or the other")
+        check("selftrain" not in self.stage_list or "finetune" in self.stage_list,
+              "the selftrain stage labels the pool with the fine-tuned task model: add finetune to --stages")
+        check(self.prompt.ensemble == 1 or "finetune" in self.stage_list,
+              "prompt.ensemble fine-tunes each member: add finetune to --stages")
         check(not self.handover.enabled or "evaluate" in self.stage_list,
                "handover.enabled calibrates the hand-over threshold in the evaluate stage; add evaluate to --stages")
 

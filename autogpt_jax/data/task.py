@@ -20,8 +20,12 @@ class Task:
     train: Any  # datasets.Dataset (K per class)
     dev: Any
     test: Any
-    unlabeled: list[str]
+    unlabeled: list[str]  # for adaptive training (capped at adapt.max_unlabeled)
     seed: int
+    # The whole unlabelled pool (data.unlabeled or the labelled pool without its labels), every text
+    # of the test split and of this seed's train and dev splits taken out: what self-training and
+    # distillation label.
+    pool: tuple[str, ...] = ()
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
@@ -57,11 +61,15 @@ def prepare_task(cfg: Config, seed: int, split_dir: Path | None = None) -> Task:
         unlabeled = sources.load_unlabeled(d.unlabeled, d.unlabeled_file)
     else:  # the rest of the labelled pool, labels dropped (never the test split)
         unlabeled = list(pool["text"])
+    test_texts = set(ds["test"]["text"])
+    unlabeled = [t for t in unlabeled if t not in test_texts]  # a test text is never trained on
+    seen = set(train["text"]) | set(dev["text"])
+    full = tuple(t for t in unlabeled if t not in seen)
     cap = cfg.adapt.max_unlabeled
     if len(unlabeled) > cap:
         keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(unlabeled))[:cap])
         unlabeled = [unlabeled[i] for i in keep]
-    return Task(names, train, dev, fewshot.fixed_subset(ds["test"], d.max_test), unlabeled, seed)
+    return Task(names, train, dev, fewshot.fixed_subset(ds["test"], d.max_test), unlabeled, seed, full)
 
 
 def num_labels(d: DataConfig) -> int:

@@ -15,6 +15,7 @@ from autogpt_jax.errors import ConfigError
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.inference import Classifier, make_classifier
 from autogpt_jax.models.build import is_decoder
+from autogpt_jax.models.generation import generate_text
 from autogpt_jax.prompts.templates import Template, Verbalizer
 
 
@@ -125,11 +126,64 @@ def search_label_words_similarity(model, tok, train, names: list[str], template:
                     {"label_words": base.to_json(), "train_zero_shot_accuracy": acc_base}, *cands]
 
 
-def rank_templates(candidates: list[str], dev_accuracy: Callable[[Template], float]) -> list[dict]:
-    """Candidate templates, best first, by ``dev_accuracy`` (a short fine-tuning per template)."""
-    scored = [{"template": t, "dev_accuracy": dev_accuracy(Template(t))} for t in candidates]
-    scored.sort(key=lambda x: -x["dev_accuracy"])
-    return scored
+def rank_templates(candidates: list[str], dev_score: Callable[[Template], dict]) -> list[dict]:
+    """Candidate templates, best first, by ``dev_score`` (``dev_accuracy`` and ``dev_log_loss`` of a
+    short fine-tuning, or zero-shot): accuracy, ties to the lower log-loss, then the earlier candidate."""
+    scored = [{"template": t, **dev_score(Template(t))} for t in candidates]
+    order = sorted(range(len(scored)), key=lambda i: (-scored[i]["dev_accuracy"],
+                                                      scored[i].get("dev_log_loss") or 0.0, i))
+    return [scored[i] for i in order]
+
+
+PARAPHRASE_REQUEST = ("Rewrite the following question in different words, keeping its meaning. "
+                      "Reply with the rewritten question only.\nQuestion: {line}")
+
+
+def instruction_line(source: str) -> str | None:
+    """The instruction of a chat template: the longest line of the user's turn without an input."""
+    user = source.split("{answer}")[0] if "{answer}" in source else source.split("{mask}")[0]
+    lines = [ln for ln in user.split("\n") if "{" not in ln and len(ln.strip()) >= 10]
+    return max(lines, key=len) if lines else None
+
+
+def usable_paraphrase(text: str, original: str) -> str | None:
+    """The first line of a generated paraphrase, when it can stand in a template: 10-200 characters,
+    no braces, not the original, ending as the original ends ("?")."""
+    line = text.strip().split("\n")[0].strip().strip('"').strip()
+    for prefix in ("Question:", "Rewritten question:", "Rewritten:"):
+        if line.lower().startswith(prefix.lower()):
+            line = line[len(prefix):].strip()
+    if not 10 <= len(line) <= 200 or "{" in line or "}" in line or line.lower() == original.lower():
+        return None
+    if original.endswith("?") and not line.endswith("?"):
+        return None
+    return line
+
+
+def paraphrase_templates(model, tok, templates: list[str], per_template: int, seed: int, *,
+                         tries: int = 4) -> list[str]:
+    """The model-based prompt generator (decoders): ``per_template`` paraphrases of each chat
+    template's instruction, written by the model itself (sampled at temperature 0.8, a few tries
+    each), each put in place of the instruction. Templates without an instruction line give none."""
+    if not is_decoder(model):
+        raise ConfigError("prompt.paraphrases needs a decoder (it writes the paraphrases); set prompt.paraphrases 0")
+    out: list[str] = []
+    for source in templates:
+        line = instruction_line(source)
+        if line is None:
+            continue
+        found: list[str] = []
+        for t in range(tries):
+            replies = generate_text(model, tok, [PARAPHRASE_REQUEST.format(line=line)] * per_template,
+                                    max_new_tokens=48, temperature=0.8, top_p=0.95, seed=seed + 101 * t)
+            for r in replies:
+                p_ = usable_paraphrase(r, line)
+                if p_ is not None and p_ not in found and len(found) < per_template:
+                    found.append(p_)
+            if len(found) >= per_template:
+                break
+        out += [source.replace(line, p_, 1) for p_ in found]
+    return [t for t in dict.fromkeys(out) if t not in templates]
 
 
 def pick_demonstrations(train, verb: Verbalizer, per_class: int, seed: int, model) -> list[tuple[str, str]]:

@@ -4,7 +4,8 @@ needs from the frozen per-seed ``SeedState`` and returns a new one.
 ``scope``: ``run`` stages run once (pretraining before the seeds; retrieval and export after
 them, on the exported seed), ``seed`` stages once per split seed. ``enabled`` says when a stage
 runs: the stages named in ``--stages``, plus the steps they need (``task``: the split and the
-rule prompt; ``demonstrations``; ``baselines`` with ``eval.compare``).
+rule prompt; ``demonstrations``; ``baselines`` with ``eval.compare``; ``ensemble`` after
+finetune with ``prompt.ensemble`` > 1 or ``prompt.calibrate``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from autogpt_jax.config import Config
 from autogpt_jax.data.sources import check_out_of_scope
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.prompts.templates import Template
-from autogpt_jax.stages import (adapt, baselines, distill, evaluate, export, finetune, pretrain, prompt, retrieval,
-                                task)
+from autogpt_jax.stages import (adapt, baselines, distill, ensemble, evaluate, export, finetune, pretrain, prompt,
+                                retrieval, selftrain, task)
 from autogpt_jax.stages.context import RunContext, SeedState
 from autogpt_jax.training.checkpoint import has_checkpoints
 
-TASK_STAGES = ("prompt", "adapt", "finetune", "evaluate", "distill")
+TASK_STAGES = ("prompt", "adapt", "finetune", "selftrain", "evaluate", "distill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("baselines", baselines.run, "seed", lambda c: _task(c) and c.eval.compare),
     Stage("adapt", adapt.run, "seed", _named("adapt")),
     Stage("finetune", finetune.run, "seed", _named("finetune")),
+    Stage("ensemble", ensemble.run, "seed",
+          lambda c: "finetune" in c.stage_list and (c.prompt.ensemble > 1 or c.prompt.calibrate != "none")),
+    Stage("selftrain", selftrain.run, "seed", _named("selftrain")),
     Stage("evaluate", evaluate.run, "seed", _named("evaluate")),
     Stage("distill", distill.run, "seed", _named("distill")),
     Stage("retrieval", retrieval.run, "run", _named("retrieval")),

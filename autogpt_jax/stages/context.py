@@ -72,7 +72,7 @@ class RunContext:
         """A classifier of ``mode`` over ``model`` with this run's prompt settings."""
         return make_classifier(mode, model, self.tokenizer, labels or task.names, template, verb,
                                max_length=self.cfg.prompt.max_length, pooling=self.cfg.finetune.pooling,
-                               scale=self.cfg.prompt.similarity_scale)
+                               scale=self.cfg.prompt.similarity_scale, mesh=self.mesh)
 
     def checkpointing(self, name: str, directory: str, keys: tuple[str, ...], upstream: Mapping[str, Any],
                       inputs: dict[str, Any] | None = None) -> Checkpointing:
@@ -97,11 +97,13 @@ class SeedState:
     template: Template | None = None
     verbalizer: Verbalizer | None = None
     template_candidates: tuple[str, ...] = ()
+    rule_verbalizer: Verbalizer | None = None  # the label words from the label names (an ensemble's second set)
     classifier: Classifier | None = None
     student: Classifier | None = None  # the distill stage's student (head mode), exported to export/student
     handover: Handover | None = None  # fitted by the evaluate stage when handover.enabled
     retriever: Any = None  # the retrieval stage's Retriever, exported to export/retriever
     finetune: dict | None = None  # the chosen fine-tuning run's summary (dev accuracy, log-loss, step)
+    pretuned: nnx.Module | None = None  # the weights fine-tuning started from (self-training's students start there)
     # (model, summary) of the prompt fine-tuning baseline when the real fine-tuning would repeat it
     baseline_ft: tuple[Any, dict] | None = None
     fingerprints: Mapping[str, Any] = dataclasses.field(default_factory=_empty)  # stage -> fingerprint of its checkpoints

@@ -1,6 +1,8 @@
-"""Stage ``distill``: the task model (teacher) soft-labels the unlabelled pool; a small student
-with a classification head learns those labels and the K-shot examples' own (one-hot), keeping
-its best dev step. The student is exported beside the teacher (export/student)."""
+"""Stage ``distill``: the task model (teacher: the ensemble, or self-training's last student)
+soft-labels the whole unlabelled pool (cached per teacher and pool: the labels self-training
+already computed with the same teacher are read back); a small student with a classification
+head learns those labels and the K-shot examples' own (one-hot), keeping its best dev step. The
+student is exported beside the teacher (export/student)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import dataclasses
 import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from autogpt_jax.data import batching
@@ -17,6 +17,7 @@ from autogpt_jax.errors import ConfigError
 from autogpt_jax.evaluation import evaluate, sentences_per_s
 from autogpt_jax.inference import Classifier
 from autogpt_jax.models.build import build_model
+from autogpt_jax.pseudolabels import label_pool, pool_subset, soft_targets
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
 from autogpt_jax.training import objectives
 from autogpt_jax.training import sharding as shd
@@ -26,9 +27,11 @@ from autogpt_jax.training.fit import fit
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = ensure_classifier(ctx, state)
     cfg, dc, task, teacher = ctx.cfg, ctx.cfg.distill, state.task, state.classifier
-    pool = list(task.unlabeled)[: dc.max_unlabeled]
+    pool = pool_subset(task.pool, dc.max_unlabeled, task.seed)
     t0 = time.perf_counter()
-    soft = np.asarray(jax.nn.softmax(jnp.asarray(teacher.logits(pool, cfg.eval.batch_size)) / dc.temperature, axis=-1))
+    logits, cached = label_pool(teacher, pool, ctx.out / "cache" / "pool_labels", cfg.eval.batch_size,
+                                progress="distill: the teacher labels the pool" if cfg.logging.progress else None)
+    soft = soft_targets(logits, dc.temperature)
     label_s = time.perf_counter() - t0
     C = len(task.names)
     train_y = np.asarray(task.train["label"], np.int64)
@@ -46,7 +49,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     loss = lambda m, b, r=None: objectives.distill_loss(m, b, r, pooling=dc.pooling)  # noqa: E731
 
     def classifier(m) -> Classifier:
-        return Classifier(m, stok, task.names, "head", max_length=dc.max_length, pooling=dc.pooling)
+        return Classifier(m, stok, task.names, "head", max_length=dc.max_length, pooling=dc.pooling, mesh=ctx.mesh)
 
     res = fit(stage="distill", model=built.model, loss=loss, optim=dc.optim, steps=dc.steps, batches=batches,
               batch_size=dc.batch_size, batch_key="distill.batch_size", mesh=ctx.mesh, logger=ctx.logger,
@@ -56,7 +59,8 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     clf = classifier(res.model)
     best = res.best or {"step": 0, "dev_accuracy": -1.0}
     rep: dict[str, Any] = {"student": built.source, "pool": len(pool), "temperature": dc.temperature,
-                           "teacher_labelling_s": round(label_s, 1), "best_step": best["step"],
+                           "teacher_labelling_s": round(label_s, 1), "labels_from_cache": cached,
+                           "teacher": type(teacher).__name__, "best_step": best["step"],
                            "best_dev_accuracy": best["dev_accuracy"], "train_wall_time_s": res.summary["wall_time_s"]}
     rep["student_test"] = evaluate(clf, task.test, cfg.eval.batch_size)
     rep["teacher_test"] = state.results.get("test") or evaluate(teacher, task.test, cfg.eval.batch_size)

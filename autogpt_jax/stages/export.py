@@ -1,7 +1,8 @@
 """Stage ``export`` (run once, on the exported seed): a Hugging Face model directory that
 PyTorch ``transformers`` loads, plus ``autogpt_jax.json`` (export_format); PEFT weights merged
 (LoRA, AdaLoRA; the unmerged LoRA adapter beside them in the PEFT library's layout) or kept in a
-side file; the retriever and the distilled student beside it when the run has them."""
+side file; the retriever and the distilled student beside it when the run has them; a prompt
+ensemble's other members as exports of their own under members/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dataclasses
 from flax import nnx
 
 from autogpt_jax import export_format
+from autogpt_jax.ensemble import Ensemble
 from autogpt_jax.models import hf
 from autogpt_jax.models import peft as peft_lib
 from autogpt_jax.models import peft_export
@@ -47,22 +49,37 @@ def _architecture(model, clf) -> str:
     return hf.default_architecture(model)
 
 
+def _save(ctx: RunContext, model, clf, out, task: dict, **meta):
+    """One task model's export directory: the Hugging Face model (PEFT merged or beside it) and its
+    ``autogpt_jax.json``."""
+    saved, peft_meta = _peft_export(ctx, model, out)
+    arch = _architecture(model, clf)
+    hf.save_pretrained(saved, out, tokenizer=ctx.tokenizer, architecture=arch,
+                       labels=clf.labels if clf is not None else None)  # collective: every process gathers
+    if is_main():
+        export_format.write_meta(out, source_model=ctx.backbone.source, architecture=arch, classifier=clf,
+                                 task=task if clf is not None else None, peft_meta=peft_meta, **meta)
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, out = ctx.cfg, ctx.out / "export"
     if state.task is not None:
         state = ensure_classifier(ctx, state)
-    model, peft_meta = _peft_export(ctx, state.model, out)
     clf = state.classifier
-    arch = _architecture(state.model, clf)
-    hf.save_pretrained(model, out, tokenizer=ctx.tokenizer, architecture=arch,
-                       labels=clf.labels if clf is not None else None)  # collective: every process gathers
     task = {"dataset": cfg.data.dataset, "train_file": cfg.data.train_file}
-    if is_main():
-        export_format.write_meta(out, source_model=ctx.backbone.source, architecture=arch,
-                                 classifier=clf, task=task if clf is not None else None, peft_meta=peft_meta,
-                                 handover=state.handover, retriever_dir="retriever" if state.retriever else None,
-                                 top_k=cfg.retrieval.top_k)
+    members = clf.members if isinstance(clf, Ensemble) else [clf]
+    ensemble = None
+    if isinstance(clf, Ensemble):  # member 0 at the top (what PyTorch loads), the others under members/
+        dirs = ["."] + [f"members/{i}" for i in range(1, len(members))]
+        ensemble = {"weighting": clf.weighting,
+                    "members": [{**e, "dir": d, "weight": float(w)} for e, d, w in zip(clf.info, dirs, clf.weights)]}
+        for m, d in zip(members[1:], dirs[1:]):
+            _save(ctx, m.model, m, out / d, task)
+    _save(ctx, state.model, members[0], out, task, handover=state.handover,
+          retriever_dir="retriever" if state.retriever else None, top_k=cfg.retrieval.top_k, ensemble=ensemble)
     rep = {"dir": str(out)}
+    if ensemble is not None:
+        rep["ensemble_members"] = len(members)
     if state.task is not None:
         rep["seed"] = state.seed
     if state.retriever is not None:

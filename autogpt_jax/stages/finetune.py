@@ -25,7 +25,8 @@ from autogpt_jax.training import sharding as shd
 from autogpt_jax.training.fit import fit
 
 
-def with_peft(ctx: RunContext, model, loss, steps: int, head_paths: tuple[str, ...]) -> tuple[Any, dict]:
+def with_peft(ctx: RunContext, model, loss, steps: int, head_paths: tuple[str, ...], seed: int | None = None
+              ) -> tuple[Any, dict]:
     """The model to train and the trainer arguments: with ``--peft.method``, a copy of ``model``
     with the method's parameters attached (unless it already carries them, as after a PEFT adapt
     stage), trained alone plus the head; full fine-tuning otherwise."""
@@ -34,7 +35,7 @@ def with_peft(ctx: RunContext, model, loss, steps: int, head_paths: tuple[str, .
         return model, {"loss": loss}
     if not peft_lib.has_peft(model):
         model = nnx.clone(model)
-        peft_lib.apply(model, pc, seed=ctx.cfg.seed)
+        peft_lib.apply(model, pc, seed=ctx.cfg.seed if seed is None else seed)
     kw: dict[str, Any] = {"loss": loss, "trainable": peft_lib.trainable_filter(pc, head_paths=head_paths),
                           "frozen_dtype": dtype_of(pc.frozen_dtype) if pc.frozen_dtype != "float32" else None}
     if pc.method == "adalora":
@@ -62,46 +63,60 @@ def mlm_batches(ctx: RunContext, task: Task, model, template: Template, verb: Ve
                          template, ids_CxW, ctx.cfg.adapt, batch_size, seed, decoder=is_decoder(model))
 
 
+def train_seed(ctx: RunContext, offset: int) -> int:
+    """The seed of a training run (PEFT initialisation, dropout): the run's, moved by ``offset``
+    (an ensemble member's seed index)."""
+    return ctx.cfg.seed + 1000 * offset
+
+
 def classifier_training(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
-                        verb: Verbalizer | None, *, steps: int, mlm_weight: float = 0.0) -> tuple[Any, Any, dict]:
+                        verb: Verbalizer | None, *, steps: int, mlm_weight: float = 0.0,
+                        data: tuple[list[str], np.ndarray] | None = None, seed_offset: int = 0
+                        ) -> tuple[Any, Any, dict]:
     """What fine-tuning ``mode`` trains: the model (a PEFT copy with ``--peft.method``), the
-    K-shot training batches, and the trainer arguments (``loss``, and PEFT's filter and hook)."""
+    training batches (the K-shot split, or ``data``: texts with integer labels or N × C soft
+    labels), and the trainer arguments (``loss``, and PEFT's filter and hook)."""
     cfg, fc, tok = ctx.cfg, ctx.cfg.finetune, ctx.tokenizer
-    texts, labels = list(task.train["text"]), np.asarray(task.train["label"], np.int32)
+    texts, labels = data or (list(task.train["text"]), np.asarray(task.train["label"], np.int32))
+    target = {"soft_labels": np.asarray(labels, np.float32)} if np.ndim(labels) == 2 else {
+        "labels": np.asarray(labels, np.int32)}
     ids = None
     if mode == "prompt":
         ids, wts = word_table(tok, model, verb, template)
         # Decoders: the shared prompt prefix is split off and runs once per batch.
         seqs, mpos, prefix = prompt_inputs(tok, model, template, texts, cfg.prompt.max_length)
         loss = objectives.make_cloze_loss(ids, wts, prefix)
-        fields = {"mask_pos": mpos, "labels": labels}
+        fields = {"mask_pos": mpos, **target}
     elif mode == "similarity":
         loss = objectives.make_similarity_loss(*verb.description_table(tok, template), cfg.prompt.similarity_scale)
         seqs = batching.encode(tok, texts, cfg.prompt.max_length)
-        fields = {"labels": labels}
+        fields = {**target}
     else:
         if getattr(model, "classifier", None) is None:
             raise ConfigError("finetune.mode head needs a classification head; the model was built without one")
         loss = objectives.head_loss(fc.pooling)
         seqs = batching.encode(tok, texts, cfg.prompt.max_length)
-        fields = {"labels": labels}
+        fields = {**target}
     bs = fc.batch_size
-    batches = example_batches(ctx, model, seqs, fields, bs, task.seed, ids)
+    batches = example_batches(ctx, model, seqs, fields, bs, task.seed + seed_offset, ids)
     if mlm_weight > 0:
         lm_loss = objectives.clm_loss if is_decoder(model) else objectives.mlm_loss
         loss = objectives.joint_loss(loss, lm_loss, mlm_weight)
-        batches = JointBatches(batches, mlm_batches(ctx, task, model, template, verb, bs, task.seed + 17))
-    model, peft_kw = with_peft(ctx, model, loss, steps, head_paths=("classifier",) if mode == "head" else ())
+        batches = JointBatches(batches, mlm_batches(ctx, task, model, template, verb, bs, task.seed + 17 + seed_offset))
+    model, peft_kw = with_peft(ctx, model, loss, steps, head_paths=("classifier",) if mode == "head" else (),
+                               seed=train_seed(ctx, seed_offset))
     return model, batches, peft_kw
 
 
 def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
                      verb: Verbalizer | None, *, lr: float, steps: int, stage: str, mlm_weight: float = 0.0,
-                     early_stop: bool = True) -> tuple[Any, dict]:
-    """Fine-tune on the K-shot train split; returns the model at its best dev accuracy and a summary."""
+                     early_stop: bool = True, data: tuple[list[str], np.ndarray] | None = None,
+                     seed_offset: int = 0) -> tuple[Any, dict]:
+    """Fine-tune on the K-shot train split (or ``data``); returns the model at its best dev
+    accuracy (ties: the earlier step) and a summary."""
     cfg, fc = ctx.cfg, ctx.cfg.finetune
     model, batches, peft_kw = classifier_training(ctx, task, model, mode, template, verb, steps=steps,
-                                                  mlm_weight=mlm_weight)
+                                                  mlm_weight=mlm_weight, data=data, seed_offset=seed_offset)
 
     def on_dev(m) -> dict[str, float]:
         res = evaluate(ctx.classifier(mode, m, task, template, verb), task.dev, cfg.eval.batch_size)
@@ -109,7 +124,8 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
 
     res = fit(stage=stage, model=model, loss=peft_kw.pop("loss"), optim=dataclasses.replace(fc.optim, learning_rate=lr),
               steps=steps, batches=batches, batch_size=fc.batch_size, batch_key="finetune.batch_size", mesh=ctx.mesh,
-              logger=ctx.logger, seed=cfg.seed, progress=cfg.logging.progress, log_every=max(1, steps // 10),
+              logger=ctx.logger, seed=train_seed(ctx, seed_offset), progress=cfg.logging.progress,
+              log_every=max(1, steps // 10),
               fgm_epsilon=fc.fgm_epsilon, evaluate=on_dev, eval_every=fc.eval_every, best_metric="dev_accuracy",
               best_mode="max", keep_best=True, early_stop_patience=fc.early_stop_patience if early_stop else 0,
               **peft_kw)
@@ -122,24 +138,38 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
                        "stopped_early": s["stopped_early"]}
 
 
+def selection_key(summary: dict, rule: str = "accuracy") -> tuple[float, float]:
+    """How a grid point ranks (higher is better): by dev accuracy, ties broken by the lower dev
+    log-loss; or (``rule`` log_loss) by dev log-loss alone."""
+    ll = summary.get("best_dev_log_loss")
+    ll = float("inf") if ll is None else float(ll)
+    return (-ll, 0.0) if rule == "log_loss" else (float(summary["best_dev_accuracy"]), -ll)
+
+
 def grid_finetune(ctx: RunContext, task: Task, model, mode: str, template, verb, *, stage: str,
-                  mlm_weight: float = 0.0, lrs: tuple[float, ...] | None = None) -> tuple[Any, dict]:
-    """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev."""
+                  mlm_weight: float = 0.0, lrs: tuple[float, ...] | None = None, seed_offset: int = 0,
+                  data: tuple[list[str], np.ndarray] | None = None, steps: int | None = None) -> tuple[Any, dict]:
+    """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev
+    (``finetune.select``: dev accuracy with ties to the lower dev log-loss, or dev log-loss)."""
     cfg = ctx.cfg
     best, grid = None, []
-    reusable = mlm_weight == 0 and mode != "head" and "adapt" not in cfg.stage_list
+    reusable = (mlm_weight == 0 and mode != "head" and "adapt" not in cfg.stage_list and seed_offset == 0
+                and data is None and steps is None)
     for lr in lrs or cfg.finetune.lr_grid:
         hit = ctx.reuse.get((task.seed, lr)) if reusable else None
         if hit is not None:
             m, s_ = hit[0], {**hit[1], "reused": "backbone selection's screen (same split, recipe and lr)"}
         else:
-            m, s_ = train_classifier(ctx, task, model, mode, template, verb, lr=lr, steps=cfg.finetune.steps,
-                                     stage=stage, mlm_weight=mlm_weight)
+            m, s_ = train_classifier(ctx, task, model, mode, template, verb, lr=lr, steps=steps or cfg.finetune.steps,
+                                     stage=stage, mlm_weight=mlm_weight, seed_offset=seed_offset, data=data)
+        if cfg.eval.grid_test and stage == "finetune":  # reporting only: how each selection rule would do
+            s_ = {**s_, "test_accuracy": evaluate(ctx.classifier(mode, m, task, template, verb), task.test,
+                                                  cfg.eval.batch_size)["accuracy"]}
         grid.append(s_)
-        if best is None or s_["best_dev_accuracy"] > best[1]["best_dev_accuracy"]:
+        if best is None or selection_key(s_, cfg.finetune.select) > selection_key(best[1], cfg.finetune.select):
             best = (m, s_)
     return best[0], {"mode": mode, "mlm_weight": mlm_weight, "fgm_epsilon": cfg.finetune.fgm_epsilon,
-                     "chosen": best[1], "grid": grid}
+                     "select": cfg.finetune.select, "chosen": best[1], "grid": grid}
 
 
 def run(ctx: RunContext, state: SeedState) -> SeedState:
@@ -148,4 +178,5 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     else:
         model, rep = grid_finetune(ctx, state.task, state.model, state.mode, state.template, state.verbalizer,
                                    stage="finetune", mlm_weight=ctx.cfg.finetune.mlm_weight)
-    return state.record("finetune", rep, model=model, finetune=rep["chosen"], classifier=None)
+    return state.record("finetune", rep, model=model, finetune=rep["chosen"], classifier=None,
+                        pretuned=state.model)

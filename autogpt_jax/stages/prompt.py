@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autogpt_jax.prompts.search import (pick_demonstrations, rank_templates, search_label_words,
+from autogpt_jax.evaluation import evaluate
+from autogpt_jax.prompts.search import (paraphrase_templates, pick_demonstrations, rank_templates, search_label_words,
                                         search_label_words_similarity)
 from autogpt_jax.prompts.templates import Template
 from autogpt_jax.stages.context import RunContext, SeedState
@@ -33,16 +34,25 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         source = "search"
     else:
         source = "rules (the MLM head is untrained)"
-    candidates = state.template_candidates
+    candidates = list(state.template_candidates[: cfg.prompt.candidates])
+    if cfg.prompt.paraphrases:
+        written = paraphrase_templates(model, tok, candidates, cfg.prompt.paraphrases, cfg.seed)
+        rep["paraphrases"] = written
+        candidates += written
     if len(candidates) > 1:
-        def dev_accuracy(t) -> float:
+        def dev_score(t) -> dict:
+            if cfg.prompt.search_steps == 0:  # zero-shot on dev
+                res = evaluate(ctx.classifier(mode, model, task, t, verb), task.dev, cfg.eval.batch_size)
+                return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
             _, s_ = train_classifier(ctx, task, model, mode, t, verb, lr=cfg.finetune.lr_grid[0],
                                      steps=cfg.prompt.search_steps, stage="prompt-search", early_stop=False)
-            return s_["best_dev_accuracy"]
+            return {"dev_accuracy": s_["best_dev_accuracy"], "dev_log_loss": s_["best_dev_log_loss"]}
 
-        scored = rank_templates(list(candidates[: cfg.prompt.candidates]), dev_accuracy)
+        scored = rank_templates(candidates, dev_score)
         template = Template(scored[0]["template"])
         rep["template_candidates"] = scored
+        rep["template_ranking"] = "zero-shot on dev" if cfg.prompt.search_steps == 0 else \
+            f"{cfg.prompt.search_steps} fine-tuning steps, dev"
     rep.update(template=template.source, label_words=verb.to_json(), label_words_source=source)
     return state.record("prompt", rep, template=template, verbalizer=verb)
 

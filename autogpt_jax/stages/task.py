@@ -29,6 +29,38 @@ def scoring_name(ctx: RunContext, mode: str) -> str:
     return "next_token" if ctx.kind == "decoder" else "cloze"
 
 
+def label_word_sets(ctx: RunContext, mode: str) -> int:
+    """How many label-word sets an ensemble draws on: the configured ones, or the searched and the
+    rule words (when the prompt stage searches)."""
+    searched = "prompt" in ctx.cfg.stage_list and not ctx.cfg.prompt.label_words and (
+        mode == "similarity" or not ctx.backbone.head_fresh)
+    return 2 if searched else 1
+
+
+def check_levers(ctx: RunContext, task, mode: str, n_templates: int):
+    """The ensemble and self-training settings that cannot work, before anything trains."""
+    pc = ctx.cfg.prompt
+    if pc.paraphrases and ctx.kind != "decoder":
+        raise ConfigError("prompt.paraphrases: the paraphrases are written by a decoder (GPT-2 or Llama family); "
+                          "set prompt.paraphrases 0 for an encoder")
+    if pc.ensemble > 1:
+        if mode == "head":
+            raise ConfigError("prompt.ensemble combines prompts; finetune.mode head reads none. Use finetune.mode "
+                              "prompt or prompt.ensemble 1")
+        n = n_templates * (1 + pc.paraphrases) * label_word_sets(ctx, mode) * pc.ensemble_seeds
+        if pc.ensemble > n:
+            raise ConfigError(f"prompt.ensemble {pc.ensemble} is larger than its {n} candidates ({n_templates} "
+                              f"template(s) × {1 + pc.paraphrases} with paraphrases × {label_word_sets(ctx, mode)} "
+                              f"label-word set(s) × {pc.ensemble_seeds} seed(s)); lower prompt.ensemble or raise "
+                              "prompt.ensemble_seeds / prompt.candidates")
+    if "selftrain" in ctx.cfg.stage_list or "distill" in ctx.cfg.stage_list:
+        if not task.pool:
+            which = "selftrain" if "selftrain" in ctx.cfg.stage_list else "distill"
+            raise ConfigError(f"the {which} stage labels unlabelled task text, and this task has none (after the "
+                              "test, train and dev texts are taken out); pass --data.unlabeled_file FILE (a `text` "
+                              "column) or --data.unlabeled NAME")
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, seed = ctx.cfg, state.seed
     task = prepare_task(cfg, seed, ctx.out / "splits" / f"seed-{seed}" if is_main() else None)
@@ -38,9 +70,11 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     rule_templates, rule_verb = rule_prompts(cfg.prompt.task_type, task.names, chat=chat)
     verb = parse_label_words(cfg.prompt.label_words, task.names) or rule_verb
     candidates = tuple([cfg.prompt.template] if cfg.prompt.template else rule_templates)
+    n_templates = min(len(candidates), cfg.prompt.candidates) if "prompt" in cfg.stage_list else 1
+    check_levers(ctx, task, mode, n_templates)
     template = Template(candidates[0])
     state = state.replace(task=task, mode=mode, prompt_mode=pmode, template=template, verbalizer=verb,
-                          template_candidates=candidates)
+                          template_candidates=candidates, rule_verbalizer=rule_verb)
     state = state.record("seed", seed).record("sizes", task.sizes())
     if mode != "head":  # the prompt as it stands; the prompt stage, when it runs, records its search
         state = state.record("prompt", {"scoring": scoring_name(ctx, mode), "template": template.source,

@@ -58,6 +58,17 @@ def weighted_ce(logits_NxC: Array, labels_N: Array, weights_N: Array) -> tuple[A
     return jnp.sum(ce_N * w_N), jnp.sum(w_N)
 
 
+def task_ce(logits_BxC: Array, batch: dict) -> tuple[Array, Array]:
+    """The task loss's sum and count: cross-entropy against ``soft_labels`` (B × C target
+    distributions: self-training's pseudo-labels, one-hot for labelled examples) when the batch
+    carries them, else against the integer ``labels``."""
+    if "soft_labels" in batch:
+        logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32), axis=-1)
+        ce_B = -jnp.sum(batch["soft_labels"].astype(jnp.float32) * logp_BxC, axis=-1)
+        return jnp.sum(ce_B), jnp.asarray(ce_B.shape[0], jnp.float32)
+    return weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+
+
 def _mean(total: Array, count: Array) -> Array:
     return total / jnp.maximum(count, 1.0)
 
@@ -91,10 +102,10 @@ def clm_loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
 
 
 def classification_loss(model, batch: dict, rngs=None, *, pooling: str = "pooler") -> tuple[Array, dict]:
-    """Cross-entropy of the classifier head. batch: input_ids, attention_mask, labels (B)."""
+    """Cross-entropy of the classifier head. batch: input_ids, attention_mask, labels (B) or soft_labels (B × C)."""
     h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
     logits_BxC = model.classify(h, batch["attention_mask"], pooling=pooling, rngs=rngs)
-    total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+    total, count = task_ce(logits_BxC, batch)
     return _mean(total, count), {"task_loss_sum": total, "count": count}
 
 
@@ -244,7 +255,7 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -
         else:
             logits_BxC = prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids,
                                              wts, rngs, prefix)
-        total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+        total, count = task_ce(logits_BxC, batch)
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 
     return keyed(loss, "cloze", ids, wts, prefix)
@@ -289,7 +300,7 @@ def make_similarity_loss(desc_ids_NxL, desc_mask_NxL, desc_weights_CxN, scale: f
     def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
         protos_CxD = class_prototypes(model, ids, mask, wts)
         logits_BxC = similarity_logits(model, batch["input_ids"], batch["attention_mask"], protos_CxD, scale, rngs)
-        total, count = weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+        total, count = task_ce(logits_BxC, batch)
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 
     return keyed(loss, "similarity", ids, mask, wts, float(scale))

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from autogpt_jax.config import ConfigError, MeshConfig
@@ -149,3 +150,22 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
             raise ConfigError(f"batch size {v.shape[0]} is not divisible by the data×fsdp mesh size {batch_divisor(mesh)}")
         out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
     return out
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def put_rows(arrays: dict[str, np.ndarray], mesh: Mesh, rows: int) -> dict[str, jax.Array]:
+    """An inference batch on the mesh: the arrays with ``rows`` leading rows split over the batch
+    axes (each device computes its share), the rest (per-batch tables) replicated."""
+    split, rest = batch_sharding(mesh), replicated(mesh)
+    return {k: jax.make_array_from_callback(np.shape(v), split if np.shape(v)[:1] == (rows,) else rest,
+                                            lambda idx, v=np.asarray(v): v[idx]) for k, v in arrays.items()}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-process) array as one host array on every process, in global order."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

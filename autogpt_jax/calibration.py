@@ -1,0 +1,82 @@
+"""Calibration of prompt scores: a class bias added to a classifier's logits (``Classifier.logit_bias``).
+
+- content-free (Zhao et al. 2021, "Calibrate before use"): a prompt filled with an input that
+  says nothing ("N/A", "", the mask token) should score every class alike; the mean class
+  probabilities p_cf it gets instead measure the prompt's own bias, and log p − log p_cf removes it.
+- prior: a class bias fitted on dev by log-loss (with a small L2 penalty: 32 dev examples).
+Both are one bias vector, so serving only adds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONTENT_FREE = ("N/A", "")
+PRIOR_L2 = 0.01  # the fitted bias's penalty: mean log-loss + PRIOR_L2 · |b|²
+PRIOR_STEPS = 500
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def content_free_texts(tokenizer) -> list[str]:
+    """The content-free inputs: "N/A", the empty text and, when the tokenizer has one, the mask token."""
+    mask = getattr(tokenizer, "mask_token", None)
+    return [*CONTENT_FREE, *([mask] if mask else [])]
+
+
+def content_free_bias(logits_NxC: np.ndarray) -> np.ndarray:
+    """−log of the mean class probabilities over content-free inputs' logits (centred)."""
+    p_C = np.exp(log_softmax(logits_NxC)).mean(0)
+    b = -np.log(np.maximum(p_C, 1e-12))
+    return (b - b.mean()).astype(np.float32)
+
+
+def fit_prior_bias(logits_NxC: np.ndarray, labels_N: np.ndarray, l2: float = PRIOR_L2,
+                   steps: int = PRIOR_STEPS) -> np.ndarray:
+    """The class bias b minimising mean log-loss(logits + b) + l2·|b|² on labelled (dev) logits
+    (convex: Newton steps with a backtracking line search on the C-dimensional problem), centred."""
+    x, y = np.asarray(logits_NxC, np.float64), np.asarray(labels_N)
+    N, C = x.shape
+
+    def objective(b):
+        return -log_softmax(x + b)[np.arange(N), y].mean() + l2 * b @ b
+
+    onehot = np.eye(C)[y]
+    b = np.zeros(C)
+    f = objective(b)
+    for _ in range(steps):
+        p = np.exp(log_softmax(x + b))
+        g = (p - onehot).mean(0) + 2 * l2 * b
+        H = np.diag(p.mean(0)) - p.T @ p / N + 2 * l2 * np.eye(C)
+        step, t = np.linalg.solve(H, g), 1.0
+        while t > 1e-6 and objective(b - t * step) > f - 1e-4 * t * (g @ step):
+            t /= 2
+        b, f_new = b - t * step, objective(b - t * step)
+        if f - f_new < 1e-10:
+            break
+        f = f_new
+    return (b - b.mean()).astype(np.float32)
+
+
+def calibrate(clf, method: str, dev_texts: list[str], dev_labels: np.ndarray, batch_size: int = 64) -> dict:
+    """Set ``clf.logit_bias`` by ``method`` (content_free | prior | both: the prior fitted after the
+    content-free correction); returns what was fitted, for the report."""
+    clf.logit_bias = None
+    rep: dict = {"method": method}
+    bias = np.zeros(len(clf.labels), np.float32)
+    if method in ("content_free", "both"):
+        texts = content_free_texts(clf.tokenizer)
+        cf = content_free_bias(clf.logits(texts, batch_size))
+        bias += cf
+        rep.update(content_free_inputs=texts, content_free_bias=cf.tolist())
+    if method in ("prior", "both"):
+        prior = fit_prior_bias(clf.logits(dev_texts, batch_size) + bias, dev_labels)
+        bias += prior
+        rep["prior_bias"] = prior.tolist()
+    clf.logit_bias = bias
+    rep["bias"] = bias.tolist()
+    return rep

@@ -1,0 +1,90 @@
+"""Stage ``ensemble`` (after finetune, when ``prompt.ensemble`` > 1 or ``prompt.calibrate`` is set):
+calibration of the fine-tuned prompt classifier, and the prompt ensemble (PET): the next best
+prompts -- ranked (template, label words) pairs, then again with other training seeds -- are
+fine-tuned the same way (lr grid on dev each) and combined by weighted log-probabilities.
+Member 0 is the fine-tuning stage's own model. With ``eval.compare`` the test accuracy of each
+step is recorded (single model, calibrated, each ensemble weighting): the ladder of the benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autogpt_jax.calibration import calibrate
+from autogpt_jax.ensemble import Ensemble, combine, member_weights
+from autogpt_jax.evaluation import accuracy_f1, evaluate
+from autogpt_jax.prompts.templates import Template, Verbalizer
+from autogpt_jax.stages.context import RunContext, SeedState
+from autogpt_jax.stages.finetune import grid_finetune
+
+
+def member_specs(ctx: RunContext, state: SeedState) -> list[tuple[Template, Verbalizer, int]]:
+    """(template, label words, seed index) of every member, best first: the ranked templates with
+    the chosen label words, then with the rule words (when they were searched and differ), then
+    the same pairs with the next seeds, until ``prompt.ensemble`` are listed."""
+    pc = ctx.cfg.prompt
+    ranked = [c["template"] for c in state.results.get("prompt", {}).get("template_candidates", [])]
+    templates = [state.template] + [Template(t).with_demos(list(state.template.demos)) for t in ranked
+                                    if t != state.template.source]
+    verbs = [state.verbalizer]
+    rule = state.rule_verbalizer
+    searched = str(state.results.get("prompt", {}).get("label_words_source", "")).startswith("search")
+    if searched and rule is not None and rule.to_json() != state.verbalizer.to_json():
+        verbs.append(rule)
+    pairs = [(t, v) for v in verbs for t in templates]
+    specs, seed = [], 0
+    while len(specs) < pc.ensemble:  # past the configured seeds only when pairs turned out to coincide
+        specs += [(t, v, seed) for t, v in pairs][: pc.ensemble - len(specs)]
+        seed += 1
+    return specs
+
+
+def _test_accuracy(logits: np.ndarray, task) -> float:
+    return accuracy_f1(logits.argmax(-1), np.asarray(task.test["label"]), len(task.names))["accuracy"]
+
+
+def run(ctx: RunContext, state: SeedState) -> SeedState:
+    cfg, pc, task, bs = ctx.cfg, ctx.cfg.prompt, state.task, ctx.cfg.eval.batch_size
+    if state.mode == "head":
+        return state
+    compare, bars = cfg.eval.compare, cfg.logging.progress
+    dev_texts, dev_y = list(task.dev["text"]), np.asarray(task.dev["label"])
+    test_texts = list(task.test["text"])
+    members, info, ladder = [], [], {}
+    for i, (template, verb, seed) in enumerate(member_specs(ctx, state)):
+        if i == 0:
+            model, rep = state.model, state.finetune
+        else:
+            model, grid = grid_finetune(ctx, task, state.pretuned, state.mode, template, verb, stage=f"ensemble-{i}",
+                                        mlm_weight=cfg.finetune.mlm_weight, seed_offset=seed)
+            rep = grid["chosen"]
+        clf = ctx.classifier(state.mode, model, task, template, verb)
+        entry: dict[str, Any] = {"template": template.source, "label_words": verb.to_json(), "seed": seed,
+                                 "learning_rate": rep["learning_rate"], "fine_tuned_dev_accuracy": rep["best_dev_accuracy"]}
+        if compare and i == 0:
+            ladder["single"] = _test_accuracy(clf.logits(test_texts, bs, progress="ensemble: test (member 1)" if bars else None), task)
+        if pc.calibrate != "none":
+            entry["calibration"] = calibrate(clf, pc.calibrate, dev_texts, dev_y, bs)
+            if compare and i == 0:
+                ladder["single_calibrated"] = _test_accuracy(clf.logits(test_texts, bs), task)
+        entry["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
+        members.append(clf)
+        info.append(entry)
+    weights = member_weights([e["dev_accuracy"] for e in info], pc.ensemble_weighting)
+    for e, w in zip(info, weights):
+        e["weight"] = float(w)
+    rep = {"members": info, "weighting": pc.ensemble_weighting, "calibrate": pc.calibrate}
+    if len(members) == 1:
+        clf = members[0]
+    else:
+        clf = Ensemble(members, weights, pc.ensemble_weighting, info)
+        if compare:
+            test_logits = clf.member_logits(test_texts, bs, progress="ensemble: test" if bars else None)
+            for name in ("uniform", "dev"):
+                ladder[f"ensemble_{name}"] = _test_accuracy(combine(test_logits, member_weights(
+                    [e["dev_accuracy"] for e in info], name)), task)
+        rep["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
+    if ladder:
+        rep["test_ladder"] = ladder
+    return state.record("ensemble", rep, classifier=clf)

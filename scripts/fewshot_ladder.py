@@ -1,0 +1,159 @@
+"""The lever ladder of scripts/bench_fewshot.py (--ladder decoder|minilm): one pipeline run per split
+seed with every lever, eval.compare recording the test accuracy after each (the baselines before
+adaptation, then adaptation, calibration, the ensemble, each self-training generation, the
+distilled student), eval.grid_test each lr's test accuracy (how the selection rules compare); the
+PyTorch + peft LoRA peer on the same split (decoder ladder). Each seed's result is written as
+benchmarks/results/issue19_<ladder>_<task>_seed<seed>.json; --report prints the table from them."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from autogpt_jax.config import load_config
+from autogpt_jax.data import fewshot, sources
+from autogpt_jax.pipeline import run_pipeline
+from fewshot_decoder import decoder_inputs, peer_lora
+
+RESULTS = Path("benchmarks/results")
+QUIET = ["--logging.tensorboard", "false"]
+LADDERS = {
+    # the decoder's full recipe
+    "decoder": ("configs/sentiment_mr_best.yaml", []),
+    # MiniLM alone: its own config (similarity prompt, adapt, BitFit) with its own ensemble and
+    # self-training, no decoder teacher
+    "minilm": ("configs/sentiment_mr.yaml",
+               ["--stages", "prompt,adapt,finetune,selftrain,evaluate", "--prompt.ensemble", "3",
+                "--prompt.calibrate", "content_free", "--selftrain.generations", "2", "--selftrain.per_class", "32",
+                "--selftrain.threshold", "0.9", "--selftrain.max_unlabeled", "4000"]),
+}
+TASKS = {
+    "mr": [],
+    # 3 classes; the decoder's label words and a 3-way question
+    "airline": ["--data.dataset", "airline"],
+}
+DECODER_TASK = {"airline": ["--prompt.label_words", "negative|neutral|positive"]}
+
+
+def _acc(r) -> float:
+    return float(r["accuracy"])
+
+
+def selection_rules(grid: list[dict]) -> dict[str, float]:
+    """The test accuracy each lr-selection rule would have given on this seed's grid."""
+    ll = lambda g: float("inf") if g.get("best_dev_log_loss") is None else g["best_dev_log_loss"]  # noqa: E731
+    first = max(range(len(grid)), key=lambda i: (grid[i]["best_dev_accuracy"], -i))
+    tie = max(range(len(grid)), key=lambda i: (grid[i]["best_dev_accuracy"], -ll(grid[i]), -i))
+    by_ll = min(range(len(grid)), key=lambda i: (ll(grid[i]), i))
+    return {"accuracy, first on ties (before)": grid[first]["test_accuracy"],
+            "accuracy, ties by log-loss (now)": grid[tie]["test_accuracy"],
+            "dev log-loss": grid[by_ll]["test_accuracy"]}
+
+
+def ladder_rows(rep: dict) -> dict[str, tuple[float, float]]:
+    """(test accuracy, wall seconds) after each lever, in ladder order."""
+    s, t = rep["seeds"][0], rep["timings"]
+    wall = lambda *names: sum(t.get(n, {}).get("wall_s", 0.0) for n in names)  # noqa: E731
+    rows = {"zero-shot prompt": (_acc(s["baselines"]["zero_shot"]), 0.0),
+            "prompt FT (PEFT), no adaptation": (_acc(s["baselines"]["prompt_ft"]), wall("baselines"))}
+    lad = s.get("ensemble", {}).get("test_ladder", {})
+    adapted = "adapt" in rep["stages"]
+    rows["+ adaptation" if adapted else "prompt FT (PEFT)"] = (lad.get("single", _acc(s["test"])),
+                                                              wall("adapt", "finetune"))
+    if "single_calibrated" in lad:
+        rows["+ calibration"] = (lad["single_calibrated"], 0.0)
+    if "ensemble_dev" in lad:
+        n = len(s["ensemble"]["members"])
+        rows[f"+ ensemble of {n} (uniform)"] = (lad["ensemble_uniform"], wall("ensemble"))
+        rows[f"+ ensemble of {n} (dev-weighted)"] = (lad["ensemble_dev"], 0.0)
+    for g in s.get("selftrain", {}).get("generations", []):
+        rows[f"+ self-training generation {g['generation']}"] = (g["test_accuracy"], g["wall_s"])
+    if "distill" in s:
+        d = s["distill"]
+        rows["MiniLM student on the teacher's soft labels (whole pool)"] = (
+            _acc(d["student_test"]), d["train_wall_time_s"] + d["teacher_labelling_s"])
+    return rows
+
+
+def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
+    cfg_path, extra = LADDERS[kind]
+    argv = ["--config_path", cfg_path, "--output_dir", tempfile.mkdtemp(dir=work), "--data.split_seed", str(seed),
+            "--eval.compare", "true", "--eval.grid_test", "true", *QUIET, *extra, *TASKS[task],
+            *(DECODER_TASK.get(task, []) if kind == "decoder" else []), *args.override]
+    t0 = time.perf_counter()
+    rep = run_pipeline(load_config(argv))
+    out = {"issue": 19, "ladder": kind, "task": task, "seed": seed, "date": date.today().isoformat(),
+           "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "config": argv,
+           "rows": ladder_rows(rep), "selection": selection_rules(rep["seeds"][0]["finetune"]["grid"]),
+           "timings": rep["timings"], "wall_s": round(time.perf_counter() - t0, 1),
+           "final_test_accuracy": _acc(rep["seeds"][0]["test"])}
+    s = rep["seeds"][0]
+    if "distill" in s:
+        out["student"] = {k: s["distill"][k] for k in ("student_sentences_per_s", "teacher_sentences_per_s",
+                                                        "speedup", "pool", "best_step")}
+    out["ensemble_members"] = s.get("ensemble", {}).get("members")
+    out["selftrain"] = s.get("selftrain")
+    return out
+
+
+def torch_peer(task: str, seed: int, tdec, cfg, tok, model) -> tuple[float, float]:
+    """PyTorch + peft LoRA on the same split, same recipe and lr grid (best on dev)."""
+    data = sources.load_dataset(task)
+    train, dev = fewshot.fewshot_split(data["train"], cfg.data.k_shot, seed)
+    t0 = time.perf_counter()
+    test_seqs, test_pos, _ = decoder_inputs(cfg, tok, model, data["test"]["text"])
+    acc = peer_lora(tdec, cfg, tok, model, train, dev, test_seqs, test_pos, np.asarray(list(data["test"]["label"])),
+                    seed)
+    return acc, time.perf_counter() - t0
+
+
+def main_ladder(args, peer_factory=None):
+    """Run the ladder for each seed (``peer_factory``: builds the PyTorch peer for the decoder ladder)."""
+    seeds = [int(s_) for s_ in args.seeds.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    peer = peer_factory(args.task) if (peer_factory and args.ladder == "decoder" and not args.skip_torch) else None
+    with tempfile.TemporaryDirectory() as work:
+        for seed in seeds:
+            res = run_seed(args.ladder, args.task, seed, work, args)
+            if peer is not None:
+                acc, secs = peer(seed)
+                res["rows"]["PyTorch + peft LoRA (same split, recipe and grid)"] = (acc, secs)
+            path = RESULTS / f"issue19_{args.ladder}_{args.task}_seed{seed}.json"
+            path.write_text(json.dumps(res, indent=1) + "\n")
+            print(f"seed {seed}: " + ", ".join(f"{k} {100 * v[0]:.1f}" for k, v in res["rows"].items()) +
+                  f"  -> {path}", flush=True)
+
+
+def report_ladder(files: list[str]):
+    """The ladder table: each row's mean ± std over the seeds, its gain over the row before, and its
+    wall time per seed; then the lr-selection rules."""
+    res = [json.loads(Path(f).read_text()) for f in files]
+    names: list[str] = []
+    for r in res:
+        names += [k for k in r["rows"] if k not in names]
+    print(f"\n{res[0]['ladder']} ladder, {res[0]['task']}, seeds {[r['seed'] for r in res]} "
+          f"(accuracy %, mean ± std; gain over the row before; wall s per seed)")
+    w, prev = max(len(k) for k in names), None
+    for k in names:
+        vals = [r["rows"][k] for r in res if k in r["rows"]]
+        a = 100 * np.asarray([v[0] for v in vals])
+        gain = "" if prev is None or k.startswith(("PyTorch", "MiniLM student")) else f"{a.mean() - prev:+5.1f}"
+        print(f"  {k:<{w}}  {a.mean():5.1f} ± {a.std():3.1f} (n={len(a)})  {gain:>6}  {np.mean([v[1] for v in vals]):7.0f} s")
+        if not k.startswith(("PyTorch", "MiniLM student", "zero-shot")):
+            prev = a.mean()
+    sp = [r["student"]["speedup"] for r in res if r.get("student")]
+    if sp:
+        print(f"  student speed: {np.mean(sp):.1f}x its teacher's sentences/s (min {min(sp):.1f})")
+    print("  lr selection (test accuracy of the grid point each rule picks):")
+    for rule in res[0]["selection"]:
+        a = 100 * np.asarray([r["selection"][rule] for r in res])
+        print(f"    {rule:<36} {a.mean():5.1f} ± {a.std():3.1f}")
+    print(f"  wall per seed: {np.mean([r['wall_s'] for r in res]):.0f} s")
+

@@ -1,0 +1,253 @@
+"""Prompt ensembles, calibration, pool labelling and self-training: the arithmetic by hand, the
+selection's rules, the labels on 8 devices, and a tiny run end to end through predict."""
+
+import json
+
+import numpy as np
+import pytest
+
+from autogpt_jax.calibration import content_free_bias, fit_prior_bias, log_softmax
+from autogpt_jax.config import ConfigError, load_config
+from autogpt_jax.ensemble import Ensemble, combine, member_weights
+from autogpt_jax.errors import DataError
+from autogpt_jax.pseudolabels import select_confident, soft_targets, word_dropout
+
+CFG = "tests/configs/tiny_fewshot.yaml"
+
+
+def test_ensemble_combination_is_the_weighted_mean_of_log_probabilities():
+    rng = np.random.default_rng(0)
+    members = [rng.normal(size=(5, 3)) * s for s in (1.0, 3.0, 0.5)]
+    accs = [0.9, 0.6, 0.75]
+    w = member_weights(accs, "dev")
+    np.testing.assert_allclose(w, np.asarray(accs) / sum(accs))
+    np.testing.assert_allclose(member_weights(accs, "uniform"), [1 / 3] * 3)
+    # By hand: log p = logits - logsumexp(logits), weighted by accuracy / total accuracy.
+    hand = sum(a / sum(accs) * (m - np.log(np.exp(m).sum(-1, keepdims=True))) for a, m in zip(accs, members))
+    np.testing.assert_allclose(combine(members, w), hand, rtol=1e-5, atol=1e-5)
+    # The combination of members that agree is that member's own log-probabilities.
+    np.testing.assert_allclose(combine([members[0]] * 3, member_weights(accs, "uniform")), log_softmax(members[0]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_prior_calibration_removes_a_constructed_class_bias():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    clean = rng.normal(size=(300, 3)) + 2.5 * np.eye(3)[y]  # a good classifier...
+    bias = np.asarray([3.0, 0.0, -2.0])
+    skewed = clean + bias  # ...that leans to class 0
+    acc = lambda lg: float((lg.argmax(-1) == y).mean())  # noqa: E731
+    assert acc(skewed) < acc(clean) - 0.15
+    b = fit_prior_bias(skewed, y)
+    # The fitted bias undoes the constructed one (up to a constant shift, which softmax ignores).
+    np.testing.assert_allclose(b - b.mean(), -(bias - bias.mean()), atol=0.5)  # (shrunk a little by its L2)
+    assert acc(skewed + b) >= acc(clean) - 0.02
+
+
+def test_content_free_calibration_cancels_the_prompt_bias():
+    rng = np.random.default_rng(2)
+    cf = rng.normal(size=(3, 2))
+    b = content_free_bias(cf)
+    p = np.exp(log_softmax(cf)).mean(0)
+    np.testing.assert_allclose(b - b.mean(), -np.log(p) + np.log(p).mean(), rtol=1e-5)
+    # With the content-free inputs scored by a biased prompt, the calibrated scores of one input are
+    # those of the unbiased prompt: the bias falls out.
+    one = rng.normal(size=(1, 2))
+    shift = np.asarray([[4.0, -1.0]])
+    a = log_softmax(one + content_free_bias(cf[:1]))
+    c = log_softmax(one + shift + content_free_bias(cf[:1] + shift))
+    np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_selection_is_class_balanced_thresholded_and_ordered():
+    probs = np.asarray([[0.99, 0.01], [0.95, 0.05], [0.91, 0.09], [0.6, 0.4], [0.2, 0.8], [0.03, 0.97],
+                        [0.08, 0.92], [0.5, 0.5]])
+    idx = select_confident(probs, per_class=5, threshold=0.9)
+    # class 0 has three above 0.9 (0, 1, 2), class 1 two (5, 6): two of each, most confident first
+    assert sorted(idx.tolist()) == [0, 1, 5, 6]
+    assert idx.tolist() == [0, 5, 1, 6]
+    assert select_confident(probs, per_class=1, threshold=0.9).tolist() == [0, 5]
+    with pytest.raises(DataError, match=r"no pool text of class\(es\) \[1\] reaches the confidence threshold 0.98"):
+        select_confident(probs, per_class=5, threshold=0.98)
+    t = soft_targets(np.log(probs[:2]), 2.0)
+    np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+    assert t[0, 0] < probs[0, 0] and t[0, 0] > 0.5  # softened, same winner
+    np.testing.assert_array_equal(soft_targets(np.log(probs[:2]), 0.0), [[1, 0], [1, 0]])
+    noisy = word_dropout(["one two three four five six seven eight nine ten"] * 20, 0.3, 0)
+    assert all(1 <= len(n.split()) < 10 for n in noisy[:5]) and len(set(noisy)) > 1
+
+
+def test_the_pool_never_holds_a_test_train_or_dev_text(tmp_path):
+    from autogpt_jax.data.task import prepare_task
+
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(tmp_path)])
+    task = prepare_task(cfg, 13)
+    from autogpt_jax.data import sources
+
+    full_test = set(sources.load_dataset("mr")["test"]["text"])
+    seen = full_test | set(task.train["text"]) | set(task.dev["text"])
+    assert len(task.pool) > 5000 and not seen & set(task.pool)
+    # A user's unlabelled file that contains test and dev texts: they are taken out too.
+    f = tmp_path / "pool.jsonl"
+    rows = [next(iter(full_test)), task.dev["text"][0], "an unlabelled review nobody has labelled"]
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    task = prepare_task(load_config(["--config_path", CFG, "--data.unlabeled_file", str(f)]), 13)
+    assert task.pool == ("an unlabelled review nobody has labelled",)
+
+
+def _cli(capsys, *args):
+    from autogpt_jax.train import main
+
+    code = main(["--config_path", CFG, *args])
+    return code, capsys.readouterr().err
+
+
+def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, capsys, splade_dir):
+    with pytest.raises(ConfigError, match="selftrain.generations must be >= 1"):
+        load_config(["--config_path", CFG, "--selftrain.generations", "0"])
+    with pytest.raises(ConfigError, match=r"selftrain.threshold must be in \[0, 1\)"):
+        load_config(["--config_path", CFG, "--selftrain.threshold", "1.0"])
+    code, err = _cli(capsys, "--stages", "prompt,finetune,selftrain", "--output_dir", str(tmp_path / "a"),
+                     "--prompt.ensemble", "5", "--prompt.template", "{text} It was {mask}.",
+                     "--prompt.label_words", "terrible|great", "--prompt.ensemble_seeds", "2")
+    assert code == 2 and "prompt.ensemble 5 is larger than its 2 candidates" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": _mr_test_text()}) + "\n")  # only a test text: nothing is left
+    code, err = _cli(capsys, "--stages", "prompt,finetune,selftrain", "--output_dir", str(tmp_path / "b"),
+                     "--data.unlabeled_file", str(empty))
+    assert code == 2 and "the selftrain stage labels unlabelled task text, and this task has none" in err
+    code, err = _cli(capsys, "--stages", "prompt,selftrain", "--output_dir", str(tmp_path / "c"))
+    assert code == 2 and "add finetune to --stages" in err
+    for d in "abc":
+        assert not (tmp_path / d / "metrics.jsonl").exists() or "finetune" not in (tmp_path / d / "metrics.jsonl").read_text()
+
+
+def _mr_test_text() -> str:
+    from autogpt_jax.data import sources
+
+    return sources.load_dataset("mr")["test"]["text"][0]
+
+
+@pytest.mark.multidevice
+def test_pool_labels_on_8_devices_are_those_of_one(tmp_path, splade_dir, tiny_llama_dir):
+    """Every device labels its share of each batch (padded and packed paths alike): the gathered
+    labels, in pool order, equal the single-device ones."""
+    import jax
+
+    from autogpt_jax.config import MeshConfig
+    from autogpt_jax.inference import make_classifier
+    from autogpt_jax.models import hf
+    from autogpt_jax.prompts.templates import Template, Verbalizer
+    from autogpt_jax.pseudolabels import label_pool
+    from autogpt_jax.training import sharding as shd
+
+    assert jax.device_count() == 8
+    lm = hf.load_model(splade_dir)
+    tok = lm.tokenizer()
+    texts = [f"review {i}: " + " ".join(["good"] * (i % 7) + ["bad"] * (i % 5)) for i in range(75)]
+    args = ("prompt", lm.model, tok, ["negative", "positive"], Template("{text} It was {mask}."),
+            Verbalizer((("terrible",), ("great",))))
+    one = make_classifier(*args, max_length=32).logits(texts, 16)
+    mesh = shd.make_mesh(MeshConfig())
+    assert dict(mesh.shape)["data"] == 8
+    eight, cached = label_pool(make_classifier(*args, max_length=32, mesh=mesh), texts, tmp_path, 16)
+    assert not cached
+    np.testing.assert_allclose(eight, one, rtol=1e-4, atol=1e-4)
+    again, cached = label_pool(make_classifier(*args, max_length=32, mesh=mesh), texts, tmp_path, 16)
+    assert cached and np.array_equal(again, eight)
+    # A decoder's prompts packed into rows: the rows are split over the devices.
+    dec = hf.load_model(tiny_llama_dir)
+    dargs = ("prompt", dec.model, dec.tokenizer(), ["negative", "positive"],
+             Template("Review: {text}{answer}The sentiment is {mask}"), Verbalizer((("negative",), ("positive",))))
+    one = make_classifier(*dargs, max_length=48).logits(texts, 16)
+    clf8 = make_classifier(*dargs, max_length=48, mesh=mesh)
+    assert clf8.pack and clf8._prefix is not None
+    np.testing.assert_allclose(clf8.logits(texts, 16), one, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # a whole pipeline run
+def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path, monkeypatch):
+    """Two ensemble members (two seeds of the fixed prompt), both calibrated; two self-training
+    generations whose students start from the fine-tuning stage's starting weights and whose
+    teachers are the ensemble, then generation 1's student; the export serves the last student, and
+    predict's output equals the in-run predictions."""
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.stages import selftrain
+
+    starts, teachers, students = [], [], []
+    real_grid, real_label = selftrain.grid_finetune, selftrain.label_pool
+
+    def grid_spy(ctx, task, model, *a, **kw):
+        starts.append(model)
+        m, rep = real_grid(ctx, task, model, *a, **kw)
+        students.append(m)
+        return m, rep
+
+    def label_spy(clf, *a, **kw):
+        teachers.append(clf)
+        return real_label(clf, *a, **kw)
+
+    monkeypatch.setattr(selftrain, "grid_finetune", grid_spy)
+    monkeypatch.setattr(selftrain, "label_pool", label_spy)
+    out = tmp_path / "run"
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages",
+                       "prompt,adapt,finetune,selftrain,evaluate,export",
+                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
+                       "--prompt.ensemble", "2", "--prompt.ensemble_seeds", "2", "--prompt.calibrate", "both",
+                       "--selftrain.generations", "2", "--selftrain.per_class", "3", "--selftrain.growth", "2",
+                       "--selftrain.threshold", "0", "--selftrain.max_unlabeled", "48", "--selftrain.steps", "4",
+                       "--finetune.learning_rates", "3e-3", "--eval.compare", "true"])
+    run = run_pipeline(cfg, return_run=True)
+    seed = run.seeds[0]
+    rep = json.loads((out / "report.json").read_text())["seeds"][0]
+    ens = rep["ensemble"]
+    assert [m["seed"] for m in ens["members"]] == [0, 1] and ens["calibrate"] == "both"
+    assert sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0)
+    assert set(ens["test_ladder"]) == {"single", "single_calibrated", "ensemble_uniform", "ensemble_dev"}
+    gens = rep["selftrain"]["generations"]
+    assert [g["kept_per_class"] for g in gens] == [3, 6] and [g["examples"] for g in gens] == [16 + 6, 16 + 12]
+    # The students start where fine-tuning started (the adapted weights), not from a teacher.
+    assert len(starts) == 2 and all(s is seed.pretuned for s in starts)
+    # Generation 1's teacher is the ensemble, generation 2's is generation 1's student.
+    assert isinstance(teachers[0], Ensemble) and len(teachers[0].members) == 2
+    assert teachers[1].model is students[0] and seed.model is students[1]
+    assert rep["test"]["accuracy"] == pytest.approx(gens[-1]["test_accuracy"])
+    # The export serves the last student, calibrated; predict gives the in-run predictions.
+    texts = ["a moving, beautifully acted film", "dull and lifeless", "an ordinary movie"]
+    served = load_classifier(out / "export")
+    assert served.logit_bias is not None
+    np.testing.assert_allclose([[r["probabilities"][l] for l in served.labels] for r in predict_records(served, texts)],
+                               run.classifier.probabilities(texts), atol=1e-5)
+
+
+@pytest.mark.slow  # a whole pipeline run
+def test_an_exported_ensemble_is_served_whole(tmp_path):
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.predict import main as predict_main
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path / "run"
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,evaluate,export",
+                       "--prompt.ensemble", "2", "--prompt.search_steps", "0", "--prompt.ensemble_weighting", "uniform"])
+    run = run_pipeline(cfg, return_run=True)
+    assert isinstance(run.classifier, Ensemble)
+    rep = json.loads((out / "report.json").read_text())["seeds"][0]
+    # two templates ranked zero-shot on dev; the members are the top two, equally weighted
+    ranked = [c["template"] for c in rep["prompt"]["template_candidates"]]
+    assert [m["template"] for m in rep["ensemble"]["members"]] == ranked[:2]
+    assert [m["weight"] for m in rep["ensemble"]["members"]] == [0.5, 0.5]
+    meta = json.loads((out / "export" / "autogpt_jax.json").read_text())
+    assert [m["dir"] for m in meta["ensemble"]["members"]] == [".", "members/1"]
+    served = load_classifier(out / "export")
+    assert isinstance(served, Ensemble) and [m.template.source for m in served.members] == ranked[:2]
+    texts = ["a moving, beautifully acted film", "dull and lifeless"]
+    np.testing.assert_allclose(served.logits(texts), run.classifier.logits(texts), atol=1e-4)
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert predict_main(["--model_dir", str(out / "export"), "--input_file", str(f), "--output_file",
+                         str(tmp_path / "o.jsonl")]) == 0
+    got = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([[g["probabilities"][l] for l in served.labels] for g in got],
+                               run.classifier.probabilities(texts), atol=1e-5)

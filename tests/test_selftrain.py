@@ -77,6 +77,32 @@ def test_selection_is_class_balanced_thresholded_and_ordered():
     assert all(1 <= len(n.split()) < 10 for n in noisy[:5]) and len(set(noisy)) > 1
 
 
+def test_consistency_term_is_the_kl_between_the_clean_and_noised_views(tiny_bert_dir):
+    import jax
+    import jax.numpy as jnp
+
+    from autogpt_jax.models import hf
+    from autogpt_jax.training import objectives
+
+    lm = hf.load_model(tiny_bert_dir, num_labels=2)
+    rng = np.random.default_rng(0)
+    view = lambda: {"input_ids": jnp.asarray(rng.integers(5, 500, (4, 12)), jnp.int32),  # noqa: E731
+                    "attention_mask": jnp.ones((4, 12), jnp.int32)}
+    task_batch, clean, noised = {**view(), "labels": jnp.asarray([0, 1, 1, 0])}, view(), view()
+    logits = objectives.head_class_logits("mean")
+    loss = objectives.consistency_loss(objectives.head_loss("mean"), logits, 0.5)
+    both = {**task_batch, **{f"cons/{k}": v for k, v in clean.items()},
+            **{f"cons/noised/{k}": v for k, v in noised.items()}}
+    total, aux = loss(lm.model, both)
+    task, _ = objectives.head_loss("mean")(lm.model, task_batch)
+    lp, lq = (np.asarray(jax.nn.log_softmax(logits(lm.model, b), -1), np.float64) for b in (clean, noised))
+    kl = float(np.mean(np.sum(np.exp(lp) * (lp - lq), -1)))
+    assert kl > 0 and float(aux["consistency"]) == pytest.approx(kl, rel=1e-4)
+    assert float(total) == pytest.approx(float(task) + 0.5 * kl, rel=1e-5)
+    same = {**both, **{f"cons/noised/{k}": v for k, v in clean.items()}}  # one view twice: no term
+    assert float(loss(lm.model, same)[1]["consistency"]) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_the_pool_never_holds_a_test_train_or_dev_text(tmp_path):
     from autogpt_jax.data.task import prepare_task
 
@@ -198,6 +224,7 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
                        "--prompt.ensemble", "2", "--prompt.ensemble_seeds", "2", "--prompt.calibrate", "both",
                        "--selftrain.generations", "2", "--selftrain.per_class", "3", "--selftrain.growth", "2",
                        "--selftrain.threshold", "0", "--selftrain.max_unlabeled", "48", "--selftrain.steps", "4",
+                       "--selftrain.consistency_weight", "0.5",
                        "--finetune.learning_rates", "3e-3", "--eval.compare", "true"])
     run = run_pipeline(cfg, return_run=True)
     seed = run.seeds[0]
@@ -207,6 +234,7 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     assert sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0)
     assert set(ens["test_ladder"]) == {"single", "single_calibrated", "ensemble_uniform", "ensemble_dev"}
     gens = rep["selftrain"]["generations"]
+    assert rep["selftrain"]["consistency_weight"] == 0.5
     assert [g["kept_per_class"] for g in gens] == [3, 6] and [g["examples"] for g in gens] == [16 + 6, 16 + 12]
     # The students start where fine-tuning started (the adapted weights), not from a teacher.
     assert len(starts) == 2 and all(s is seed.pretuned for s in starts)

@@ -295,6 +295,9 @@ class SelftrainConfig:
     word_dropout: float = 0.1
     # Joint loss L = L_task + mlm_weight · L_mlm / L_clm on the unlabelled text (0: off).
     mlm_weight: float = 0.0
+    # UDA consistency training: + consistency_weight · KL(p(clean) ‖ p(word-dropped)) on the pool
+    # texts (each step a batch of them in both views; about twice the step's compute). 0: off.
+    consistency_weight: float = 0.0
     # Training steps per generation (null: finetune.steps scaled by the data growth, at most 4×).
     steps: Optional[int] = None
     # Learning rates of the student (null: the one fine-tuning chose on dev).
@@ -306,7 +309,8 @@ class SelftrainConfig:
         check(0.0 <= self.threshold < 1.0, f"selftrain.threshold must be in [0, 1), got {self.threshold}")
         check(self.temperature >= 0, f"selftrain.temperature must be >= 0, got {self.temperature}")
         check(0.0 <= self.word_dropout < 1.0, f"selftrain.word_dropout must be in [0, 1), got {self.word_dropout}")
-        check(self.mlm_weight >= 0, "selftrain.mlm_weight must be >= 0")
+        check(self.mlm_weight >= 0 and self.consistency_weight >= 0,
+              "selftrain.mlm_weight and selftrain.consistency_weight must be >= 0")
         check(self.steps is None or self.steps >= 1, "selftrain.steps must be >= 1 or null")
         check(self.max_unlabeled is None or self.max_unlabeled >= 1, "selftrain.max_unlabeled must be >= 1 or null")
         try:

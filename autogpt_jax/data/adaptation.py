@@ -44,16 +44,17 @@ def adapt_batches(tok, unlabeled: list[str], train_texts: list[str], train_label
 
 
 class JointBatches:
-    """Task batches with an MLM batch on unlabelled task text alongside (keys prefixed ``mlm/``)."""
+    """Task batches with a second batch alongside, its keys prefixed ``<prefix>/``: an MLM batch on
+    unlabelled task text (``mlm``), or the views of consistency training (``cons``)."""
 
-    def __init__(self, task_batches, mlm_batches):
-        self.task, self.mlm = task_batches, mlm_batches
+    def __init__(self, task_batches, mlm_batches, prefix: str = "mlm"):
+        self.task, self.mlm, self.prefix = task_batches, mlm_batches, prefix
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return {**next(self.task), **{f"mlm/{k}": v for k, v in next(self.mlm).items()}}
+        return {**next(self.task), **{f"{self.prefix}/{k}": v for k, v in next(self.mlm).items()}}
 
     def state(self):
         return {"task": self.task.state(), "mlm": self.mlm.state()}

@@ -71,11 +71,12 @@ def train_seed(ctx: RunContext, offset: int) -> int:
 
 def classifier_training(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
                         verb: Verbalizer | None, *, steps: int, mlm_weight: float = 0.0,
-                        data: tuple[list[str], np.ndarray] | None = None, seed_offset: int = 0
-                        ) -> tuple[Any, Any, dict]:
+                        data: tuple[list[str], np.ndarray] | None = None, seed_offset: int = 0,
+                        consistency: tuple[list[str], list[str], float] | None = None) -> tuple[Any, Any, dict]:
     """What fine-tuning ``mode`` trains: the model (a PEFT copy with ``--peft.method``), the
     training batches (the K-shot split, or ``data``: texts with integer labels or N × C soft
-    labels), and the trainer arguments (``loss``, and PEFT's filter and hook)."""
+    labels), and the trainer arguments (``loss``, and PEFT's filter and hook). ``consistency``:
+    (clean texts, the same texts noised, weight) adds UDA's consistency term on them."""
     cfg, fc, tok = ctx.cfg, ctx.cfg.finetune, ctx.tokenizer
     texts, labels = data or (list(task.train["text"]), np.asarray(task.train["label"], np.int32))
     target = {"soft_labels": np.asarray(labels, np.float32)} if np.ndim(labels) == 2 else {
@@ -99,6 +100,9 @@ def classifier_training(ctx: RunContext, task: Task, model, mode: str, template:
         fields = {**target}
     bs = fc.batch_size
     batches = example_batches(ctx, model, seqs, fields, bs, task.seed + seed_offset, ids)
+    if consistency is not None:
+        loss, batches = with_consistency(ctx, model, mode, template, verb, loss, batches, consistency,
+                                         task.seed + 29 + seed_offset)
     if mlm_weight > 0:
         lm_loss = objectives.clm_loss if is_decoder(model) else objectives.mlm_loss
         loss = objectives.joint_loss(loss, lm_loss, mlm_weight)
@@ -108,15 +112,38 @@ def classifier_training(ctx: RunContext, task: Task, model, mode: str, template:
     return model, batches, peft_kw
 
 
+def with_consistency(ctx: RunContext, model, mode: str, template, verb, loss, batches, consistency, seed: int):
+    """The loss and batches with the consistency term: the clean and noised views of the same
+    texts, batched in the same order (keys ``cons/`` and ``cons/noised/``)."""
+    cfg, tok = ctx.cfg, ctx.tokenizer
+    clean, noised, weight = consistency
+    if mode == "prompt":
+        ids, wts = word_table(tok, model, verb, template)
+        class_logits = objectives.cloze_class_logits(ids, wts, template.causal_prefix(tok) if is_decoder(model) else None)
+        encode = lambda t: prompt_inputs(tok, model, template, t, cfg.prompt.max_length)[:2]  # noqa: E731
+    else:
+        class_logits = (objectives.similarity_class_logits(*verb.description_table(tok, template),
+                                                           cfg.prompt.similarity_scale) if mode == "similarity"
+                        else objectives.head_class_logits(cfg.finetune.pooling))
+        encode = lambda t: (batching.encode(tok, t, cfg.prompt.max_length), np.zeros(len(t), np.int32))  # noqa: E731
+    pad, bs = tok.pad_token_id or 0, cfg.finetune.batch_size
+    (cs, cp), (ns, npos) = encode(list(clean)), encode(list(noised))
+    views = JointBatches(batching.ExampleBatches(cs, {"mask_pos": cp}, bs, seed, pad_id=pad),
+                         batching.ExampleBatches(ns, {"mask_pos": npos}, bs, seed, pad_id=pad), prefix="noised")
+    return objectives.consistency_loss(loss, class_logits, weight), JointBatches(batches, views, prefix="cons")
+
+
 def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
                      verb: Verbalizer | None, *, lr: float, steps: int, stage: str, mlm_weight: float = 0.0,
                      early_stop: bool = True, data: tuple[list[str], np.ndarray] | None = None,
-                     seed_offset: int = 0) -> tuple[Any, dict]:
+                     seed_offset: int = 0, consistency: tuple[list[str], list[str], float] | None = None
+                     ) -> tuple[Any, dict]:
     """Fine-tune on the K-shot train split (or ``data``); returns the model at its best dev
     accuracy (ties: the earlier step) and a summary."""
     cfg, fc = ctx.cfg, ctx.cfg.finetune
     model, batches, peft_kw = classifier_training(ctx, task, model, mode, template, verb, steps=steps,
-                                                  mlm_weight=mlm_weight, data=data, seed_offset=seed_offset)
+                                                  mlm_weight=mlm_weight, data=data, seed_offset=seed_offset,
+                                                  consistency=consistency)
 
     def on_dev(m) -> dict[str, float]:
         res = evaluate(ctx.classifier(mode, m, task, template, verb), task.dev, cfg.eval.batch_size)
@@ -148,20 +175,22 @@ def selection_key(summary: dict, rule: str = "accuracy") -> tuple[float, float]:
 
 def grid_finetune(ctx: RunContext, task: Task, model, mode: str, template, verb, *, stage: str,
                   mlm_weight: float = 0.0, lrs: tuple[float, ...] | None = None, seed_offset: int = 0,
-                  data: tuple[list[str], np.ndarray] | None = None, steps: int | None = None) -> tuple[Any, dict]:
+                  data: tuple[list[str], np.ndarray] | None = None, steps: int | None = None,
+                  consistency: tuple[list[str], list[str], float] | None = None) -> tuple[Any, dict]:
     """LM-BFF protocol: fine-tune once per learning rate of the grid, keep the best on dev
     (``finetune.select``: dev accuracy with ties to the lower dev log-loss, or dev log-loss)."""
     cfg = ctx.cfg
     best, grid = None, []
     reusable = (mlm_weight == 0 and mode != "head" and "adapt" not in cfg.stage_list and seed_offset == 0
-                and data is None and steps is None)
+                and data is None and steps is None and consistency is None)
     for lr in lrs or cfg.finetune.lr_grid:
         hit = ctx.reuse.get((task.seed, lr)) if reusable else None
         if hit is not None:
             m, s_ = hit[0], {**hit[1], "reused": "backbone selection's screen (same split, recipe and lr)"}
         else:
             m, s_ = train_classifier(ctx, task, model, mode, template, verb, lr=lr, steps=steps or cfg.finetune.steps,
-                                     stage=stage, mlm_weight=mlm_weight, seed_offset=seed_offset, data=data)
+                                     stage=stage, mlm_weight=mlm_weight, seed_offset=seed_offset, data=data,
+                                     consistency=consistency)
         if cfg.eval.grid_test and stage == "finetune":  # reporting only: how each selection rule would do
             s_ = {**s_, "test_accuracy": evaluate(ctx.classifier(mode, m, task, template, verb), task.test,
                                                   cfg.eval.batch_size)["accuracy"]}

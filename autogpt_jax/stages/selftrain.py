@@ -4,7 +4,9 @@ there is one -- labels the unlabelled pool; each class's most confident texts ab
 teacher's distribution at ``selftrain.temperature`` as their target (one-hot for the labelled
 ones) and word dropout as their noise; a student of the same backbone, started from the weights
 fine-tuning started from, learns them with the chosen prompt (and optionally the joint loss) and
-is the next generation's teacher. Every generation keeps ``growth`` times as many pool texts."""
+is the next generation's teacher. Every generation keeps ``growth`` times as many pool texts.
+``selftrain.consistency_weight`` adds UDA's consistency term between every pool text and its
+word-dropped view."""
 
 from __future__ import annotations
 
@@ -62,9 +64,12 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         texts, y, rep = pseudo_data(ctx, task, pool, logits, g)
         rep.update(generation=g, labels_from_cache=cached, examples=len(texts))
         steps = student_steps(ctx, len(texts), len(task.train))
+        cons = None
+        if sc.consistency_weight > 0:  # every pool text, clean and word-dropped
+            cons = (pool, word_dropout(pool, sc.word_dropout, task.seed * 100 + 50 + g), sc.consistency_weight)
         model, grid = grid_finetune(ctx, task, state.pretuned, state.mode, state.task_template,
                                     state.task_verbalizer, stage=f"selftrain-{g}", mlm_weight=sc.mlm_weight,
-                                    lrs=lrs, data=(texts, y), steps=steps)
+                                    lrs=lrs, data=(texts, y), steps=steps, consistency=cons)
         clf = ctx.classifier(state.mode, model, task, state.task_template, state.task_verbalizer)
         if cfg.prompt.calibrate != "none" and state.mode != "head":
             rep["calibration"] = calibrate(clf, cfg.prompt.calibrate, list(task.dev["text"]),
@@ -76,5 +81,6 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         gens.append(rep)
         teacher = clf
     return state.record("selftrain", {"generations": gens, "temperature": sc.temperature,
-                                      "word_dropout": sc.word_dropout, "mlm_weight": sc.mlm_weight},
+                                      "word_dropout": sc.word_dropout, "mlm_weight": sc.mlm_weight,
+                                      "consistency_weight": sc.consistency_weight},
                         model=model, classifier=clf, finetune=gens[-1]["student"])

@@ -237,6 +237,56 @@ def cloze_logits(model, h_BxLxD: Array, mask_pos_B: Array, label_word_ids_CxW: A
     return jnp.einsum("bcw,cw->bc", logits_BxCxW, w_CxW)
 
 
+def cloze_class_logits(label_word_ids, label_word_weights, prefix_P=None) -> Callable:
+    """``fn(model, batch, rngs) -> B × C``: the prompt's class scores on a padded batch
+    (input_ids, attention_mask, mask_pos), the label-word table a constant."""
+    ids, wts = jnp.asarray(label_word_ids), jnp.asarray(label_word_weights)
+    prefix = None if prefix_P is None else jnp.asarray(prefix_P, jnp.int32)
+
+    def fn(model, batch: dict, rngs=None) -> Array:
+        return prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids, wts,
+                                   rngs, prefix)
+
+    return keyed(fn, "cloze_logits", ids, wts, prefix)
+
+
+def similarity_class_logits(desc_ids_NxL, desc_mask_NxL, desc_weights_CxN, scale: float) -> Callable:
+    ids, mask, wts = jnp.asarray(desc_ids_NxL), jnp.asarray(desc_mask_NxL), jnp.asarray(desc_weights_CxN)
+
+    def fn(model, batch: dict, rngs=None) -> Array:
+        return similarity_logits(model, batch["input_ids"], batch["attention_mask"],
+                                 class_prototypes(model, ids, mask, wts), scale, rngs)
+
+    return keyed(fn, "similarity_logits", ids, mask, wts, float(scale))
+
+
+def head_class_logits(pooling: str) -> Callable:
+    def fn(model, batch: dict, rngs=None) -> Array:
+        h = model(batch["input_ids"], batch["attention_mask"], rngs=rngs)
+        return model.classify(h, batch["attention_mask"], pooling=pooling, rngs=rngs)
+
+    return keyed(fn, "head_logits", pooling)
+
+
+def consistency_loss(task: Loss, class_logits: Callable, weight: float) -> Loss:
+    """UDA's consistency training: L = L_task + weight · KL(p(clean) ‖ p(noised)) on unlabelled
+    texts, the clean view's distribution a fixed target (no gradient, no dropout). The batch
+    carries the task fields plus ``cons/`` (the clean view) and ``cons/noised/`` (the same texts,
+    noised) padded batches."""
+
+    def loss(model, batch, rngs=None):
+        lt, aux = task(model, {k: v for k, v in batch.items() if not k.startswith("cons/")}, rngs)
+        cons = {k[len("cons/"):]: v for k, v in batch.items() if k.startswith("cons/")}
+        clean = {k: v for k, v in cons.items() if not k.startswith("noised/")}
+        noised = {k[len("noised/"):]: v for k, v in cons.items() if k.startswith("noised/")}
+        logp = jax.lax.stop_gradient(jax.nn.log_softmax(class_logits(model, clean, None).astype(jnp.float32), -1))
+        logq = jax.nn.log_softmax(class_logits(model, noised, rngs).astype(jnp.float32), -1)
+        kl = jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), -1))
+        return lt + weight * kl, {**aux, "consistency": kl}
+
+    return keyed(loss, "consistency", task, class_logits, float(weight))
+
+
 def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -> Loss:
     """Prompt-based (cloze) classification loss over the label words' logits at the mask; the
     label-word table is a constant of the compiled step. The encoder's last layer runs only at

@@ -51,6 +51,7 @@ import numpy as np
 from autogpt_jax.config import load_config
 from autogpt_jax.data import fewshot, sources
 from autogpt_jax.models import hf
+from autogpt_jax.prompts.templates import rule_prompts
 from autogpt_jax.pipeline import run_pipeline
 from fewshot_decoder import DECODER_CFG, decoder_inputs, main_decoder
 from fewshot_ladder import main_ladder, report_ladder, torch_peer
@@ -90,7 +91,11 @@ def print_decoder_table(rows: list[dict]):
 def decoder_peer(task: str):
     """The PyTorch + peft LoRA peer of the decoder ladder: configs/sentiment_mr_decoder.yaml's
     template, label words and recipe (the ladder's own grid and steps) on the same GGUF weights."""
-    extra = ["--data.dataset", task] + (["--prompt.label_words", "negative|neutral|positive"] if task == "airline" else [])
+    extra = ["--data.dataset", task]
+    if task == "airline":  # three classes: the rule library's first chat template, asking for all three
+        names = ["negative", "neutral", "positive"]
+        extra += ["--prompt.label_words", "|".join(names),
+                  "--prompt.template", rule_prompts("sentiment", names, chat=True)[0][0]]
     cfg = load_config(["--config_path", DECODER_CFG, *extra])
     lm = hf.load_model(cfg.model.name_or_path)
     tok = lm.tokenizer()
@@ -120,6 +125,7 @@ def main():
     ap.add_argument("--task", default="mr", choices=("mr", "airline"), help="--ladder: the task")
     ap.add_argument("--override", action="append", default=[], metavar="ARG",
                     help="--ladder: extra config arguments, e.g. --override=--selftrain.generations --override=1")
+    ap.add_argument("--tag", default="", help="--ladder: a name for a variant (its files are issue19_<ladder>_<task>_<tag>_seed*.json)")
     ap.add_argument("--report-ladder", nargs="+", metavar="JSON", help="print the ladder table from its seed files")
     args = ap.parse_args()
     if args.report_ladder:

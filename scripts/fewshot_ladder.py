@@ -3,7 +3,7 @@ seed with every lever, eval.compare recording the test accuracy after each (the 
 adaptation, then adaptation, calibration, the ensemble, each self-training generation, the
 distilled student), eval.grid_test each lr's test accuracy (how the selection rules compare); the
 PyTorch + peft LoRA peer on the same split (decoder ladder). Each seed's result is written as
-benchmarks/results/issue19_<ladder>_<task>_seed<seed>.json; --report prints the table from them."""
+benchmarks/results/issue19_<ladder>_<task>[_<tag>]_seed<seed>.json; --report prints the table from them."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
             *(DECODER_TASK.get(task, []) if kind == "decoder" else []), *args.override]
     t0 = time.perf_counter()
     rep = run_pipeline(load_config(argv))
-    out = {"issue": 19, "ladder": kind, "task": task, "seed": seed, "date": date.today().isoformat(),
+    out = {"issue": 19, "ladder": kind, "task": task, "seed": seed, "tag": args.tag, "date": date.today().isoformat(),
            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "config": argv,
            "rows": ladder_rows(rep), "selection": selection_rules(rep["seeds"][0]["finetune"]["grid"]),
            "timings": rep["timings"], "wall_s": round(time.perf_counter() - t0, 1),
@@ -125,7 +125,8 @@ def main_ladder(args, peer_factory=None):
             if peer is not None:
                 acc, secs = peer(seed)
                 res["rows"]["PyTorch + peft LoRA (same split, recipe and grid)"] = (acc, secs)
-            path = RESULTS / f"issue19_{args.ladder}_{args.task}_seed{seed}.json"
+            tag = f"_{args.tag}" if args.tag else ""
+            path = RESULTS / f"issue19_{args.ladder}_{args.task}{tag}_seed{seed}.json"
             path.write_text(json.dumps(res, indent=1) + "\n")
             print(f"seed {seed}: " + ", ".join(f"{k} {100 * v[0]:.1f}" for k, v in res["rows"].items()) +
                   f"  -> {path}", flush=True)
@@ -145,7 +146,8 @@ def report_ladder(files: list[str]):
         vals = [r["rows"][k] for r in res if k in r["rows"]]
         a = 100 * np.asarray([v[0] for v in vals])
         gain = "" if prev is None or k.startswith(("PyTorch", "MiniLM student")) else f"{a.mean() - prev:+5.1f}"
-        print(f"  {k:<{w}}  {a.mean():5.1f} ± {a.std():3.1f} (n={len(a)})  {gain:>6}  {np.mean([v[1] for v in vals]):7.0f} s")
+        secs = np.mean([v[1] for v in vals])
+        print(f"  {k:<{w}}  {a.mean():5.1f} ± {a.std():3.1f} (n={len(a)})  {gain:>6}  {secs:7.0f} s")
         if not k.startswith(("PyTorch", "MiniLM student", "zero-shot")):
             prev = a.mean()
     sp = [r["student"]["speedup"] for r in res if r.get("student")]

@@ -279,3 +279,12 @@ def test_an_exported_ensemble_is_served_whole(tmp_path):
     got = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([[g["probabilities"][l] for l in served.labels] for g in got],
                                run.classifier.probabilities(texts), atol=1e-5)
+
+
+def test_chat_rule_templates_ask_for_every_class():
+    from autogpt_jax.prompts.templates import CHAT_TEMPLATES, rule_prompts
+
+    three, verb = rule_prompts("sentiment", ["negative", "neutral", "positive"], chat=True)
+    assert verb.words == (("negative",), ("neutral",), ("positive",))
+    assert all("negative, neutral or positive" in t for t in three[:2])
+    assert rule_prompts("sentiment", ["negative", "positive"], chat=True)[0] == list(CHAT_TEMPLATES["sentiment"])

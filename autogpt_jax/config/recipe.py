@@ -147,7 +147,8 @@ class FinetuneConfig:
     def __post_init__(self):
         check(self.mode in ("prompt", "head"), f"finetune.mode must be prompt or head, got {self.mode!r}")
         check(self.pooling in ("pooler", "cls", "mean"), "finetune.pooling must be pooler, cls or mean")
-        check(self.select in ("accuracy", "log_loss"), f"finetune.select must be accuracy or log_loss, got {self.select!r}")
+        check(self.select in ("accuracy", "log_loss"),
+              f"finetune.select must be accuracy or log_loss, got {self.select!r}")
         check(self.mlm_weight >= 0, "finetune.mlm_weight must be >= 0")
         check(self.fgm_epsilon >= 0, "finetune.fgm_epsilon must be >= 0")
         try:

@@ -295,5 +295,11 @@ def rule_prompts(task_type: str, label_names: list[str], *, chat: bool) -> tuple
     """Candidate templates and rule label words: chat-style for chat decoders (when the task type
     has them), LM-BFF-style otherwise."""
     if chat and task_type in CHAT_TEMPLATES:
-        return list(CHAT_TEMPLATES[task_type]), rule_verbalizer(label_names, literal=True)
+        verb = rule_verbalizer(label_names, literal=True)
+        templates = list(CHAT_TEMPLATES[task_type])
+        words = [w[0] for w in verb.words]
+        if task_type == "sentiment" and sorted(words) != ["negative", "positive"]:  # e.g. negative, neutral, positive
+            choices = ", ".join(words[:-1]) + " or " + words[-1]
+            templates = [t.replace("positive or negative", choices) for t in templates]
+        return templates, verb
     return list(RULE_TEMPLATES[task_type]), rule_verbalizer(label_names)

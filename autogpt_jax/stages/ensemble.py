@@ -61,9 +61,11 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
             rep = grid["chosen"]
         clf = ctx.classifier(state.mode, model, task, template, verb)
         entry: dict[str, Any] = {"template": template.source, "label_words": verb.to_json(), "seed": seed,
-                                 "learning_rate": rep["learning_rate"], "fine_tuned_dev_accuracy": rep["best_dev_accuracy"]}
+                                 "learning_rate": rep["learning_rate"],
+                                 "fine_tuned_dev_accuracy": rep["best_dev_accuracy"]}
         if compare and i == 0:
-            ladder["single"] = _test_accuracy(clf.logits(test_texts, bs, progress="ensemble: test (member 1)" if bars else None), task)
+            bar = "ensemble: test (member 1)" if bars else None
+            ladder["single"] = _test_accuracy(clf.logits(test_texts, bs, progress=bar), task)
         if pc.calibrate != "none":
             entry["calibration"] = calibrate(clf, pc.calibrate, dev_texts, dev_y, bs)
             if compare and i == 0:

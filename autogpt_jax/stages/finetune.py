@@ -119,7 +119,8 @@ def with_consistency(ctx: RunContext, model, mode: str, template, verb, loss, ba
     clean, noised, weight = consistency
     if mode == "prompt":
         ids, wts = word_table(tok, model, verb, template)
-        class_logits = objectives.cloze_class_logits(ids, wts, template.causal_prefix(tok) if is_decoder(model) else None)
+        prefix = template.causal_prefix(tok) if is_decoder(model) else None
+        class_logits = objectives.cloze_class_logits(ids, wts, prefix)
         encode = lambda t: prompt_inputs(tok, model, template, t, cfg.prompt.max_length)[:2]  # noqa: E731
     else:
         class_logits = (objectives.similarity_class_logits(*verb.description_table(tok, template),

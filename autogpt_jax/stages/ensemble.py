@@ -13,7 +13,7 @@ import numpy as np
 
 from autogpt_jax.calibration import calibrate
 from autogpt_jax.ensemble import Ensemble, combine, member_weights
-from autogpt_jax.evaluation import accuracy_f1, evaluate
+from autogpt_jax.evaluation import evaluate
 from autogpt_jax.prompts.templates import Template, Verbalizer
 from autogpt_jax.stages.context import RunContext, SeedState
 from autogpt_jax.stages.finetune import grid_finetune
@@ -40,10 +40,6 @@ def member_specs(ctx: RunContext, state: SeedState) -> list[tuple[Template, Verb
     return specs
 
 
-def _test_accuracy(logits: np.ndarray, task) -> float:
-    return accuracy_f1(logits.argmax(-1), np.asarray(task.test["label"]), len(task.names))["accuracy"]
-
-
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, pc, task, bs = ctx.cfg, ctx.cfg.prompt, state.task, ctx.cfg.eval.batch_size
     if state.mode == "head":
@@ -65,11 +61,11 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                                  "fine_tuned_dev_accuracy": rep["best_dev_accuracy"]}
         if compare and i == 0:
             bar = "ensemble: test (member 1)" if bars else None
-            ladder["single"] = _test_accuracy(clf.logits(test_texts, bs, progress=bar), task)
+            ladder["single"] = evaluate(clf, task.test, bs, logits=clf.logits(test_texts, bs, progress=bar))["accuracy"]
         if pc.calibrate != "none":
             entry["calibration"] = calibrate(clf, pc.calibrate, dev_texts, dev_y, bs)
             if compare and i == 0:
-                ladder["single_calibrated"] = _test_accuracy(clf.logits(test_texts, bs), task)
+                ladder["single_calibrated"] = evaluate(clf, task.test, bs)["accuracy"]
         entry["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
         members.append(clf)
         info.append(entry)
@@ -84,8 +80,8 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         if compare:
             test_logits = clf.member_logits(test_texts, bs, progress="ensemble: test" if bars else None)
             for name in ("uniform", "dev"):
-                ladder[f"ensemble_{name}"] = _test_accuracy(combine(test_logits, member_weights(
-                    [e["dev_accuracy"] for e in info], name)), task)
+                w = member_weights([e["dev_accuracy"] for e in info], name)
+                ladder[f"ensemble_{name}"] = evaluate(clf, task.test, bs, logits=combine(test_logits, w))["accuracy"]
         rep["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
     if ladder:
         rep["test_ladder"] = ladder

@@ -27,11 +27,12 @@ def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str,
             "confusion": cm.tolist()}
 
 
-def evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = None,
+             progress: str | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1, confusion and log-loss of ``clf`` on a labelled split (``logits``:
-    the classifier's own on ``ds``, when already computed)."""
+    the classifier's own on ``ds``, when already computed; ``progress``: a progress bar's label)."""
     gold = np.asarray(ds["label"])
-    logits = clf.logits(list(ds["text"]), batch_size) if logits is None else logits
+    logits = clf.logits(list(ds["text"]), batch_size, progress=progress) if logits is None else logits
     logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
     log_loss = float(-logp[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
     return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss}

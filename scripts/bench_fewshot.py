@@ -127,9 +127,14 @@ def main():
                     help="--ladder: extra config arguments, e.g. --override=--selftrain.generations --override=1")
     ap.add_argument("--tag", default="", help="--ladder: a name for a variant (its files are issue19_<ladder>_<task>_<tag>_seed*.json)")
     ap.add_argument("--report-ladder", nargs="+", metavar="JSON", help="print the ladder table from its seed files")
+    ap.add_argument("--from-report", metavar="REPORT_JSON",
+                    help="--ladder: write the seed's file from this finished run's report.json (no pipeline run)")
+    ap.add_argument("--peer-only", action="store_true",
+                    help="--ladder decoder: run only the PyTorch peer and add its row to the seed files already written")
+    ap.add_argument("--markdown", action="store_true", help="--report-ladder: the rows as a Markdown table")
     args = ap.parse_args()
     if args.report_ladder:
-        return report_ladder(args.report_ladder)
+        return report_ladder(args.report_ladder, args.markdown)
     if args.ladder:
         return main_ladder(args, decoder_peer)
     if args.report:

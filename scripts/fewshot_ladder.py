@@ -82,17 +82,19 @@ def ladder_rows(rep: dict) -> dict[str, tuple[float, float]]:
     return rows
 
 
-def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
+def ladder_argv(kind: str, task: str, seed: int, out_dir: str, args) -> list[str]:
     cfg_path, extra = LADDERS[kind]
-    argv = ["--config_path", cfg_path, "--output_dir", tempfile.mkdtemp(dir=work), "--data.split_seed", str(seed),
+    return ["--config_path", cfg_path, "--output_dir", out_dir, "--data.split_seed", str(seed),
             "--eval.compare", "true", "--eval.grid_test", "true", *QUIET, *extra, *TASKS[task],
             *(DECODER_TASK.get(task, []) if kind == "decoder" else []), *args.override]
-    t0 = time.perf_counter()
-    rep = run_pipeline(load_config(argv))
+
+
+def seed_result(kind: str, task: str, seed: int, argv: list[str], rep: dict, wall_s: float, args) -> dict:
+    """One seed's result file from its pipeline report."""
     out = {"issue": 19, "ladder": kind, "task": task, "seed": seed, "tag": args.tag, "date": date.today().isoformat(),
            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "config": argv,
            "rows": ladder_rows(rep), "selection": selection_rules(rep["seeds"][0]["finetune"]["grid"]),
-           "timings": rep["timings"], "wall_s": round(time.perf_counter() - t0, 1),
+           "timings": rep["timings"], "wall_s": round(wall_s, 1),
            "final_test_accuracy": _acc(rep["seeds"][0]["test"])}
     s = rep["seeds"][0]
     if "distill" in s:
@@ -101,6 +103,13 @@ def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
     out["ensemble_members"] = s.get("ensemble", {}).get("members")
     out["selftrain"] = s.get("selftrain")
     return out
+
+
+def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
+    argv = ladder_argv(kind, task, seed, tempfile.mkdtemp(dir=work), args)
+    t0 = time.perf_counter()
+    rep = run_pipeline(load_config(argv))
+    return seed_result(kind, task, seed, argv, rep, time.perf_counter() - t0, args)
 
 
 def torch_peer(task: str, seed: int, tdec, cfg, tok, model) -> tuple[float, float]:
@@ -114,42 +123,73 @@ def torch_peer(task: str, seed: int, tdec, cfg, tok, model) -> tuple[float, floa
     return acc, time.perf_counter() - t0
 
 
+def result_path(args, seed: int) -> Path:
+    tag = f"_{args.tag}" if args.tag else ""
+    return RESULTS / f"issue19_{args.ladder}_{args.task}{tag}_seed{seed}.json"
+
+
+PEER_ROW = "PyTorch + peft LoRA (same split, recipe and grid)"
+
+
 def main_ladder(args, peer_factory=None):
-    """Run the ladder for each seed (``peer_factory``: builds the PyTorch peer for the decoder ladder)."""
+    """Run the ladder for each seed (``peer_factory``: builds the PyTorch peer for the decoder ladder).
+    ``args.from_report``: build the seed's file from a finished pipeline's report.json instead of
+    running it (a run whose peer did not get to run); ``args.peer_only``: add the peer's row to the
+    seed files already written (a long seed split over two sessions)."""
     seeds = [int(s_) for s_ in args.seeds.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     peer = peer_factory(args.task) if (peer_factory and args.ladder == "decoder" and not args.skip_torch) else None
     with tempfile.TemporaryDirectory() as work:
         for seed in seeds:
-            res = run_seed(args.ladder, args.task, seed, work, args)
+            path = result_path(args, seed)
+            if args.peer_only:
+                if peer is None:
+                    raise SystemExit("--peer-only: the decoder ladder's peer (without --skip-torch)")
+                res = json.loads(path.read_text())
+            elif args.from_report:
+                rep = json.loads(Path(args.from_report).read_text())
+                if rep["config"]["data"]["split_seed"] != seed or "seeds" not in rep:
+                    raise SystemExit(f"--from-report {args.from_report}: not a finished run of split seed {seed}")
+                argv = ladder_argv(args.ladder, args.task, seed, str(Path(args.from_report).parent), args)
+                res = seed_result(args.ladder, args.task, seed, argv, rep, rep["wall_time_s"], args)
+                res["from_report"] = args.from_report
+            else:
+                res = run_seed(args.ladder, args.task, seed, work, args)
             if peer is not None:
                 acc, secs = peer(seed)
-                res["rows"]["PyTorch + peft LoRA (same split, recipe and grid)"] = (acc, secs)
-            tag = f"_{args.tag}" if args.tag else ""
-            path = RESULTS / f"issue19_{args.ladder}_{args.task}{tag}_seed{seed}.json"
+                res["rows"][PEER_ROW] = (acc, secs)
             path.write_text(json.dumps(res, indent=1) + "\n")
             print(f"seed {seed}: " + ", ".join(f"{k} {100 * v[0]:.1f}" for k, v in res["rows"].items()) +
                   f"  -> {path}", flush=True)
 
 
-def report_ladder(files: list[str]):
+def report_ladder(files: list[str], markdown: bool = False):
     """The ladder table: each row's mean ± std over the seeds, its gain over the row before, and its
-    wall time per seed; then the lr-selection rules."""
+    wall time per seed; then the lr-selection rules (``markdown``: the rows as a Markdown table)."""
     res = [json.loads(Path(f).read_text()) for f in files]
     names: list[str] = []
     for r in res:
         names += [k for k in r["rows"] if k not in names]
     print(f"\n{res[0]['ladder']} ladder, {res[0]['task']}, seeds {[r['seed'] for r in res]} "
           f"(accuracy %, mean ± std; gain over the row before; wall s per seed)")
+    if markdown:
+        print("\n| row | " + " | ".join(str(r["seed"]) for r in res) + " | mean ± std | gain | wall s / seed |")
+        print("| --- |" + " --- |" * (len(res) + 3))
     w, prev = max(len(k) for k in names), None
     for k in names:
         vals = [r["rows"][k] for r in res if k in r["rows"]]
         a = 100 * np.asarray([v[0] for v in vals])
         gain = "" if prev is None or k.startswith(("PyTorch", "MiniLM student")) else f"{a.mean() - prev:+5.1f}"
         secs = np.mean([v[1] for v in vals])
-        print(f"  {k:<{w}}  {a.mean():5.1f} ± {a.std():3.1f} (n={len(a)})  {gain:>6}  {secs:7.0f} s")
+        if markdown:
+            cells = [f"{100 * r['rows'][k][0]:.1f}" if k in r["rows"] else "" for r in res]
+            print(f"| {k} | " + " | ".join(cells) + f" | {a.mean():.1f} ± {a.std():.1f} | {gain.strip()} | {secs:.0f} |")
+        else:
+            print(f"  {k:<{w}}  {a.mean():5.1f} ± {a.std():3.1f} (n={len(a)})  {gain:>6}  {secs:7.0f} s")
         if not k.startswith(("PyTorch", "MiniLM student", "zero-shot")):
             prev = a.mean()
+    if markdown:
+        print()
     sp = [r["student"]["speedup"] for r in res if r.get("student")]
     if sp:
         print(f"  student speed: {np.mean(sp):.1f}x its teacher's sentences/s (min {min(sp):.1f})")
@@ -158,4 +198,3 @@ def report_ladder(files: list[str]):
         a = 100 * np.asarray([r["selection"][rule] for r in res])
         print(f"    {rule:<36} {a.mean():5.1f} ± {a.std():3.1f}")
     print(f"  wall per seed: {np.mean([r['wall_s'] for r in res]):.0f} s")
-

@@ -35,6 +35,6 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = state.record("adapt", rep, model=res.model, classifier=None).fingerprinted("adapt", ck.fingerprint)
     if cfg.eval.compare:
         clf = ctx.classifier(state.prompt_mode, state.model, task, template, verb)
-        state = state.record("baselines", {**state.results.get("baselines", {}),
-                                           "zero_shot_after_adapt": evaluate(clf, task.test, cfg.eval.batch_size)})
+        zs = evaluate(clf, task.test, cfg.eval.batch_size, progress=ctx.bar("adapt: zero-shot test"))
+        state = state.record("baselines", {**state.results.get("baselines", {}), "zero_shot_after_adapt": zs})
     return state

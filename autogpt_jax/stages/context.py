@@ -67,6 +67,10 @@ class RunContext:
     def kind(self) -> str:
         return self.backbone.kind
 
+    def bar(self, label: str) -> str | None:
+        """``label`` for a progress bar when the run shows them (logging.progress), else None."""
+        return label if self.cfg.logging.progress else None
+
     def classifier(self, mode: str, model, task: Task, template: Template | None, verb: Verbalizer | None,
                    labels: list[str] | None = None) -> Classifier:
         """A classifier of ``mode`` over ``model`` with this run's prompt settings."""

@@ -62,8 +62,9 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                            "teacher_labelling_s": round(label_s, 1), "labels_from_cache": cached,
                            "teacher": type(teacher).__name__, "best_step": best["step"],
                            "best_dev_accuracy": best["dev_accuracy"], "train_wall_time_s": res.summary["wall_time_s"]}
-    rep["student_test"] = evaluate(clf, task.test, cfg.eval.batch_size)
-    rep["teacher_test"] = state.results.get("test") or evaluate(teacher, task.test, cfg.eval.batch_size)
+    rep["student_test"] = evaluate(clf, task.test, cfg.eval.batch_size, progress=ctx.bar("distill: student test"))
+    rep["teacher_test"] = state.results.get("test") or evaluate(teacher, task.test, cfg.eval.batch_size,
+                                                                progress=ctx.bar("distill: teacher test"))
     sample = list(task.test["text"])[:256]
     rep["student_sentences_per_s"] = sentences_per_s(clf, sample, cfg.eval.batch_size)
     rep["teacher_sentences_per_s"] = sentences_per_s(teacher, sample, cfg.eval.batch_size)

@@ -65,7 +65,8 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         if pc.calibrate != "none":
             entry["calibration"] = calibrate(clf, pc.calibrate, dev_texts, dev_y, bs)
             if compare and i == 0:
-                ladder["single_calibrated"] = evaluate(clf, task.test, bs)["accuracy"]
+                ladder["single_calibrated"] = evaluate(clf, task.test, bs,
+                                                       progress=ctx.bar("ensemble: test (member 1, calibrated)"))["accuracy"]
         entry["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
         members.append(clf)
         info.append(entry)

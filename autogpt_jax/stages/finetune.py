@@ -194,7 +194,7 @@ def grid_finetune(ctx: RunContext, task: Task, model, mode: str, template, verb,
                                      consistency=consistency)
         if cfg.eval.grid_test and stage == "finetune":  # reporting only: how each selection rule would do
             s_ = {**s_, "test_accuracy": evaluate(ctx.classifier(mode, m, task, template, verb), task.test,
-                                                  cfg.eval.batch_size)["accuracy"]}
+                                                  cfg.eval.batch_size, progress=ctx.bar(f"grid_test: lr {lr:g}"))["accuracy"]}
         grid.append(s_)
         if best is None or selection_key(s_, cfg.finetune.select) > selection_key(best[1], cfg.finetune.select):
             best = (m, s_)

@@ -77,7 +77,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         rep.update(steps=steps, student=grid["chosen"], dev_accuracy=evaluate(clf, task.dev, bs)["accuracy"],
                    wall_s=round(time.perf_counter() - t0, 1))
         if cfg.eval.compare:
-            rep["test_accuracy"] = evaluate(clf, task.test, bs)["accuracy"]
+            rep["test_accuracy"] = evaluate(clf, task.test, bs, progress=ctx.bar(f"selftrain {g}: test"))["accuracy"]
         gens.append(rep)
         teacher = clf
     return state.record("selftrain", {"generations": gens, "temperature": sc.temperature,

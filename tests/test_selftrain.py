@@ -288,3 +288,22 @@ def test_chat_rule_templates_ask_for_every_class():
     assert verb.words == (("negative",), ("neutral",), ("positive",))
     assert all("negative, neutral or positive" in t for t in three[:2])
     assert rule_prompts("sentiment", ["negative", "positive"], chat=True)[0] == list(CHAT_TEMPLATES["sentiment"])
+
+
+def test_sentences_per_s_times_the_model_not_the_memo():
+    """The timed pass must run the model again: Classifier.logits memoises its last text lists."""
+    from autogpt_jax.evaluation import sentences_per_s
+
+    class Memoised:
+        def __init__(self):
+            self._memo, self.runs = {}, 0
+
+        def logits(self, texts, batch_size):
+            key = tuple(texts)
+            if key not in self._memo:
+                self.runs += 1
+                self._memo[key] = np.zeros((len(texts), 2), np.float32)
+            return self._memo[key]
+
+    clf = Memoised()
+    assert sentences_per_s(clf, ["a", "b"], 2) > 0 and clf.runs == 2

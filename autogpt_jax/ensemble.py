@@ -53,6 +53,10 @@ class Ensemble:
     label_words = property(lambda self: self.members[0].label_words)
     max_length = property(lambda self: max(m.max_length for m in self.members))
 
+    def forget(self) -> None:
+        for m in self.members:
+            m.forget()
+
     def member_logits(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> list[np.ndarray]:
         n = len(self.members)
         return [m.logits(texts, batch_size, progress=None if progress is None else f"{progress} [member {i + 1}/{n}]")

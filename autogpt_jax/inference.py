@@ -98,6 +98,10 @@ class Classifier:
         seqs = batching.encode(self.tokenizer, list(texts), self.max_length)
         return seqs, np.zeros(len(seqs), np.int32)
 
+    def forget(self) -> None:
+        """Drop the memoised logits: the next call scores its texts again."""
+        self._memo.clear()
+
     def logits(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
         """Class logits of ``texts`` (N × C). ``progress``: a progress bar with this label."""
         texts = tuple(texts)

@@ -290,20 +290,25 @@ def test_chat_rule_templates_ask_for_every_class():
     assert rule_prompts("sentiment", ["negative", "positive"], chat=True)[0] == list(CHAT_TEMPLATES["sentiment"])
 
 
-def test_sentences_per_s_times_the_model_not_the_memo():
-    """The timed pass must run the model again: Classifier.logits memoises its last text lists."""
+def test_sentences_per_s_times_the_model_not_the_memo(splade_dir, monkeypatch):
+    """The timed pass must run the model again: Classifier.logits memoises its last text lists,
+    and an ensemble's members each keep their own memo."""
+    from autogpt_jax.ensemble import Ensemble
     from autogpt_jax.evaluation import sentences_per_s
+    from autogpt_jax.inference import Classifier, make_classifier
+    from autogpt_jax.models import hf
+    from autogpt_jax.prompts.templates import Template, Verbalizer
 
-    class Memoised:
-        def __init__(self):
-            self._memo, self.runs = {}, 0
-
-        def logits(self, texts, batch_size):
-            key = tuple(texts)
-            if key not in self._memo:
-                self.runs += 1
-                self._memo[key] = np.zeros((len(texts), 2), np.float32)
-            return self._memo[key]
-
-    clf = Memoised()
-    assert sentences_per_s(clf, ["a", "b"], 2) > 0 and clf.runs == 2
+    lm = hf.load_model(splade_dir)
+    runs = []
+    scored = Classifier._logits
+    monkeypatch.setattr(Classifier, "_logits", lambda self, *a: runs.append(id(self)) or scored(self, *a))
+    members = [make_classifier("prompt", lm.model, lm.tokenizer(), ["negative", "positive"],
+                               Template("{text} It was {mask}."), Verbalizer(((w,), ("great",))), max_length=32)
+               for w in ("terrible", "bad")]
+    texts = ["a fine film", "a dull film"]
+    assert sentences_per_s(members[0], texts, 2) > 0 and runs == [id(members[0])] * 2
+    members[1].logits(texts, 2)
+    runs.clear()  # both members' memos now hold these texts: only the timed pass runs them
+    assert sentences_per_s(Ensemble(members, np.ones(2)), texts, 2) > 0
+    assert runs == [id(m) for m in members]

@@ -44,7 +44,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, pc, task, bs = ctx.cfg, ctx.cfg.prompt, state.task, ctx.cfg.eval.batch_size
     if state.mode == "head":
         return state
-    compare, bars = cfg.eval.compare, cfg.logging.progress
+    compare = cfg.eval.compare
     dev_texts, dev_y = list(task.dev["text"]), np.asarray(task.dev["label"])
     test_texts = list(task.test["text"])
     members, info, ladder = [], [], {}
@@ -60,8 +60,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                                  "learning_rate": rep["learning_rate"],
                                  "fine_tuned_dev_accuracy": rep["best_dev_accuracy"]}
         if compare and i == 0:
-            bar = "ensemble: test (member 1)" if bars else None
-            ladder["single"] = evaluate(clf, task.test, bs, logits=clf.logits(test_texts, bs, progress=bar))["accuracy"]
+            ladder["single"] = evaluate(clf, task.test, bs, progress=ctx.bar("ensemble: test (member 1)"))["accuracy"]
         if pc.calibrate != "none":
             entry["calibration"] = calibrate(clf, pc.calibrate, dev_texts, dev_y, bs)
             if compare and i == 0:
@@ -79,7 +78,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     else:
         clf = Ensemble(members, weights, pc.ensemble_weighting, info)
         if compare:
-            test_logits = clf.member_logits(test_texts, bs, progress="ensemble: test" if bars else None)
+            test_logits = clf.member_logits(test_texts, bs, progress=ctx.bar("ensemble: test"))
             for name in ("uniform", "dev"):
                 w = member_weights([e["dev_accuracy"] for e in info], name)
                 ladder[f"ensemble_{name}"] = evaluate(clf, task.test, bs, logits=combine(test_logits, w))["accuracy"]

@@ -36,8 +36,7 @@ def fit_handover(ctx: RunContext, clf: Classifier, task: Task, dev_logits: np.nd
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = ensure_classifier(ctx, state)
     clf, task, bs = state.classifier, state.task, ctx.cfg.eval.batch_size
-    bars = ctx.cfg.logging.progress
-    test_logits, dev_logits = (clf.logits(list(ds["text"]), bs, progress=f"evaluate ({name})" if bars else None)
+    test_logits, dev_logits = (clf.logits(list(ds["text"]), bs, progress=ctx.bar(f"evaluate ({name})"))
                                for name, ds in (("test", task.test), ("dev", task.dev)))
     state = state.record("test", evaluate(clf, task.test, bs, logits=test_logits))
     state = state.record("dev", evaluate(clf, task.dev, bs, logits=dev_logits))

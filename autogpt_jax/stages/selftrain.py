@@ -59,8 +59,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     gens, model, clf = [], state.model, state.classifier
     for g in range(1, sc.generations + 1):
         t0 = time.perf_counter()
-        bars = f"selftrain {g}/{sc.generations}: labelling the pool" if cfg.logging.progress else None
-        logits, cached = label_pool(teacher, pool, cache, bs, progress=bars)
+        logits, cached = label_pool(teacher, pool, cache, bs, progress=ctx.bar(f"selftrain {g}/{sc.generations}: labelling the pool"))
         texts, y, rep = pseudo_data(ctx, task, pool, logits, g)
         rep.update(generation=g, labels_from_cache=cached, examples=len(texts))
         steps = student_steps(ctx, len(texts), len(task.train))

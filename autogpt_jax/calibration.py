@@ -4,7 +4,12 @@
   says nothing ("N/A", "", the mask token) should score every class alike; the mean class
   probabilities p_cf it gets instead measure the prompt's own bias, and log p − log p_cf removes it.
 - prior: a class bias fitted on dev by log-loss (with a small L2 penalty: 32 dev examples).
-Both are one bias vector, so serving only adds it.
+- pool: the class bias under which the classifier's mean predicted distribution over unlabelled
+  task texts equals the labelled examples' class share (a K-shot split is class-balanced, so:
+  balanced classes). A fine-tuned prompt that leans to one class on the pool (65% positive on MR's
+  balanced pool) is moved back; thousands of texts, where dev has 2K. Only for tasks whose classes
+  are as frequent as in the labelled examples.
+Each is one bias vector, so serving only adds it.
 """
 
 from __future__ import annotations
@@ -62,10 +67,35 @@ def fit_prior_bias(logits_NxC: np.ndarray, labels_N: np.ndarray, l2: float = PRI
     return (b - b.mean()).astype(np.float32)
 
 
-def calibrate(clf, method: str, dev_texts: list[str], dev_labels: np.ndarray, batch_size: int = 64) -> dict:
+def prior_matching_bias(logits_NxC: np.ndarray, prior_C: np.ndarray, steps: int = 200, tol: float = 1e-6
+                        ) -> np.ndarray:
+    """The class bias b with mean softmax(logits + b) = ``prior_C`` (fixed-point iteration
+    b += log prior − log mean p, the one-marginal Sinkhorn step), centred."""
+    x = np.asarray(logits_NxC, np.float64)
+    target = np.log(np.asarray(prior_C, np.float64) / np.sum(prior_C))
+    b = np.zeros(x.shape[1])
+    for _ in range(steps):
+        gap = target - np.log(np.maximum(np.exp(log_softmax(x + b)).mean(0), 1e-300))
+        b += gap
+        if np.abs(gap).max() < tol:
+            break
+    return (b - b.mean()).astype(np.float32)
+
+
+def calibrate(clf, method: str, dev_texts: list[str], dev_labels: np.ndarray, batch_size: int = 64,
+              pool_texts: list[str] | None = None, prior: np.ndarray | None = None,
+              progress: str | None = None) -> dict:
     """Set ``clf.logit_bias`` by ``method`` (content_free | prior | both: the prior fitted after the
-    content-free correction); returns what was fitted, for the report."""
+    content-free correction | pool: ``pool_texts``' mean prediction moved to ``prior``, the
+    labelled class share); returns what was fitted, for the report."""
     clf.logit_bias = None
+    if method == "pool":
+        if not pool_texts:
+            raise ValueError("pool calibration needs unlabelled task texts")
+        b = prior_matching_bias(clf.logits(pool_texts, batch_size, progress=progress), prior)
+        clf.logit_bias = b
+        return {"method": method, "pool": len(pool_texts), "prior": np.asarray(prior, np.float64).tolist(),
+                "bias": b.tolist()}
     rep: dict = {"method": method}
     bias = np.zeros(len(clf.labels), np.float32)
     if method in ("content_free", "both"):

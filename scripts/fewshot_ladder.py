@@ -100,6 +100,7 @@ def seed_result(kind: str, task: str, seed: int, argv: list[str], rep: dict, wal
     if "distill" in s:
         out["student"] = {k: s["distill"][k] for k in ("student_sentences_per_s", "teacher_sentences_per_s",
                                                         "speedup", "pool", "best_step")}
+        out["student_selection"] = student_rules(s["distill"].get("evals", []))
     out["ensemble_members"] = s.get("ensemble", {}).get("members")
     out["selftrain"] = s.get("selftrain")
     return out
@@ -126,6 +127,18 @@ def torch_peer(task: str, seed: int, tdec, cfg, tok, model) -> tuple[float, floa
 def result_path(args, seed: int) -> Path:
     tag = f"_{args.tag}" if args.tag else ""
     return RESULTS / f"issue19_{args.ladder}_{args.task}{tag}_seed{seed}.json"
+
+def student_rules(evals: list[dict]) -> dict[str, float]:
+    """The test accuracy of the student step each rule keeps (evals: the distill stage's, with
+    eval.grid_test's test accuracy at every eval step); ties go to the later step, as in fit."""
+    evals = [e for e in evals if e["step"] > 0 and "test_accuracy" in e]
+    if not evals:
+        return {}
+    best = lambda key: max(evals, key=lambda e: (e[key], e["step"]))  # noqa: E731
+    out = {"dev accuracy (before)": best("dev_accuracy"), "last step": evals[-1]}
+    if "teacher_agreement" in evals[0]:
+        out["held-out teacher agreement (now)"] = best("teacher_agreement")
+    return {k: {"step": e["step"], "test_accuracy": e["test_accuracy"]} for k, e in out.items()}
 
 
 PEER_ROW = "PyTorch + peft LoRA (same split, recipe and grid)"
@@ -197,4 +210,10 @@ def report_ladder(files: list[str], markdown: bool = False):
     for rule in res[0]["selection"]:
         a = 100 * np.asarray([r["selection"][rule] for r in res])
         print(f"    {rule:<36} {a.mean():5.1f} ± {a.std():3.1f}")
+    rules = [r.get("student_selection") for r in res if r.get("student_selection")]
+    if rules:
+        print("  student step selection (test accuracy of the step each rule keeps):")
+        for rule in rules[0]:
+            a = 100 * np.asarray([r[rule]["test_accuracy"] for r in rules])
+            print(f"    {rule:<36} {a.mean():5.1f} ± {a.std():3.1f}  steps {[r[rule]['step'] for r in rules]}")
     print(f"  wall per seed: {np.mean([r['wall_s'] for r in res]):.0f} s")

@@ -275,14 +275,20 @@ def test_distill_stage_trains_and_exports_a_student(sentiment_run, tiny_bert_dir
     out, run = sentiment_run
     report = json.loads((out / "report.json").read_text())
     d = report["seeds"][0]["distill"]
-    assert d["pool"] == 64 and d["best_step"] in (3, 6) and d["student"] == str(tiny_bert_dir)
+    assert d["pool"] == 64 and d["held_out"] == 12 and d["select"] == "agreement" and d["student"] == str(tiny_bert_dir)
+    # The step kept agrees most with the teacher on the held-out pool texts (ties: the later step).
+    evals = [e for e in d["evals"] if e["step"] > 0]
+    assert [e["step"] for e in evals] == [3, 6]
+    top = max(e["teacher_agreement"] for e in evals)
+    assert d["best_step"] == max(e["step"] for e in evals if e["teacher_agreement"] == top)
+    assert d["best_teacher_agreement"] == top
     # Teacher's and student's test figures are their own predictions on the test split, recomputed here.
     test = _mr_test()
     assert d["teacher_test"]["accuracy"] == pytest.approx(_recompute(run.classifier, test)["accuracy"])
     want = _recompute(run.student, test)
     assert d["student_test"]["accuracy"] == pytest.approx(want["accuracy"])
     assert d["student_test"]["confusion"] == want["confusion"] and np.asarray(want["confusion"]).sum() == 200
-    # The student kept is its best dev step.
+    # The student kept is that step's model: its dev accuracy is the one recorded at that step.
     assert _recompute(run.student, sources_split(out, "dev"))["accuracy"] == pytest.approx(d["best_dev_accuracy"])
     assert run.student.mode == "head" and run.student.model is not run.classifier.model
     assert d["student_sentences_per_s"] > 0 and d["speedup"] == pytest.approx(
@@ -296,6 +302,16 @@ def test_distill_stage_trains_and_exports_a_student(sentiment_run, tiny_bert_dir
     loaded = predict_records(load_classifier(sdir), texts)
     np.testing.assert_allclose([[r["probabilities"][l] for l in meta["labels"]] for r in loaded],
                                run.student.probabilities(texts), atol=1e-5)
+
+
+def test_distill_holds_out_pool_rows_for_selection():
+    from autogpt_jax.stages.distill import held_out
+
+    rows = held_out(100, 1000, 7)
+    assert len(rows) == 20 and len(set(rows.tolist())) == 20 and np.all(np.diff(rows) > 0) and rows.max() < 100
+    assert len(held_out(100, 5, 7)) == 5 and len(held_out(4, 1000, 7)) == 0
+    assert np.array_equal(held_out(100, 5, 7), held_out(100, 5, 7)) and not np.array_equal(
+        held_out(100, 20, 7), held_out(100, 20, 8))
 
 
 def test_distill_loss_is_cross_entropy_to_soft_labels(tiny_bert_dir):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from autogpt_jax.calibration import content_free_bias, fit_prior_bias, log_softmax
+from autogpt_jax.calibration import content_free_bias, fit_prior_bias, log_softmax, prior_matching_bias
 from autogpt_jax.config import ConfigError, load_config
 from autogpt_jax.ensemble import Ensemble, combine, member_weights
 from autogpt_jax.errors import DataError
@@ -42,6 +42,24 @@ def test_prior_calibration_removes_a_constructed_class_bias():
     # The fitted bias undoes the constructed one (up to a constant shift, which softmax ignores).
     np.testing.assert_allclose(b - b.mean(), -(bias - bias.mean()), atol=0.5)  # (shrunk a little by its L2)
     assert acc(skewed + b) >= acc(clean) - 0.02
+
+
+def test_pool_calibration_removes_a_constructed_class_bias_without_labels():
+    """The pool's labels are never read: only that its classes are as frequent as the prior says."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(2), 500)  # a balanced pool
+    clean = rng.normal(size=(1000, 2)) + 2.0 * np.eye(2)[y]
+    skewed = clean + np.asarray([0.0, 1.5])  # leans positive, as a fine-tuned prompt did on MR
+    acc = lambda lg: float((lg.argmax(-1) == y).mean())  # noqa: E731
+    assert (skewed.argmax(-1) == 1).mean() > 0.65 and acc(skewed) < acc(clean) - 0.05
+    b = prior_matching_bias(skewed, np.asarray([0.5, 0.5]))
+    np.testing.assert_allclose(np.exp(log_softmax(skewed + b)).mean(0), [0.5, 0.5], atol=1e-5)
+    np.testing.assert_allclose(b[1] - b[0], -1.5, atol=0.2)
+    assert acc(skewed + b) >= acc(clean) - 0.01
+    # A skewed prior is matched too (three classes).
+    x3 = rng.normal(size=(600, 3))
+    b3 = prior_matching_bias(x3, np.asarray([0.6, 0.3, 0.1]))
+    np.testing.assert_allclose(np.exp(log_softmax(x3 + b3)).mean(0), [0.6, 0.3, 0.1], atol=1e-5)
 
 
 def test_content_free_calibration_cancels_the_prompt_bias():
@@ -133,6 +151,10 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
         load_config(["--config_path", CFG, "--selftrain.generations", "0"])
     with pytest.raises(ConfigError, match=r"selftrain.threshold must be in \[0, 1\)"):
         load_config(["--config_path", CFG, "--selftrain.threshold", "1.0"])
+    with pytest.raises(ConfigError, match="distill.select must be agreement, dev or last"):
+        load_config(["--config_path", CFG, "--distill.select", "best"])
+    with pytest.raises(ConfigError, match="distill.select agreement needs distill.holdout >= 1"):
+        load_config(["--config_path", CFG, "--distill.holdout", "0"])
     code, err = _cli(capsys, "--stages", "prompt,finetune,selftrain", "--output_dir", str(tmp_path / "a"),
                      "--prompt.ensemble", "5", "--prompt.template", "{text} It was {mask}.",
                      "--prompt.label_words", "terrible|great", "--prompt.ensemble_seeds", "2")
@@ -142,9 +164,12 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
     code, err = _cli(capsys, "--stages", "prompt,finetune,selftrain", "--output_dir", str(tmp_path / "b"),
                      "--data.unlabeled_file", str(empty))
     assert code == 2 and "the selftrain stage labels unlabelled task text, and this task has none" in err
+    code, err = _cli(capsys, "--stages", "prompt,finetune", "--output_dir", str(tmp_path / "d"),
+                     "--data.unlabeled_file", str(empty), "--prompt.calibrate", "pool")
+    assert code == 2 and "prompt.calibrate pool labels unlabelled task text, and this task has none" in err
     code, err = _cli(capsys, "--stages", "prompt,selftrain", "--output_dir", str(tmp_path / "c"))
     assert code == 2 and "add finetune to --stages" in err
-    for d in "abc":
+    for d in "abcd":
         assert not (tmp_path / d / "metrics.jsonl").exists() or "finetune" not in (tmp_path / d / "metrics.jsonl").read_text()
 
 
@@ -258,7 +283,8 @@ def test_an_exported_ensemble_is_served_whole(tmp_path):
 
     out = tmp_path / "run"
     cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,evaluate,export",
-                       "--prompt.ensemble", "2", "--prompt.search_steps", "0", "--prompt.ensemble_weighting", "uniform"])
+                       "--prompt.ensemble", "2", "--prompt.search_steps", "0", "--prompt.ensemble_weighting", "uniform",
+                       "--prompt.calibrate", "pool", "--prompt.calibration_pool", "40"])
     run = run_pipeline(cfg, return_run=True)
     assert isinstance(run.classifier, Ensemble)
     rep = json.loads((out / "report.json").read_text())["seeds"][0]
@@ -270,6 +296,16 @@ def test_an_exported_ensemble_is_served_whole(tmp_path):
     assert [m["dir"] for m in meta["ensemble"]["members"]] == [".", "members/1"]
     served = load_classifier(out / "export")
     assert isinstance(served, Ensemble) and [m.template.source for m in served.members] == ranked[:2]
+    # Each member, as served, predicts the labelled examples' class share (balanced) on average
+    # over the 40 pool texts it was calibrated on.
+    from autogpt_jax.pseudolabels import pool_subset
+
+    task = run.seeds[0].task
+    pool = pool_subset(task.pool, 40, task.seed)
+    assert len(pool) == 40 and not set(pool) & set(task.test["text"])
+    for m, info in zip(served.members, rep["ensemble"]["members"]):
+        assert info["calibration"]["method"] == "pool" and info["calibration"]["prior"] == [0.5, 0.5]
+        np.testing.assert_allclose(m.probabilities(pool).mean(0), [0.5, 0.5], atol=1e-3)
     texts = ["a moving, beautifully acted film", "dull and lifeless"]
     np.testing.assert_allclose(served.logits(texts), run.classifier.logits(texts), atol=1e-4)
     f = tmp_path / "in.jsonl"

@@ -9,7 +9,7 @@ from typing import Optional
 from autogpt_jax.config.sections import DTYPES, OptimConfig, check
 from autogpt_jax.errors import ConfigError
 
-CALIBRATIONS = ("none", "content_free", "prior", "both")
+CALIBRATIONS = ("none", "content_free", "prior", "both", "pool")
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
@@ -78,8 +78,11 @@ class PromptConfig:
     paraphrases: int = 0
     # Calibration of prompt scores (cloze, next-token, similarity) after fine-tuning: none |
     # content_free (subtract the mean log-probability of content-free inputs -- "N/A", "", the
-    # mask token -- Zhao et al. 2021) | prior (a class bias fitted on dev by log-loss) | both.
+    # mask token -- Zhao et al. 2021) | prior (a class bias fitted on dev by log-loss) | both |
+    # pool (the bias that makes the mean prediction over `calibration_pool` unlabelled task texts
+    # match the labelled examples' class share: balanced classes).
     calibrate: str = "none"
+    calibration_pool: int = 1000
 
     def __post_init__(self):
         check(self.ensemble >= 1 and self.ensemble_seeds >= 1 and self.paraphrases >= 0,
@@ -88,6 +91,7 @@ class PromptConfig:
               f"prompt.ensemble_weighting must be dev or uniform, got {self.ensemble_weighting!r}")
         check(self.calibrate in CALIBRATIONS,
               f"prompt.calibrate must be one of {', '.join(CALIBRATIONS)}, got {self.calibrate!r}")
+        check(self.calibration_pool >= 1, f"prompt.calibration_pool must be >= 1, got {self.calibration_pool}")
         check(self.demonstrations >= 0, f"prompt.demonstrations must be >= 0, got {self.demonstrations}")
         check(self.task_type in ("sentiment", "topic", "intent", "nli"),
                f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
@@ -263,11 +267,21 @@ class DistillConfig:
     max_length: int = 64
     pooling: str = "mean"
     eval_every: int = 50
+    # The student step kept (evaluated every eval_every steps): "agreement", the step whose
+    # predictions agree most with the teacher's on `holdout` pool texts the student does not train
+    # on (at most a fifth of the pool: a thousand examples, where the 2K dev examples move in steps
+    # of 1/|dev|); "dev", the best dev accuracy; "last", the last step.
+    select: str = "agreement"
+    holdout: int = 1000
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(learning_rate=5e-5, warmup_steps=30))
 
     def __post_init__(self):
         check(self.steps >= 1 and self.batch_size >= 1 and (self.max_unlabeled or 1) >= 1 and self.eval_every >= 1,
                "distill.steps, batch_size, max_unlabeled and eval_every must be >= 1")
+        check(self.select in ("agreement", "dev", "last"),
+              f"distill.select must be agreement, dev or last, got {self.select!r}")
+        check(self.holdout >= 1 or self.select != "agreement",
+              f"distill.select agreement needs distill.holdout >= 1, got {self.holdout}")
         check(self.temperature > 0, f"distill.temperature must be > 0, got {self.temperature}")
         check(self.pooling in ("cls", "mean", "pooler"), f"distill.pooling must be cls, mean or pooler, got {self.pooling!r}")
 

@@ -71,6 +71,20 @@ class RunContext:
         """``label`` for a progress bar when the run shows them (logging.progress), else None."""
         return label if self.cfg.logging.progress else None
 
+    def calibrate(self, clf: Classifier, task: Task, label: str) -> dict:
+        """Calibrate ``clf`` by ``prompt.calibrate`` (dev texts; for ``pool``, a seeded sample of the
+        unlabelled pool and the labelled examples' class share); what was fitted, for the report."""
+        from autogpt_jax.calibration import calibrate
+        from autogpt_jax.pseudolabels import pool_subset
+
+        pc = self.cfg.prompt
+        pool = pool_subset(task.pool, pc.calibration_pool, task.seed) if pc.calibrate == "pool" else None
+        y = np.concatenate([np.asarray(task.train["label"]), np.asarray(task.dev["label"])])
+        return calibrate(clf, pc.calibrate, list(task.dev["text"]), np.asarray(task.dev["label"]),
+                         self.cfg.eval.batch_size, pool_texts=pool,
+                         prior=np.bincount(y, minlength=len(task.names)) / max(len(y), 1),
+                         progress=self.bar(f"{label}: calibration on the pool"))
+
     def classifier(self, mode: str, model, task: Task, template: Template | None, verb: Verbalizer | None,
                    labels: list[str] | None = None) -> Classifier:
         """A classifier of ``mode`` over ``model`` with this run's prompt settings."""

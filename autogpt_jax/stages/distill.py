@@ -1,8 +1,9 @@
 """Stage ``distill``: the task model (teacher: the ensemble, or self-training's last student)
 soft-labels the whole unlabelled pool (cached per teacher and pool: the labels self-training
 already computed with the same teacher are read back); a small student with a classification
-head learns those labels and the K-shot examples' own (one-hot), keeping its best dev step. The
-student is exported beside the teacher (export/student)."""
+head learns those labels and the K-shot examples' own (one-hot). The step kept (``distill.select``)
+is the one that agrees most with the teacher on pool texts held out from the student's training,
+or the best dev step, or the last. The student is exported beside the teacher (export/student)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,15 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     pool = pool_subset(task.pool, dc.max_unlabeled, task.seed)
     t0 = time.perf_counter()
     logits, cached = label_pool(teacher, pool, ctx.out / "cache" / "pool_labels", cfg.eval.batch_size,
-                                progress="distill: the teacher labels the pool" if cfg.logging.progress else None)
-    soft = soft_targets(logits, dc.temperature)
+                                progress=ctx.bar("distill: the teacher labels the pool"))
     label_s = time.perf_counter() - t0
+    held = held_out(len(pool), dc.holdout if dc.select == "agreement" else 0, task.seed)
+    train_rows = np.setdiff1d(np.arange(len(pool)), held)
+    hold_texts, hold_y = [pool[i] for i in held], logits[held].argmax(-1)
+    soft = soft_targets(logits[train_rows], dc.temperature)
     C = len(task.names)
     train_y = np.asarray(task.train["label"], np.int64)
-    texts = pool + list(task.train["text"])
+    texts = [pool[i] for i in train_rows] + list(task.train["text"])
     targets = np.concatenate([soft, np.eye(C, dtype=np.float32)[train_y]]).astype(np.float32)
     student_cfg = dataclasses.replace(cfg.model, name_or_path=dc.student, tokenizer=None, dropout=None)
     built = build_model(student_cfg, seed=cfg.seed, num_labels=C,
@@ -51,17 +55,33 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     def classifier(m) -> Classifier:
         return Classifier(m, stok, task.names, "head", max_length=dc.max_length, pooling=dc.pooling, mesh=ctx.mesh)
 
+    bs = cfg.eval.batch_size
+
+    def metrics(m) -> dict[str, float]:
+        c = classifier(m)
+        out = {"dev_accuracy": evaluate(c, task.dev, bs)["accuracy"]}
+        if len(held):
+            out["teacher_agreement"] = float(np.mean(c.logits(hold_texts, bs).argmax(-1) == hold_y))
+        if cfg.eval.grid_test:  # reporting only (benchmarks): how each selection rule does on test
+            out["test_accuracy"] = evaluate(c, task.test, bs)["accuracy"]
+        return out
+
+    key = {"agreement": "teacher_agreement", "dev": "dev_accuracy", "last": None}[dc.select]
     res = fit(stage="distill", model=built.model, loss=loss, optim=dc.optim, steps=dc.steps, batches=batches,
               batch_size=dc.batch_size, batch_key="distill.batch_size", mesh=ctx.mesh, logger=ctx.logger,
               seed=cfg.seed, progress=cfg.logging.progress, log_every=max(1, dc.steps // 10),
-              evaluate=lambda m: {"dev_accuracy": evaluate(classifier(m), task.dev, cfg.eval.batch_size)["accuracy"]},
-              eval_every=dc.eval_every, best_metric="dev_accuracy", best_mode="max", keep_best=True)
+              evaluate=metrics, eval_every=dc.eval_every, best_metric=key or "dev_accuracy", best_mode="max",
+              keep_best=key is not None)
     clf = classifier(res.model)
-    best = res.best or {"step": 0, "dev_accuracy": -1.0}
-    rep: dict[str, Any] = {"student": built.source, "pool": len(pool), "temperature": dc.temperature,
+    evals = res.summary.get("evals", [])
+    best = res.best or next((e for e in reversed(evals) if e["step"] == dc.steps), {"step": dc.steps})
+    rep: dict[str, Any] = {"student": built.source, "pool": len(pool), "held_out": len(held),
+                           "temperature": dc.temperature, "select": dc.select,
                            "teacher_labelling_s": round(label_s, 1), "labels_from_cache": cached,
                            "teacher": type(teacher).__name__, "best_step": best["step"],
-                           "best_dev_accuracy": best["dev_accuracy"], "train_wall_time_s": res.summary["wall_time_s"]}
+                           "best_dev_accuracy": best.get("dev_accuracy"),
+                           "best_teacher_agreement": best.get("teacher_agreement"),
+                           "evals": evals, "train_wall_time_s": res.summary["wall_time_s"]}
     rep["student_test"] = evaluate(clf, task.test, cfg.eval.batch_size, progress=ctx.bar("distill: student test"))
     rep["teacher_test"] = state.results.get("test") or evaluate(teacher, task.test, cfg.eval.batch_size,
                                                                 progress=ctx.bar("distill: teacher test"))
@@ -70,3 +90,9 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     rep["teacher_sentences_per_s"] = sentences_per_s(teacher, sample, cfg.eval.batch_size)
     rep["speedup"] = rep["student_sentences_per_s"] / rep["teacher_sentences_per_s"]
     return state.record("distill", rep, student=clf)
+
+
+def held_out(n: int, holdout: int, seed: int) -> np.ndarray:
+    """Pool rows the student does not train on (at most a fifth of the pool), sorted."""
+    k = min(holdout, n // 5)
+    return np.sort(np.random.default_rng([seed, 19]).permutation(n)[:k]) if k > 0 else np.zeros(0, np.int64)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from autogpt_jax.calibration import calibrate
 from autogpt_jax.ensemble import Ensemble, combine, member_weights
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.prompts.templates import Template, Verbalizer
@@ -45,7 +42,6 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     if state.mode == "head":
         return state
     compare = cfg.eval.compare
-    dev_texts, dev_y = list(task.dev["text"]), np.asarray(task.dev["label"])
     test_texts = list(task.test["text"])
     members, info, ladder = [], [], {}
     for i, (template, verb, seed) in enumerate(member_specs(ctx, state)):
@@ -62,7 +58,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         if compare and i == 0:
             ladder["single"] = evaluate(clf, task.test, bs, progress=ctx.bar("ensemble: test (member 1)"))["accuracy"]
         if pc.calibrate != "none":
-            entry["calibration"] = calibrate(clf, pc.calibrate, dev_texts, dev_y, bs)
+            entry["calibration"] = ctx.calibrate(clf, task, f"ensemble member {i + 1}")
             if compare and i == 0:
                 ladder["single_calibrated"] = evaluate(clf, task.test, bs,
                                                        progress=ctx.bar("ensemble: test (member 1, calibrated)"))["accuracy"]

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 
-from autogpt_jax.calibration import calibrate
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.pseudolabels import label_pool, pool_subset, select_confident, soft_targets, word_dropout
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
@@ -71,8 +70,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                                     lrs=lrs, data=(texts, y), steps=steps, consistency=cons)
         clf = ctx.classifier(state.mode, model, task, state.task_template, state.task_verbalizer)
         if cfg.prompt.calibrate != "none" and state.mode != "head":
-            rep["calibration"] = calibrate(clf, cfg.prompt.calibrate, list(task.dev["text"]),
-                                           np.asarray(task.dev["label"]), bs)
+            rep["calibration"] = ctx.calibrate(clf, task, f"selftrain {g}")
         rep.update(steps=steps, student=grid["chosen"], dev_accuracy=evaluate(clf, task.dev, bs)["accuracy"],
                    wall_s=round(time.perf_counter() - t0, 1))
         if cfg.eval.compare:

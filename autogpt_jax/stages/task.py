@@ -53,10 +53,12 @@ def check_levers(ctx: RunContext, task, mode: str, n_templates: int):
                               f"template(s) × {1 + pc.paraphrases} with paraphrases × {label_word_sets(ctx, mode)} "
                               f"label-word set(s) × {pc.ensemble_seeds} seed(s)); lower prompt.ensemble or raise "
                               "prompt.ensemble_seeds / prompt.candidates")
-    if "selftrain" in ctx.cfg.stage_list or "distill" in ctx.cfg.stage_list:
+    pool_calibration = pc.calibrate == "pool" and "finetune" in ctx.cfg.stage_list
+    if "selftrain" in ctx.cfg.stage_list or "distill" in ctx.cfg.stage_list or pool_calibration:
         if not task.pool:
-            which = "selftrain" if "selftrain" in ctx.cfg.stage_list else "distill"
-            raise ConfigError(f"the {which} stage labels unlabelled task text, and this task has none (after the "
+            which = next(f"the {s} stage" for s in ("selftrain", "distill") if s in ctx.cfg.stage_list) \
+                if not pool_calibration else "prompt.calibrate pool"
+            raise ConfigError(f"{which} labels unlabelled task text, and this task has none (after the "
                               "test, train and dev texts are taken out); pass --data.unlabeled_file FILE (a `text` "
                               "column) or --data.unlabeled NAME")
 

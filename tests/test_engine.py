@@ -351,6 +351,10 @@ def test_a_stage_whose_config_changed_is_trained_again_on_resume(tmp_path):
     fp = json.loads((out / "checkpoints" / "adapt-seed42" / "fingerprint.json").read_text())
     assert fp["keys"]["adapt"]["mask_rate"] == 0.3 and fp["inputs"]["split_seed"] == 42
     assert fp["upstream"]["pretrain"]["keys"]["pretrain"]["steps"] == 6
+    # Prompt keys that act only after fine-tuning (calibration, ensemble weighting) leave it current.
+    pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3", "--prompt.calibrate", "pool",
+                  "--prompt.ensemble_weighting", "uniform")
+    assert ad["resumed_from_step"] == 4 and ad["steps_this_run"] == 0 and ad["stale_checkpoint"] is None
     # A pretraining key changed: pretraining trains again, and so does the adaptation built on it.
     pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3", "--pretrain.optim.learning_rate", "0.001")
     assert pre["steps_this_run"] == 6 and pre["stale_checkpoint"] == ["keys.pretrain.optim.learning_rate"]

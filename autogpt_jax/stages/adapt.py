@@ -4,6 +4,9 @@ checkpointed per split seed and resumable."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from autogpt_jax.config import PromptConfig
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.models.build import is_decoder
 from autogpt_jax.stages.context import RunContext, SeedState
@@ -11,8 +14,12 @@ from autogpt_jax.stages.finetune import mlm_batches, with_peft
 from autogpt_jax.training import objectives
 from autogpt_jax.training.fit import fit
 
-# What an adaptation checkpoint depends on, besides its split seed, template and label words.
-KEYS = ("seed", "model", "data", "adapt", "peft", "prompt")
+# What an adaptation checkpoint depends on, besides its split seed, template and label words: not
+# the prompt keys that act only after fine-tuning (changing the calibration or the ensemble does not
+# train the adaptation again).
+AFTER_FINETUNE = ("ensemble", "ensemble_weighting", "ensemble_seeds", "calibrate", "calibration_pool")
+KEYS = ("seed", "model", "data", "adapt", "peft",
+        *(f"prompt.{f.name}" for f in dataclasses.fields(PromptConfig) if f.name not in AFTER_FINETUNE))
 
 
 def run(ctx: RunContext, state: SeedState) -> SeedState:

@@ -12,12 +12,14 @@ from typing import Any, Mapping
 import numpy as np
 from flax import nnx
 
+from autogpt_jax.calibration import calibrate
 from autogpt_jax.config import Config, to_dict
 from autogpt_jax.data.task import Task
 from autogpt_jax.handover import Handover
 from autogpt_jax.inference import Classifier, make_classifier
 from autogpt_jax.models.build import Backbone
 from autogpt_jax.prompts.templates import Template, Verbalizer
+from autogpt_jax.pseudolabels import pool_subset
 from autogpt_jax.training.fit import Checkpointing
 from autogpt_jax.training.loop import MetricsLogger, is_main
 
@@ -74,9 +76,6 @@ class RunContext:
     def calibrate(self, clf: Classifier, task: Task, label: str) -> dict:
         """Calibrate ``clf`` by ``prompt.calibrate`` (dev texts; for ``pool``, a seeded sample of the
         unlabelled pool and the labelled examples' class share); what was fitted, for the report."""
-        from autogpt_jax.calibration import calibrate
-        from autogpt_jax.pseudolabels import pool_subset
-
         pc = self.cfg.prompt
         pool = pool_subset(task.pool, pc.calibration_pool, task.seed) if pc.calibrate == "pool" else None
         y = np.concatenate([np.asarray(task.train["label"]), np.asarray(task.dev["label"])])

@@ -30,6 +30,11 @@ class Task:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
 
+    def labelled_share(self) -> np.ndarray:
+        """Each class's share of the labelled examples (train and dev)."""
+        y = np.concatenate([np.asarray(self.train["label"]), np.asarray(self.dev["label"])]).astype(np.int64)
+        return np.bincount(y, minlength=len(self.names)) / max(len(y), 1)
+
 
 def _labelled(d: DataConfig):
     if d.train_file:

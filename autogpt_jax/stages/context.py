@@ -78,10 +78,8 @@ class RunContext:
         unlabelled pool and the labelled examples' class share); what was fitted, for the report."""
         pc = self.cfg.prompt
         pool = pool_subset(task.pool, pc.calibration_pool, task.seed) if pc.calibrate == "pool" else None
-        y = np.concatenate([np.asarray(task.train["label"]), np.asarray(task.dev["label"])])
         return calibrate(clf, pc.calibrate, list(task.dev["text"]), np.asarray(task.dev["label"]),
-                         self.cfg.eval.batch_size, pool_texts=pool,
-                         prior=np.bincount(y, minlength=len(task.names)) / max(len(y), 1),
+                         self.cfg.eval.batch_size, pool_texts=pool, prior=task.labelled_share(),
                          progress=self.bar(f"{label}: calibration on the pool"))
 
     def classifier(self, mode: str, model, task: Task, template: Template | None, verb: Verbalizer | None,

@@ -82,31 +82,57 @@ def prior_matching_bias(logits_NxC: np.ndarray, prior_C: np.ndarray, steps: int 
     return (b - b.mean()).astype(np.float32)
 
 
+METHODS = ("content_free", "prior", "both", "pool")
+
+
+def fit_bias(method: str, dev_logits: np.ndarray | None = None, dev_labels: np.ndarray | None = None,
+             content_free_logits: np.ndarray | None = None, pool_logits: np.ndarray | None = None,
+             prior: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The class bias of ``method`` from already-scored logits (content_free | prior | both: the prior
+    fitted after the content-free correction | pool: ``pool_logits``' mean prediction moved to
+    ``prior``, the labelled class share); returns the bias and what was fitted, for the report.
+    Each method needs only its own logits."""
+    if method not in METHODS:
+        raise ValueError(f"calibration method {method!r}: one of {', '.join(METHODS)}")
+    if method == "pool":
+        if pool_logits is None or len(pool_logits) == 0:
+            raise ValueError("pool calibration needs unlabelled task texts")
+        b = prior_matching_bias(pool_logits, prior)
+        return b, {"method": method, "pool": len(pool_logits),
+                   "prior": np.asarray(prior, np.float64).tolist(), "bias": b.tolist()}
+    rep: dict = {"method": method}
+    bias = 0.0
+    if method in ("content_free", "both"):
+        cf = content_free_bias(content_free_logits)
+        bias = bias + cf
+        rep["content_free_bias"] = cf.tolist()
+    if method in ("prior", "both"):
+        p = fit_prior_bias(np.asarray(dev_logits) + bias, dev_labels)
+        bias = bias + p
+        rep["prior_bias"] = p.tolist()
+    bias = np.asarray(bias, np.float32)
+    rep["bias"] = bias.tolist()
+    return bias, rep
+
+
 def calibrate(clf, method: str, dev_texts: list[str], dev_labels: np.ndarray, batch_size: int = 64,
               pool_texts: list[str] | None = None, prior: np.ndarray | None = None,
               progress: str | None = None) -> dict:
-    """Set ``clf.logit_bias`` by ``method`` (content_free | prior | both: the prior fitted after the
-    content-free correction | pool: ``pool_texts``' mean prediction moved to ``prior``, the
-    labelled class share); returns what was fitted, for the report."""
+    """Set ``clf.logit_bias`` by ``method`` (see ``fit_bias``), scoring only the texts the method
+    needs; returns what was fitted, for the report."""
     clf.logit_bias = None
+    if method == "pool" and not pool_texts:
+        raise ValueError("pool calibration needs unlabelled task texts")
+    logits: dict = {}
     if method == "pool":
-        if not pool_texts:
-            raise ValueError("pool calibration needs unlabelled task texts")
-        b = prior_matching_bias(clf.logits(pool_texts, batch_size, progress=progress), prior)
-        clf.logit_bias = b
-        return {"method": method, "pool": len(pool_texts), "prior": np.asarray(prior, np.float64).tolist(),
-                "bias": b.tolist()}
-    rep: dict = {"method": method}
-    bias = np.zeros(len(clf.labels), np.float32)
+        logits["pool_logits"] = clf.logits(pool_texts, batch_size, progress=progress)
+    texts = content_free_texts(clf.tokenizer)
     if method in ("content_free", "both"):
-        texts = content_free_texts(clf.tokenizer)
-        cf = content_free_bias(clf.logits(texts, batch_size))
-        bias += cf
-        rep.update(content_free_inputs=texts, content_free_bias=cf.tolist())
+        logits["content_free_logits"] = clf.logits(texts, batch_size)
     if method in ("prior", "both"):
-        prior = fit_prior_bias(clf.logits(dev_texts, batch_size) + bias, dev_labels)
-        bias += prior
-        rep["prior_bias"] = prior.tolist()
+        logits.update(dev_logits=clf.logits(dev_texts, batch_size), dev_labels=dev_labels)
+    bias, rep = fit_bias(method, prior=prior, **logits)
+    if "content_free_logits" in logits:
+        rep["content_free_inputs"] = texts
     clf.logit_bias = bias
-    rep["bias"] = bias.tolist()
     return rep

@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 
-from autogpt_jax.calibration import (content_free_bias, content_free_texts, fit_prior_bias, log_softmax,
-                                     prior_matching_bias)
+from autogpt_jax.calibration import content_free_texts, fit_bias, log_softmax
 from autogpt_jax.config import load_config
 from autogpt_jax.data.task import prepare_task
 from autogpt_jax.export_format import load_classifier
@@ -39,19 +38,22 @@ def main(argv=None):
     test_y, dev_y = np.asarray(task.test["label"]), np.asarray(task.dev["label"])
     test = clf.logits(list(task.test["text"]), bs, progress="test")
     dev = clf.logits(list(task.dev["text"]), bs, progress="dev")
-    cf = content_free_bias(clf.logits(content_free_texts(clf.tokenizer), bs))
+    cf = clf.logits(content_free_texts(clf.tokenizer), bs)
     prior = task.labelled_share()
     sizes = sorted(int(s) for s in args.pool.split(","))
     pool = pool_subset(task.pool, sizes[-1], task.seed)
     pool_logits = clf.logits(pool, bs, progress="pool")
     score_s = time.perf_counter() - t0
-    biases = {"none": np.zeros(len(task.names), np.float32), "content_free": cf,
-              "prior (dev)": fit_prior_bias(dev, dev_y), "both": cf + fit_prior_bias(dev + cf, dev_y)}
+    scored = dict(dev_logits=dev, dev_labels=dev_y, content_free_logits=cf, prior=prior)
+    biases = {"none": np.zeros(len(task.names), np.float32)}
+    for name, method in (("content_free", "content_free"), ("prior (dev)", "prior"), ("both", "both")):
+        biases[name] = fit_bias(method, **scored)[0]
     for n in sizes:
         idx = [pool.index(t) for t in pool_subset(task.pool, n, task.seed)]  # the stage's own sample of n
-        biases[f"pool ({len(idx)})"] = prior_matching_bias(pool_logits[idx], prior)
+        biases[f"pool ({len(idx)})"] = fit_bias("pool", pool_logits=pool_logits[idx], prior=prior)[0]
     out = {"export": args.export, "split_seed": task.seed, "pipeline": args.pipeline, "score_s": round(score_s, 1),
-           "pool_prediction_share": np.bincount(pool_logits.argmax(-1), minlength=len(task.names)).tolist(),
+           "pool_prediction_share": (np.bincount(pool_logits.argmax(-1), minlength=len(task.names))
+                                     / len(pool_logits)).round(3).tolist(),
            "methods": {}}
     print(f"split seed {task.seed}, {len(test_y)} test texts, pool share predicted "
           f"{np.round(np.exp(log_softmax(pool_logits)).mean(0), 3).tolist()} (scored in {score_s:.0f} s)")

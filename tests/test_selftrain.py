@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from autogpt_jax.calibration import content_free_bias, fit_prior_bias, log_softmax, prior_matching_bias
+from autogpt_jax.calibration import content_free_bias, fit_bias, fit_prior_bias, log_softmax, prior_matching_bias
 from autogpt_jax.config import ConfigError, load_config
 from autogpt_jax.ensemble import Ensemble, combine, member_weights
 from autogpt_jax.errors import DataError
@@ -75,6 +75,24 @@ def test_content_free_calibration_cancels_the_prompt_bias():
     a = log_softmax(one + content_free_bias(cf[:1]))
     c = log_softmax(one + shift + content_free_bias(cf[:1] + shift))
     np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_fit_bias_both_is_the_prior_fitted_after_the_content_free_correction():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 64)
+    dev = rng.normal(size=(64, 2)) + 2.0 * np.eye(2)[y] + np.asarray([1.0, -1.0])
+    cf = rng.normal(size=(3, 2)) + np.asarray([2.0, 0.0])
+    b, rep = fit_bias("both", dev_logits=dev, dev_labels=y, content_free_logits=cf)
+    by_hand = content_free_bias(cf) + fit_prior_bias(dev + content_free_bias(cf), y)
+    np.testing.assert_allclose(b, by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rep["content_free_bias"], content_free_bias(cf), rtol=1e-6)
+    np.testing.assert_allclose(fit_bias("prior", dev_logits=dev, dev_labels=y)[0], fit_prior_bias(dev, y), atol=1e-6)
+    np.testing.assert_allclose(fit_bias("pool", pool_logits=dev, prior=np.asarray([0.5, 0.5]))[0],
+                               prior_matching_bias(dev, np.asarray([0.5, 0.5])), atol=1e-6)
+    with pytest.raises(ValueError, match="pool calibration needs unlabelled task texts"):
+        fit_bias("pool", pool_logits=dev[:0], prior=np.asarray([0.5, 0.5]))
+    with pytest.raises(ValueError, match="calibration method 'dev'"):
+        fit_bias("dev", dev_logits=dev, dev_labels=y)
 
 
 def test_selection_is_class_balanced_thresholded_and_ordered():
@@ -155,6 +173,8 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
         load_config(["--config_path", CFG, "--distill.select", "best"])
     with pytest.raises(ConfigError, match="distill.select agreement needs distill.holdout >= 1"):
         load_config(["--config_path", CFG, "--distill.holdout", "0"])
+    with pytest.raises(ConfigError, match="prompt.calibration_pool must be >= 1, got 0"):
+        load_config(["--config_path", CFG, "--prompt.calibrate", "pool", "--prompt.calibration_pool", "0"])
     code, err = _cli(capsys, "--stages", "prompt,finetune,selftrain", "--output_dir", str(tmp_path / "a"),
                      "--prompt.ensemble", "5", "--prompt.template", "{text} It was {mask}.",
                      "--prompt.label_words", "terrible|great", "--prompt.ensemble_seeds", "2")

@@ -78,23 +78,48 @@ def label_pool(clf, texts: list[str], cache_dir: Path | None, batch_size: int = 
     return out, False
 
 
-def select_confident(probs_NxC: np.ndarray, per_class: int, threshold: float) -> np.ndarray:
+def select_confident(probs_NxC: np.ndarray, per_class: int, threshold: float, min_per_class: int = 0) -> np.ndarray:
     """Indices of the pseudo-labelled texts: for every class, its most confident predictions with
     confidence >= ``threshold``, the same number for each class (at most ``per_class``: fewer when
-    a class has fewer above the threshold), in descending confidence, classes interleaved."""
+    a class has fewer above the threshold), in descending confidence, classes interleaved.
+
+    ``min_per_class``: when the weakest class has fewer than this many texts above the threshold
+    (a teacher whose confidences sit low: an ensemble averaging members that disagree), every class
+    keeps its ``min(min_per_class, per_class)`` most confident predictions whatever their
+    confidence, and a warning says so (PET's rule: rank per class, no threshold). 0: an error
+    instead when a class has none above the threshold."""
     probs = np.asarray(probs_NxC)
     pred, conf = probs.argmax(-1), probs.max(-1)
     C = probs.shape[1]
-    ranked = []
-    for c in range(C):
-        idx = np.flatnonzero((pred == c) & (conf >= threshold))
-        ranked.append(idx[np.argsort(-conf[idx], kind="stable")])
+
+    def ranked_above(t: float) -> list[np.ndarray]:
+        out = []
+        for c in range(C):
+            idx = np.flatnonzero((pred == c) & (conf >= t))
+            out.append(idx[np.argsort(-conf[idx], kind="stable")])
+        return out
+
+    ranked = ranked_above(threshold)
     n = min(per_class, *(len(r) for r in ranked))
-    if n == 0:
+    floor = min(min_per_class, per_class)
+    if n < floor:
+        counts = [len(r) for r in ranked]
+        ranked = ranked_above(-np.inf)
+        n = min(floor, *(len(r) for r in ranked))
+        if n == 0:
+            short = [c for c in range(C) if len(ranked[c]) == 0]
+            raise DataError(f"self-training: the teacher predicts no pool text as class(es) {short} (of "
+                            f"{len(probs)} texts); give more unlabelled text (--data.unlabeled_file)")
+        log.warning("self-training: %s texts per class reach the confidence threshold %s (fewer than "
+                    "selftrain.min_per_class %d): keeping each class's %d most confident predictions instead "
+                    "(the least confident kept: %.3f)", counts, threshold, min_per_class, n,
+                    min(conf[r[:n]].min() for r in ranked))
+    elif n == 0:
         short = [c for c in range(C) if len(ranked[c]) == 0]
         raise DataError(f"self-training: no pool text of class(es) {short} reaches the confidence threshold "
                         f"{threshold} (the most confident of the {len(probs)} texts: {conf.max():.3f}); lower "
-                        "--selftrain.threshold or give more unlabelled text (--data.unlabeled_file)")
+                        "--selftrain.threshold, set --selftrain.min_per_class, or give more unlabelled text "
+                        "(--data.unlabeled_file)")
     return np.stack([r[:n] for r in ranked], 1).reshape(-1)
 
 

@@ -105,6 +105,15 @@ def test_selection_is_class_balanced_thresholded_and_ordered():
     assert select_confident(probs, per_class=1, threshold=0.9).tolist() == [0, 5]
     with pytest.raises(DataError, match=r"no pool text of class\(es\) \[1\] reaches the confidence threshold 0.98"):
         select_confident(probs, per_class=5, threshold=0.98)
+    # min_per_class: class 1 has one text above 0.95 (5), fewer than 2, so each class keeps its two
+    # most confident predictions whatever their confidence (class 1: 5 then 6 at 0.92)
+    assert select_confident(probs, per_class=5, threshold=0.95, min_per_class=2).tolist() == [0, 5, 1, 6]
+    # ... at most per_class; enough above the threshold: the threshold holds
+    assert select_confident(probs, per_class=1, threshold=0.96, min_per_class=2).tolist() == [0, 5]
+    assert select_confident(probs, per_class=5, threshold=0.9, min_per_class=2).tolist() == [0, 5, 1, 6]
+    assert select_confident(probs, per_class=5, threshold=0.9, min_per_class=3).tolist() == [0, 5, 1, 6, 2, 4]
+    with pytest.raises(DataError, match=r"predicts no pool text as class\(es\) \[1\]"):
+        select_confident(probs[:4], per_class=5, threshold=0.9, min_per_class=2)
     t = soft_targets(np.log(probs[:2]), 2.0)
     np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
     assert t[0, 0] < probs[0, 0] and t[0, 0] > 0.5  # softened, same winner
@@ -169,6 +178,8 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
         load_config(["--config_path", CFG, "--selftrain.generations", "0"])
     with pytest.raises(ConfigError, match=r"selftrain.threshold must be in \[0, 1\)"):
         load_config(["--config_path", CFG, "--selftrain.threshold", "1.0"])
+    with pytest.raises(ConfigError, match="selftrain.min_per_class must be >= 0, got -1"):
+        load_config(["--config_path", CFG, "--selftrain.min_per_class", "-1"])
     with pytest.raises(ConfigError, match="distill.select must be agreement, dev or last"):
         load_config(["--config_path", CFG, "--distill.select", "best"])
     with pytest.raises(ConfigError, match="distill.select agreement needs distill.holdout >= 1"):

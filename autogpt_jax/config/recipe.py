@@ -301,6 +301,10 @@ class SelftrainConfig:
     growth: float = 5.0
     # Teacher confidence (max class probability) a pool text needs.
     threshold: float = 0.9
+    # When the weakest class has fewer than this many pool texts above `threshold`, every class
+    # keeps its this-many most confident predictions instead (PET's per-class ranking), with a
+    # warning; 0: an error when a class has none above the threshold.
+    min_per_class: int = 16
     # Soft labels: the teacher's logits divided by this before the softmax (PET: 2). 0: hard labels.
     temperature: float = 2.0
     # Pool texts the teacher labels, at most (null: the whole pool).
@@ -322,6 +326,7 @@ class SelftrainConfig:
         check(self.generations >= 1, f"selftrain.generations must be >= 1, got {self.generations}")
         check(self.per_class >= 1 and self.growth >= 1.0, "selftrain.per_class must be >= 1 and selftrain.growth >= 1")
         check(0.0 <= self.threshold < 1.0, f"selftrain.threshold must be in [0, 1), got {self.threshold}")
+        check(self.min_per_class >= 0, f"selftrain.min_per_class must be >= 0, got {self.min_per_class}")
         check(self.temperature >= 0, f"selftrain.temperature must be >= 0, got {self.temperature}")
         check(0.0 <= self.word_dropout < 1.0, f"selftrain.word_dropout must be in [0, 1), got {self.word_dropout}")
         check(self.mlm_weight >= 0 and self.consistency_weight >= 0,

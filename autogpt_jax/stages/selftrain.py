@@ -36,7 +36,7 @@ def pseudo_data(ctx: RunContext, task, pool: list[str], logits: np.ndarray, gene
     chosen pool texts (noised, soft-labelled); and what was chosen, for the report."""
     sc, C = ctx.cfg.selftrain, len(task.names)
     probs = soft_targets(logits, 1.0)
-    idx = select_confident(probs, sc.kept_per_class(generation), sc.threshold)
+    idx = select_confident(probs, sc.kept_per_class(generation), sc.threshold, sc.min_per_class)
     targets = soft_targets(logits[idx], sc.temperature)
     noisy = word_dropout([pool[i] for i in idx], sc.word_dropout, task.seed * 100 + generation)
     texts = list(task.train["text"]) + noisy
@@ -45,7 +45,8 @@ def pseudo_data(ctx: RunContext, task, pool: list[str], logits: np.ndarray, gene
     rep = {"pool": len(pool), "kept_per_class": len(idx) // C, "threshold": sc.threshold,
            "above_threshold_per_class": [int(((pred == c) & (probs.max(-1) >= sc.threshold)).sum()) for c in range(C)],
            "pool_prediction_share": [float((pred == c).mean()) for c in range(C)],
-           "min_kept_confidence": float(probs.max(-1)[idx].min())}
+           "min_kept_confidence": float(probs.max(-1)[idx].min()),
+           "threshold_relaxed": bool(probs.max(-1)[idx].min() < sc.threshold)}
     return texts, y, rep
 
 

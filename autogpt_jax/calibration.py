@@ -115,11 +115,24 @@ def fit_bias(method: str, dev_logits: np.ndarray | None = None, dev_labels: np.n
     return bias, rep
 
 
+def dev_scores(logits_NxC: np.ndarray, labels_N: np.ndarray) -> dict:
+    """Accuracy and mean log-loss of ``logits_NxC`` on ``labels_N``."""
+    lp, y = log_softmax(logits_NxC), np.asarray(labels_N)
+    return {"accuracy": float((lp.argmax(-1) == y).mean()), "log_loss": float(-lp[np.arange(len(y)), y].mean())}
+
+
+def keeps_calibration(uncalibrated: dict, calibrated: dict) -> bool:
+    """The dev check: the calibrated scores are kept unless they lower dev accuracy, or tie on it
+    with a higher dev log-loss."""
+    return ((calibrated["accuracy"], -calibrated["log_loss"]) >= (uncalibrated["accuracy"], -uncalibrated["log_loss"]))
+
+
 def calibrate(clf, method: str, dev_texts: list[str], dev_labels: np.ndarray, batch_size: int = 64,
               pool_texts: list[str] | None = None, prior: np.ndarray | None = None,
-              progress: str | None = None) -> dict:
+              progress: str | None = None, check_dev: bool = False) -> dict:
     """Set ``clf.logit_bias`` by ``method`` (see ``fit_bias``), scoring only the texts the method
-    needs; returns what was fitted, for the report."""
+    needs; returns what was fitted, for the report. ``check_dev``: score dev with and without the
+    bias and keep it only where ``keeps_calibration`` says so (``dev_check`` in the report)."""
     clf.logit_bias = None
     if method == "pool" and not pool_texts:
         raise ValueError("pool calibration needs unlabelled task texts")
@@ -129,10 +142,18 @@ def calibrate(clf, method: str, dev_texts: list[str], dev_labels: np.ndarray, ba
     texts = content_free_texts(clf.tokenizer)
     if method in ("content_free", "both"):
         logits["content_free_logits"] = clf.logits(texts, batch_size)
+    dev_logits = clf.logits(dev_texts, batch_size) if method in ("prior", "both") or check_dev else None
     if method in ("prior", "both"):
-        logits.update(dev_logits=clf.logits(dev_texts, batch_size), dev_labels=dev_labels)
+        logits.update(dev_logits=dev_logits, dev_labels=dev_labels)
     bias, rep = fit_bias(method, prior=prior, **logits)
     if "content_free_logits" in logits:
         rep["content_free_inputs"] = texts
+    if check_dev:
+        before, after = dev_scores(dev_logits, dev_labels), dev_scores(dev_logits + bias, dev_labels)
+        kept = keeps_calibration(before, after)
+        rep["dev_check"] = {"uncalibrated": before, "calibrated": after, "kept": kept}
+        if not kept:
+            rep["bias"] = [0.0] * len(bias)
+            bias = None
     clf.logit_bias = bias
     return rep

@@ -353,7 +353,7 @@ def test_a_stage_whose_config_changed_is_trained_again_on_resume(tmp_path):
     assert fp["upstream"]["pretrain"]["keys"]["pretrain"]["steps"] == 6
     # Prompt keys that act only after fine-tuning (calibration, ensemble weighting) leave it current.
     pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3", "--prompt.calibrate", "pool",
-                  "--prompt.ensemble_weighting", "uniform")
+                  "--prompt.ensemble_weighting", "uniform", "--prompt.calibrate_check", "false")
     assert ad["resumed_from_step"] == 4 and ad["steps_this_run"] == 0 and ad["stale_checkpoint"] is None
     # A pretraining key changed: pretraining trains again, and so does the adaptation built on it.
     pre, ad = run("--checkpoint.resume", "true", "--adapt.mask_rate", "0.3", "--pretrain.optim.learning_rate", "0.001")

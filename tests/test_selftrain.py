@@ -77,6 +77,43 @@ def test_content_free_calibration_cancels_the_prompt_bias():
     np.testing.assert_allclose(a, c, atol=1e-5)
 
 
+class _Scored:
+    """A classifier stand-in: fixed logits per text (content-free inputs included)."""
+
+    class tokenizer:
+        mask_token = None
+
+    def __init__(self, table: dict[str, np.ndarray]):
+        self.table, self.logit_bias = table, None
+
+    def logits(self, texts, batch_size, progress=None):
+        return np.stack([self.table[t] for t in texts])
+
+
+def test_calibration_is_kept_only_where_it_does_not_lower_dev_accuracy():
+    from autogpt_jax.calibration import calibrate, dev_scores
+
+    y = np.asarray([0, 0, 1, 1])
+    dev = {f"d{i}": v for i, v in enumerate(np.asarray([[2.0, 0.0], [0.5, 0.0], [0.0, 1.0], [0.0, 2.0]]))}
+    # The content-free inputs lean to class 0 where dev does not: the correction (-1.5 on class 0)
+    # flips dev text d1, so the dev check drops it.
+    leaning = {"N/A": np.asarray([1.5, 0.0]), "": np.asarray([1.5, 0.0])}
+    clf = _Scored({**dev, **leaning})
+    rep = calibrate(clf, "content_free", list(dev), y, check_dev=True)
+    assert clf.logit_bias is None and rep["dev_check"]["kept"] is False and rep["bias"] == [0.0, 0.0]
+    assert rep["dev_check"]["uncalibrated"] == dev_scores(np.stack(list(dev.values())), y)
+    assert rep["dev_check"]["calibrated"]["accuracy"] == 0.75 and rep["dev_check"]["uncalibrated"]["accuracy"] == 1.0
+    # Without the check the bias stands.
+    rep = calibrate(clf, "content_free", list(dev), y)
+    assert "dev_check" not in rep and clf.logit_bias[0] < clf.logit_bias[1]
+    # Dev skewed the way the content-free inputs are: the correction helps and is kept.
+    skewed = {k: v + np.asarray([1.5, 0.0]) for k, v in dev.items()}
+    clf = _Scored({**skewed, **leaning})
+    rep = calibrate(clf, "content_free", list(skewed), y, check_dev=True)
+    assert rep["dev_check"]["kept"] is True and rep["dev_check"]["calibrated"]["accuracy"] == 1.0
+    np.testing.assert_allclose(clf.logit_bias, rep["content_free_bias"], atol=1e-6)
+
+
 def test_fit_bias_both_is_the_prior_fitted_after_the_content_free_correction():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 64)
@@ -278,6 +315,7 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
                        "prompt,adapt,finetune,selftrain,evaluate,export",
                        "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
                        "--prompt.ensemble", "2", "--prompt.ensemble_seeds", "2", "--prompt.calibrate", "both",
+                       "--prompt.calibrate_check", "false",
                        "--selftrain.generations", "2", "--selftrain.per_class", "3", "--selftrain.growth", "2",
                        "--selftrain.threshold", "0", "--selftrain.max_unlabeled", "48", "--selftrain.steps", "4",
                        "--selftrain.consistency_weight", "0.5",
@@ -315,7 +353,8 @@ def test_an_exported_ensemble_is_served_whole(tmp_path):
     out = tmp_path / "run"
     cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,evaluate,export",
                        "--prompt.ensemble", "2", "--prompt.search_steps", "0", "--prompt.ensemble_weighting", "uniform",
-                       "--prompt.calibrate", "pool", "--prompt.calibration_pool", "40"])
+                       "--prompt.calibrate", "pool", "--prompt.calibration_pool", "40",
+                       "--prompt.calibrate_check", "false"])
     run = run_pipeline(cfg, return_run=True)
     assert isinstance(run.classifier, Ensemble)
     rep = json.loads((out / "report.json").read_text())["seeds"][0]

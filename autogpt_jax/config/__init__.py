@@ -1,13 +1,13 @@
-"""Typed run configuration: the sections (``sections``, ``recipe``), the whole (``schema``) and
-its command line (``cli``)."""
+"""Typed run configuration: the sections (``sections``, ``recipe``, ``support``), the whole
+(``schema``) and its command line (``cli``)."""
 
 from autogpt_jax.config.cli import load_config, to_dict, valid_keys
 from autogpt_jax.config.recipe import (PEFT_METHODS, AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig,
-                                       HandoverConfig, PeftConfig, PretrainConfig, PromptConfig, RetrievalConfig,
-                                       SelftrainConfig)
+                                       PeftConfig, PretrainConfig, PromptConfig, SelftrainConfig)
 from autogpt_jax.config.schema import STAGES, Config
 from autogpt_jax.config.sections import (DTYPES, CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
                                          OptimConfig, SelectConfig)
+from autogpt_jax.config.support import HandoverConfig, RetrievalConfig
 from autogpt_jax.errors import ConfigError
 
 __all__ = ["DTYPES", "PEFT_METHODS", "STAGES", "AdaptConfig", "CheckpointConfig", "Config", "ConfigError",

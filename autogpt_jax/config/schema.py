@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from autogpt_jax.config.recipe import (AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig, HandoverConfig,
-                                       PeftConfig, PretrainConfig, PromptConfig, RetrievalConfig, SelftrainConfig)
+from autogpt_jax.config.recipe import (AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig, PeftConfig,
+                                       PretrainConfig, PromptConfig, SelftrainConfig)
 from autogpt_jax.config.sections import (CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
                                          SelectConfig, check)
+from autogpt_jax.config.support import HandoverConfig, RetrievalConfig
 
 STAGES = ("pretrain", "prompt", "adapt", "finetune", "selftrain", "evaluate", "distill", "retrieval", "export")
 

@@ -17,7 +17,8 @@ from autogpt_jax.training.fit import fit
 # What an adaptation checkpoint depends on, besides its split seed, template and label words: not
 # the prompt keys that act only after fine-tuning (changing the calibration or the ensemble does not
 # train the adaptation again).
-AFTER_FINETUNE = ("ensemble", "ensemble_weighting", "ensemble_seeds", "calibrate", "calibration_pool")
+AFTER_FINETUNE = ("ensemble", "ensemble_weighting", "ensemble_seeds", "calibrate", "calibration_pool",
+                  "calibrate_check")
 KEYS = ("seed", "model", "data", "adapt", "peft",
         *(f"prompt.{f.name}" for f in dataclasses.fields(PromptConfig) if f.name not in AFTER_FINETUNE))
 

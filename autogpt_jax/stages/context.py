@@ -80,7 +80,7 @@ class RunContext:
         pool = pool_subset(task.pool, pc.calibration_pool, task.seed) if pc.calibrate == "pool" else None
         return calibrate(clf, pc.calibrate, list(task.dev["text"]), np.asarray(task.dev["label"]),
                          self.cfg.eval.batch_size, pool_texts=pool, prior=task.labelled_share(),
-                         progress=self.bar(f"{label}: calibration on the pool"))
+                         progress=self.bar(f"{label}: calibration on the pool"), check_dev=pc.calibrate_check)
 
     def classifier(self, mode: str, model, task: Task, template: Template | None, verb: Verbalizer | None,
                    labels: list[str] | None = None) -> Classifier:

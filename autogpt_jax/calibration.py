@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from autogpt_jax.evaluation import log_loss
+
 CONTENT_FREE = ("N/A", "")
 PRIOR_L2 = 0.01  # the fitted bias's penalty: mean log-loss + PRIOR_L2 · |b|²
 PRIOR_STEPS = 500
@@ -117,8 +119,8 @@ def fit_bias(method: str, dev_logits: np.ndarray | None = None, dev_labels: np.n
 
 def dev_scores(logits_NxC: np.ndarray, labels_N: np.ndarray) -> dict:
     """Accuracy and mean log-loss of ``logits_NxC`` on ``labels_N``."""
-    lp, y = log_softmax(logits_NxC), np.asarray(labels_N)
-    return {"accuracy": float((lp.argmax(-1) == y).mean()), "log_loss": float(-lp[np.arange(len(y)), y].mean())}
+    y = np.asarray(labels_N)
+    return {"accuracy": float((np.asarray(logits_NxC).argmax(-1) == y).mean()), "log_loss": log_loss(logits_NxC, y)}
 
 
 def keeps_calibration(uncalibrated: dict, calibrated: dict) -> bool:

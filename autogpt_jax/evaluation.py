@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from autogpt_jax.inference import Classifier
@@ -27,15 +25,24 @@ def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str,
             "confusion": cm.tolist()}
 
 
+def log_loss(logits_NxC: np.ndarray, gold_N: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``gold_N`` under the softmax of ``logits_NxC`` (0 for no
+    rows); float64, so that ties between runs compare the same on every backend."""
+    x, y = np.asarray(logits_NxC, np.float64), np.asarray(gold_N)
+    if not len(y):
+        return 0.0
+    m = x.max(-1, keepdims=True)
+    lp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    return float(-lp[np.arange(len(y)), y].mean())
+
+
 def evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = None,
              progress: str | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1, confusion and log-loss of ``clf`` on a labelled split (``logits``:
     the classifier's own on ``ds``, when already computed; ``progress``: a progress bar's label)."""
     gold = np.asarray(ds["label"])
     logits = clf.logits(list(ds["text"]), batch_size, progress=progress) if logits is None else logits
-    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
-    log_loss = float(-logp[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
-    return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss}
+    return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss(logits, gold)}
 
 
 def mean_std(xs: list[float]) -> dict[str, float]:

@@ -90,6 +90,23 @@ class _Scored:
         return np.stack([self.table[t] for t in texts])
 
 
+def test_evaluate_and_the_dev_check_share_one_log_loss():
+    from autogpt_jax.calibration import dev_scores
+    from autogpt_jax.evaluation import evaluate, log_loss
+
+    table = {"a": np.asarray([2.0, 0.0]), "b": np.asarray([0.0, 1.0]), "c": np.asarray([3.0, 1.0])}
+    y = np.asarray([0, 1, 1])
+    x = np.stack(list(table.values()))
+    # By hand: -mean(log softmax(x)[i, y_i]), with log(1 + e^-d) the loss of a margin d.
+    want = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0)) + np.log1p(np.exp(2.0))) / 3
+    assert abs(log_loss(x, y) - want) < 1e-12 and log_loss(x[:0], y[:0]) == 0.0
+    clf = _Scored(table)
+    clf.labels = ["neg", "pos"]
+    res = evaluate(clf, {"text": list(table), "label": y}, batch_size=2)
+    assert res["log_loss"] == dev_scores(x, y)["log_loss"] == log_loss(x, y)
+    assert res["accuracy"] == dev_scores(x, y)["accuracy"] == 2 / 3
+
+
 def test_calibration_is_kept_only_where_it_does_not_lower_dev_accuracy():
     from autogpt_jax.calibration import calibrate, dev_scores
 

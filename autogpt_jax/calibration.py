@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from autogpt_jax.evaluation import log_loss
+from autogpt_jax.evaluation import log_loss, log_softmax
 
 CONTENT_FREE = ("N/A", "")
 PRIOR_L2 = 0.01  # the fitted bias's penalty: mean log-loss + PRIOR_L2 · |b|²
 PRIOR_STEPS = 500
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def content_free_texts(tokenizer) -> list[str]:
@@ -50,7 +44,7 @@ def fit_prior_bias(logits_NxC: np.ndarray, labels_N: np.ndarray, l2: float = PRI
     N, C = x.shape
 
     def objective(b):
-        return -log_softmax(x + b)[np.arange(N), y].mean() + l2 * b @ b
+        return log_loss(x + b, y) + l2 * b @ b
 
     onehot = np.eye(C)[y]
     b = np.zeros(C)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from autogpt_jax.calibration import log_softmax
+from autogpt_jax.evaluation import log_softmax
 from autogpt_jax.inference import Classifier
 
 

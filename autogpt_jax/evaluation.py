@@ -25,15 +25,18 @@ def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str,
             "confusion": cm.tolist()}
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in float64 (stable: the row maximum is subtracted)."""
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
 def log_loss(logits_NxC: np.ndarray, gold_N: np.ndarray) -> float:
     """Mean negative log-likelihood of ``gold_N`` under the softmax of ``logits_NxC`` (0 for no
     rows); float64, so that ties between runs compare the same on every backend."""
-    x, y = np.asarray(logits_NxC, np.float64), np.asarray(gold_N)
-    if not len(y):
-        return 0.0
-    m = x.max(-1, keepdims=True)
-    lp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-    return float(-lp[np.arange(len(y)), y].mean())
+    y = np.asarray(gold_N)
+    return float(-log_softmax(logits_NxC)[np.arange(len(y)), y].mean()) if len(y) else 0.0
 
 
 def evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = None,

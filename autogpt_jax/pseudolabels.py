@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from autogpt_jax.calibration import log_softmax
+from autogpt_jax.evaluation import log_softmax
 from autogpt_jax.ensemble import Ensemble
 from autogpt_jax.errors import DataError
 from autogpt_jax.training import sharding as shd

@@ -15,8 +15,9 @@ import time
 
 import numpy as np
 
-from autogpt_jax.calibration import content_free_texts, fit_bias, log_softmax
+from autogpt_jax.calibration import content_free_texts, fit_bias
 from autogpt_jax.config import load_config
+from autogpt_jax.evaluation import log_softmax
 from autogpt_jax.data.task import prepare_task
 from autogpt_jax.export_format import load_classifier
 from autogpt_jax.pseudolabels import pool_subset

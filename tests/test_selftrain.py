@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from autogpt_jax.calibration import content_free_bias, fit_bias, fit_prior_bias, log_softmax, prior_matching_bias
+from autogpt_jax.calibration import content_free_bias, fit_bias, fit_prior_bias, prior_matching_bias
 from autogpt_jax.config import ConfigError, load_config
+from autogpt_jax.evaluation import log_softmax
 from autogpt_jax.ensemble import Ensemble, combine, member_weights
 from autogpt_jax.errors import DataError
 from autogpt_jax.pseudolabels import select_confident, soft_targets, word_dropout

@@ -239,6 +239,8 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
         load_config(["--config_path", CFG, "--distill.select", "best"])
     with pytest.raises(ConfigError, match="distill.select agreement needs distill.holdout >= 1"):
         load_config(["--config_path", CFG, "--distill.holdout", "0"])
+    with pytest.raises(ConfigError, match="distill.teacher must be ensemble or final, got 'best'"):
+        load_config(["--config_path", CFG, "--distill.teacher", "best"])
     with pytest.raises(ConfigError, match="prompt.calibration_pool must be >= 1, got 0"):
         load_config(["--config_path", CFG, "--prompt.calibrate", "pool", "--prompt.calibration_pool", "0"])
     code, err = _cli(capsys, "--stages", "prompt,finetune,selftrain", "--output_dir", str(tmp_path / "a"),
@@ -257,6 +259,17 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
     assert code == 2 and "add finetune to --stages" in err
     for d in "abcd":
         assert not (tmp_path / d / "metrics.jsonl").exists() or "finetune" not in (tmp_path / d / "metrics.jsonl").read_text()
+
+
+def test_distill_teacher_is_the_ensemble_unless_told_final():
+    from autogpt_jax.stages.context import SeedState
+    from autogpt_jax.stages.distill import teacher_of
+
+    last, ens = object(), object()
+    assert teacher_of(SeedState(seed=0, model=None, classifier=last, ensemble=ens), "ensemble") == (ens, "ensemble")
+    assert teacher_of(SeedState(seed=0, model=None, classifier=last, ensemble=ens), "final") == (last, "task model")
+    # a run without an ensemble: the task model whatever is asked
+    assert teacher_of(SeedState(seed=0, model=None, classifier=last), "ensemble") == (last, "task model")
 
 
 def _mr_test_text() -> str:
@@ -303,17 +316,18 @@ def test_pool_labels_on_8_devices_are_those_of_one(tmp_path, splade_dir, tiny_ll
 
 
 @pytest.mark.slow  # a whole pipeline run
-def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path, monkeypatch):
+def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path, monkeypatch, tiny_bert_dir):
     """Two ensemble members (two seeds of the fixed prompt), both calibrated; two self-training
     generations whose students start from the fine-tuning stage's starting weights and whose
-    teachers are the ensemble, then generation 1's student; the export serves the last student, and
+    teachers are the ensemble, then generation 1's student; the distilled student learns the
+    ensemble's labels, not the last generation's; the export serves the last student, and
     predict's output equals the in-run predictions."""
     from autogpt_jax.export_format import load_classifier
     from autogpt_jax.inference import predict_records
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.stages import selftrain
+    from autogpt_jax.stages import distill, selftrain
 
-    starts, teachers, students = [], [], []
+    starts, teachers, students, distill_teachers = [], [], [], []
     real_grid, real_label = selftrain.grid_finetune, selftrain.label_pool
 
     def grid_spy(ctx, task, model, *a, **kw):
@@ -327,17 +341,25 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
         return real_label(clf, *a, **kw)
 
     monkeypatch.setattr(selftrain, "grid_finetune", grid_spy)
+    def distill_label_spy(clf, *a, **kw):
+        distill_teachers.append(clf)
+        return real_label(clf, *a, **kw)
+
     monkeypatch.setattr(selftrain, "label_pool", label_spy)
+    monkeypatch.setattr(distill, "label_pool", distill_label_spy)
     out = tmp_path / "run"
     cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages",
-                       "prompt,adapt,finetune,selftrain,evaluate,export",
+                       "prompt,adapt,finetune,selftrain,evaluate,distill,export",
                        "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
                        "--prompt.ensemble", "2", "--prompt.ensemble_seeds", "2", "--prompt.calibrate", "both",
                        "--prompt.calibrate_check", "false",
                        "--selftrain.generations", "2", "--selftrain.per_class", "3", "--selftrain.growth", "2",
                        "--selftrain.threshold", "0", "--selftrain.max_unlabeled", "48", "--selftrain.steps", "4",
                        "--selftrain.consistency_weight", "0.5",
-                       "--finetune.learning_rates", "3e-3", "--eval.compare", "true"])
+                       "--finetune.learning_rates", "3e-3", "--eval.compare", "true",
+                       "--distill.student", str(tiny_bert_dir), "--distill.steps", "4", "--distill.batch_size", "8",
+                       "--distill.max_unlabeled", "32", "--distill.eval_every", "2", "--distill.max_length", "32",
+                       "--distill.select", "last"])
     run = run_pipeline(cfg, return_run=True)
     seed = run.seeds[0]
     rep = json.loads((out / "report.json").read_text())["seeds"][0]
@@ -354,6 +376,13 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     assert isinstance(teachers[0], Ensemble) and len(teachers[0].members) == 2
     assert teachers[1].model is students[0] and seed.model is students[1]
     assert rep["test"]["accuracy"] == pytest.approx(gens[-1]["test_accuracy"])
+    # distill.teacher ensemble (the default): the student learns the ensemble's labels, and the
+    # report compares it with the ensemble, not with the last generation it was not taught by.
+    assert distill_teachers == [teachers[0]]
+    d = rep["distill"]
+    assert d["teacher_source"] == "ensemble" and d["teacher"] == "Ensemble"
+    assert d["teacher_test"]["accuracy"] == pytest.approx(ens["test_ladder"]["ensemble_dev"])
+    assert (out / "export" / "student").is_dir()
     # The export serves the last student, calibrated; predict gives the in-run predictions.
     texts = ["a moving, beautifully acted film", "dull and lifeless", "an ordinary movie"]
     served = load_classifier(out / "export")

@@ -260,6 +260,10 @@ class DistillConfig:
     for fast serving. Exported to ``export/student/``."""
 
     student: str = "minilm-l6"
+    # The teacher: "ensemble", the prompt ensemble when the run built one (prompt.ensemble > 1; it
+    # stays the teacher after selftrain replaced the task model with its last student), else the
+    # task model; "final", always the task model as exported.
+    teacher: str = "ensemble"
     steps: int = 300
     batch_size: int = 32
     # Unlabelled texts the teacher labels: the task's whole pool (data.unlabeled, or the labelled
@@ -284,6 +288,7 @@ class DistillConfig:
                "distill.steps, batch_size, max_unlabeled and eval_every must be >= 1")
         check(self.select in ("agreement", "dev", "last"),
               f"distill.select must be agreement, dev or last, got {self.select!r}")
+        check(self.teacher in ("ensemble", "final"), f"distill.teacher must be ensemble or final, got {self.teacher!r}")
         check(self.holdout >= 1 or self.select != "agreement",
               f"distill.select agreement needs distill.holdout >= 1, got {self.holdout}")
         check(self.temperature > 0, f"distill.temperature must be > 0, got {self.temperature}")

@@ -114,6 +114,7 @@ class SeedState:
     template_candidates: tuple[str, ...] = ()
     rule_verbalizer: Verbalizer | None = None  # the label words from the label names (an ensemble's second set)
     classifier: Classifier | None = None
+    ensemble: Classifier | None = None  # the prompt ensemble (stage ensemble), distill's teacher after selftrain
     student: Classifier | None = None  # the distill stage's student (head mode), exported to export/student
     handover: Handover | None = None  # fitted by the evaluate stage when handover.enabled
     retriever: Any = None  # the retrieval stage's Retriever, exported to export/retriever

@@ -1,5 +1,5 @@
-"""Stage ``distill``: the task model (teacher: the ensemble, or self-training's last student)
-soft-labels the whole unlabelled pool (cached per teacher and pool: the labels self-training
+"""Stage ``distill``: the teacher (``distill.teacher``: the prompt ensemble when the run built one,
+even after self-training replaced the task model; else the task model) soft-labels the whole unlabelled pool (cached per teacher and pool: the labels self-training
 already computed with the same teacher are read back); a small student with a classification
 head learns those labels and the K-shot examples' own (one-hot). The step kept (``distill.select``)
 is the one that agrees most with the teacher on pool texts held out from the student's training,
@@ -27,7 +27,8 @@ from autogpt_jax.training.fit import fit
 
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = ensure_classifier(ctx, state)
-    cfg, dc, task, teacher = ctx.cfg, ctx.cfg.distill, state.task, state.classifier
+    cfg, dc, task = ctx.cfg, ctx.cfg.distill, state.task
+    teacher, source = teacher_of(state, dc.teacher)
     pool = pool_subset(task.pool, dc.max_unlabeled, task.seed)
     t0 = time.perf_counter()
     logits, cached = label_pool(teacher, pool, ctx.out / "cache" / "pool_labels", cfg.eval.batch_size,
@@ -78,18 +79,26 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     rep: dict[str, Any] = {"student": built.source, "pool": len(pool), "held_out": len(held),
                            "temperature": dc.temperature, "select": dc.select,
                            "teacher_labelling_s": round(label_s, 1), "labels_from_cache": cached,
-                           "teacher": type(teacher).__name__, "best_step": best["step"],
+                           "teacher": type(teacher).__name__, "teacher_source": source, "best_step": best["step"],
                            "best_dev_accuracy": best.get("dev_accuracy"),
                            "best_teacher_agreement": best.get("teacher_agreement"),
                            "evals": evals, "train_wall_time_s": res.summary["wall_time_s"]}
     rep["student_test"] = evaluate(clf, task.test, cfg.eval.batch_size, progress=ctx.bar("distill: student test"))
-    rep["teacher_test"] = state.results.get("test") or evaluate(teacher, task.test, cfg.eval.batch_size,
-                                                                progress=ctx.bar("distill: teacher test"))
+    known = state.results.get("test") if teacher is state.classifier else None
+    rep["teacher_test"] = known or evaluate(teacher, task.test, cfg.eval.batch_size,
+                                            progress=ctx.bar("distill: teacher test"))
     sample = list(task.test["text"])[:256]
     rep["student_sentences_per_s"] = sentences_per_s(clf, sample, cfg.eval.batch_size)
     rep["teacher_sentences_per_s"] = sentences_per_s(teacher, sample, cfg.eval.batch_size)
     rep["speedup"] = rep["student_sentences_per_s"] / rep["teacher_sentences_per_s"]
     return state.record("distill", rep, student=clf)
+
+
+def teacher_of(state: SeedState, choice: str) -> tuple[Classifier, str]:
+    """The classifier that labels the pool for ``distill.teacher`` = ``choice``, and which it is."""
+    if choice == "ensemble" and state.ensemble is not None:
+        return state.ensemble, "ensemble"
+    return state.classifier, "task model"
 
 
 def held_out(n: int, holdout: int, seed: int) -> np.ndarray:

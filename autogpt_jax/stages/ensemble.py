@@ -81,4 +81,4 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         rep["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
     if ladder:
         rep["test_ladder"] = ladder
-    return state.record("ensemble", rep, classifier=clf)
+    return state.record("ensemble", rep, classifier=clf, ensemble=clf if len(members) > 1 else None)

@@ -85,9 +85,9 @@ def levers(cfg: Config) -> dict[str, Any]:
         on["ensemble"] = {"members": pc.ensemble, "weighting": pc.ensemble_weighting}
     if "selftrain" in stages:
         on["self-training"] = {"generations": cfg.selftrain.generations, "per_class": cfg.selftrain.per_class,
-                               "threshold": cfg.selftrain.threshold}
+                               "threshold": cfg.selftrain.threshold, "ipet": cfg.selftrain.ipet}
     if "distill" in stages:
-        on["distillation"] = cfg.distill.student
+        on["distillation"] = {"student": cfg.distill.student, "teacher": cfg.distill.teacher}
     return on
 
 

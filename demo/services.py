@@ -287,9 +287,11 @@ def how_it_works(sent: Sentiment | None, sup: Support | None) -> str:
         ens = seed.get("ensemble") or {}
         if len(ens.get("members") or []) > 1:
             out.append(f"- a prompt ensemble of {len(ens['members'])} fine-tuned prompts ({e(ens['weighting'])} weights)")
-        for g in (seed.get("selftrain") or {}).get("generations", []):
+        st = seed.get("selftrain") or {}
+        for g in st.get("generations", []):
             if "test_accuracy" in g:
-                rows.append((f"self-training generation {g['generation']}", g["test_accuracy"]))
+                rows.append((f"{'iPET' if st.get('ipet') else 'self-training'} generation {g['generation']}",
+                             g["test_accuracy"]))
         d = seed.get("distill")
         if d:
             rows.append(("distilled student", d["student_test"]["accuracy"]))

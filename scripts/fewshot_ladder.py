@@ -88,8 +88,9 @@ def ladder_rows(rep: dict) -> dict[str, tuple[float, float]]:
         n = len(s["ensemble"]["members"])
         rows[f"+ ensemble of {n} (uniform)"] = (lad["ensemble_uniform"], wall("ensemble"))
         rows[f"+ ensemble of {n} (dev-weighted)"] = (lad["ensemble_dev"], 0.0)
+    kind = "iPET" if s.get("selftrain", {}).get("ipet") else "self-training"
     for g in s.get("selftrain", {}).get("generations", []):
-        rows[f"+ self-training generation {g['generation']}"] = (g["test_accuracy"], g["wall_s"])
+        rows[f"+ {kind} generation {g['generation']}"] = (g["test_accuracy"], g["wall_s"])
     if "distill" in s:
         d = s["distill"]
         whose = {"ensemble": "the ensemble's"}.get(d.get("teacher_source"), "the teacher's")

@@ -239,6 +239,8 @@ def test_bad_self_training_and_ensemble_input_fails_before_training(tmp_path, ca
         load_config(["--config_path", CFG, "--distill.select", "best"])
     with pytest.raises(ConfigError, match="distill.select agreement needs distill.holdout >= 1"):
         load_config(["--config_path", CFG, "--distill.holdout", "0"])
+    with pytest.raises(ConfigError, match=r"selftrain.ipet retrains every prompt-ensemble member .* \(got 1\)"):
+        load_config(["--config_path", CFG, "--stages", "prompt,finetune,selftrain", "--selftrain.ipet", "true"])
     with pytest.raises(ConfigError, match="distill.teacher must be ensemble or final, got 'best'"):
         load_config(["--config_path", CFG, "--distill.teacher", "best"])
     with pytest.raises(ConfigError, match="prompt.calibration_pool must be >= 1, got 0"):
@@ -315,6 +317,21 @@ def test_pool_labels_on_8_devices_are_those_of_one(tmp_path, splade_dir, tiny_ll
     np.testing.assert_allclose(clf8.logits(texts, 16), one, rtol=1e-4, atol=1e-4)
 
 
+def _spy_on_students(monkeypatch, selftrain) -> tuple[list, list]:
+    """Record the weights every self-training student starts from and the student trained."""
+    starts, students = [], []
+    real_grid = selftrain.grid_finetune
+
+    def grid_spy(ctx, task, model, *a, **kw):
+        starts.append(model)
+        m, rep = real_grid(ctx, task, model, *a, **kw)
+        students.append(m)
+        return m, rep
+
+    monkeypatch.setattr(selftrain, "grid_finetune", grid_spy)
+    return starts, students
+
+
 @pytest.mark.slow  # a whole pipeline run
 def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path, monkeypatch, tiny_bert_dir):
     """Two ensemble members (two seeds of the fixed prompt), both calibrated; two self-training
@@ -327,20 +344,14 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     from autogpt_jax.pipeline import run_pipeline
     from autogpt_jax.stages import distill, selftrain
 
-    starts, teachers, students, distill_teachers = [], [], [], []
-    real_grid, real_label = selftrain.grid_finetune, selftrain.label_pool
-
-    def grid_spy(ctx, task, model, *a, **kw):
-        starts.append(model)
-        m, rep = real_grid(ctx, task, model, *a, **kw)
-        students.append(m)
-        return m, rep
+    starts, students = _spy_on_students(monkeypatch, selftrain)
+    teachers, distill_teachers = [], []
+    real_label = selftrain.label_pool
 
     def label_spy(clf, *a, **kw):
         teachers.append(clf)
         return real_label(clf, *a, **kw)
 
-    monkeypatch.setattr(selftrain, "grid_finetune", grid_spy)
     def distill_label_spy(clf, *a, **kw):
         distill_teachers.append(clf)
         return real_label(clf, *a, **kw)
@@ -389,6 +400,71 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     assert served.logit_bias is not None
     np.testing.assert_allclose([[r["probabilities"][l] for l in served.labels] for r in predict_records(served, texts)],
                                run.classifier.probabilities(texts), atol=1e-5)
+
+
+@pytest.mark.slow  # a whole pipeline run
+def test_ipet_retrains_every_member_on_the_others_labels_and_serves_the_new_ensemble(tmp_path, monkeypatch):
+    """selftrain.ipet with two members (two seeds of the fixed prompt): each member's student starts
+    from fine-tuning's starting weights and learns the pool texts the *other* member labels; the
+    task model, the export and predict are the ensemble of the two students."""
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.inference import predict_records
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.stages import selftrain
+
+    starts, students = _spy_on_students(monkeypatch, selftrain)
+    labelled, taught = [], []
+    real_label, real_pseudo = selftrain.label_pool, selftrain.pseudo_data
+
+    def label_spy(clf, *a, **kw):
+        out = real_label(clf, *a, **kw)
+        labelled.append((clf, out[0]))
+        return out
+
+    def pseudo_spy(ctx, task, pool, logits, generation, member=0):
+        taught.append((member, np.asarray(logits)))
+        return real_pseudo(ctx, task, pool, logits, generation, member)
+
+    monkeypatch.setattr(selftrain, "label_pool", label_spy)
+    monkeypatch.setattr(selftrain, "pseudo_data", pseudo_spy)
+    out = tmp_path / "run"
+    cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,selftrain,export",
+                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
+                       "--prompt.ensemble", "2", "--prompt.ensemble_seeds", "2",
+                       "--selftrain.ipet", "true", "--selftrain.per_class", "3", "--selftrain.threshold", "0",
+                       "--selftrain.max_unlabeled", "32", "--selftrain.steps", "4",
+                       "--finetune.learning_rates", "3e-3", "--eval.compare", "true"])
+    run = run_pipeline(cfg, return_run=True)
+    seed = run.seeds[0]
+    rep = json.loads((out / "report.json").read_text())["seeds"][0]
+    first = rep["ensemble"]["members"]
+    # The pool is labelled by each first-generation member alone (the fine-tuned ones), in order.
+    teachers = [c for c, _ in labelled]
+    assert len(teachers) == 2 and teachers[0].model is not teachers[1].model
+    assert not any(t.model is s for t in teachers for s in students)
+    # Member 1 learns the labels of member 2 and member 2 those of member 1 (one other member: its
+    # log-probabilities), both students starting where fine-tuning started.
+    from autogpt_jax.evaluation import log_softmax
+
+    pool_logits = [lg for _, lg in labelled]
+    assert [m for m, _ in taught] == [1, 2]
+    for (m, lg), other in zip(taught, pool_logits[::-1]):
+        np.testing.assert_allclose(lg, log_softmax(other), atol=1e-5)
+    assert len(starts) == 2 and all(s is seed.pretuned for s in starts)
+    gen = rep["selftrain"]["generations"][0]
+    assert rep["selftrain"]["ipet"] and [m["taught_by"] for m in gen["members"]] == [[2], [1]]
+    assert [m["seed"] for m in gen["ensemble_members"]] == [m["seed"] for m in first] == [0, 1]
+    assert [m["examples"] for m in gen["members"]] == [16 + 6, 16 + 6]
+    # The task model is the ensemble of the two students, and that is what is exported and served.
+    assert isinstance(run.classifier, Ensemble) and [m.model for m in run.classifier.members] == students
+    assert seed.model is students[0]
+    served = load_classifier(out / "export")
+    assert isinstance(served, Ensemble) and len(served.members) == 2
+    texts = ["a moving, beautifully acted film", "dull and lifeless", "an ordinary movie"]
+    np.testing.assert_allclose([[r["probabilities"][l] for l in served.labels] for r in predict_records(served, texts)],
+                               run.classifier.probabilities(texts), atol=1e-5)
+    assert gen["test_accuracy"] == pytest.approx(float((run.classifier.logits(list(seed.task.test["text"])).argmax(-1)
+                                                        == np.asarray(seed.task.test["label"])).mean()))
 
 
 @pytest.mark.slow  # a whole pipeline run

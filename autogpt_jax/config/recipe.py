@@ -328,8 +328,15 @@ class SelftrainConfig:
     consistency_weight: float = 0.0
     # Training steps per generation (null: finetune.steps scaled by the data growth, at most 4×).
     steps: Optional[int] = None
-    # Learning rates of the student (null: the one fine-tuning chose on dev).
+    # Learning rates of the student (null: the one fine-tuning chose on dev; with ipet, each
+    # member's own).
     learning_rates: Optional[str] = None
+    # iPET (Schick & Schütze 2021): every generation retrains each prompt-ensemble member (its own
+    # template, label words and seed, from the weights fine-tuning started from) on the pool texts
+    # the ensemble of the *other* members labels, and the task model is the ensemble of the new
+    # members: labels never come from a single student. Needs prompt.ensemble >= 2; each generation
+    # costs one fine-tuning per member. false: one student per generation, taught by the last.
+    ipet: bool = False
 
     def __post_init__(self):
         check(self.generations >= 1, f"selftrain.generations must be >= 1, got {self.generations}")

@@ -54,6 +54,9 @@ class Config:
               "the selftrain stage labels the pool with the fine-tuned task model: add finetune to --stages")
         check(self.prompt.ensemble == 1 or "finetune" in self.stage_list,
               "prompt.ensemble fine-tunes each member: add finetune to --stages")
+        check(not self.selftrain.ipet or self.prompt.ensemble >= 2,
+              "selftrain.ipet retrains every prompt-ensemble member on the other members' labels: "
+              f"set prompt.ensemble >= 2 (got {self.prompt.ensemble})")
         check(not self.handover.enabled or "evaluate" in self.stage_list,
                "handover.enabled calibrates the hand-over threshold in the evaluate stage; add evaluate to --stages")
 

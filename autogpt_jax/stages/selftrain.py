@@ -6,7 +6,9 @@ ones) and word dropout as their noise; a student of the same backbone, started f
 fine-tuning started from, learns them with the chosen prompt (and optionally the joint loss) and
 is the next generation's teacher. Every generation keeps ``growth`` times as many pool texts.
 ``selftrain.consistency_weight`` adds UDA's consistency term between every pool text and its
-word-dropped view."""
+word-dropped view. With ``selftrain.ipet`` every generation retrains each member of the prompt
+ensemble instead, on the labels of the ensemble of the other members, and the next teacher (and
+the task model) is the ensemble of the new members."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ import time
 
 import numpy as np
 
+from autogpt_jax.ensemble import Ensemble, combine, member_weights
+from autogpt_jax.errors import ConfigError
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.pseudolabels import label_pool, pool_subset, select_confident, soft_targets, word_dropout
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
+from autogpt_jax.stages.ensemble import member_specs
 from autogpt_jax.stages.finetune import grid_finetune
 
 MAX_STEP_GROWTH = 4  # a generation trains at most this many times finetune.steps (by default)
@@ -30,15 +35,16 @@ def student_steps(ctx: RunContext, n_examples: int, n_labelled: int) -> int:
     return int(round(fc.steps * min(MAX_STEP_GROWTH, n_examples / max(n_labelled, 1))))
 
 
-def pseudo_data(ctx: RunContext, task, pool: list[str], logits: np.ndarray, generation: int
+def pseudo_data(ctx: RunContext, task, pool: list[str], logits: np.ndarray, generation: int, member: int = 0
                 ) -> tuple[list[str], np.ndarray, dict]:
     """The student's training data for ``generation``: the K labelled examples (one-hot) and the
-    chosen pool texts (noised, soft-labelled); and what was chosen, for the report."""
+    chosen pool texts (noised, soft-labelled; ``member``: an iPET member's own noise); and what was
+    chosen, for the report."""
     sc, C = ctx.cfg.selftrain, len(task.names)
     probs = soft_targets(logits, 1.0)
     idx = select_confident(probs, sc.kept_per_class(generation), sc.threshold, sc.min_per_class)
     targets = soft_targets(logits[idx], sc.temperature)
-    noisy = word_dropout([pool[i] for i in idx], sc.word_dropout, task.seed * 100 + generation)
+    noisy = word_dropout([pool[i] for i in idx], sc.word_dropout, task.seed * 100 + generation + 1000 * member)
     texts = list(task.train["text"]) + noisy
     y = np.concatenate([np.eye(C, dtype=np.float32)[np.asarray(task.train["label"])], targets])
     pred = probs.argmax(-1)
@@ -50,10 +56,20 @@ def pseudo_data(ctx: RunContext, task, pool: list[str], logits: np.ndarray, gene
     return texts, y, rep
 
 
+def consistency_views(ctx: RunContext, task, pool: list[str], generation: int):
+    """UDA's (clean, word-dropped, weight) over the whole pool, or None when the term is off."""
+    sc = ctx.cfg.selftrain
+    if sc.consistency_weight <= 0:
+        return None
+    return pool, word_dropout(pool, sc.word_dropout, task.seed * 100 + 50 + generation), sc.consistency_weight
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = ensure_classifier(ctx, state)
     cfg, sc, task, bs = ctx.cfg, ctx.cfg.selftrain, state.task, ctx.cfg.eval.batch_size
     pool = pool_subset(task.pool, sc.max_unlabeled, task.seed)
+    if sc.ipet:
+        return run_ipet(ctx, state, pool)
     teacher, cache = state.classifier, ctx.out / "cache" / "pool_labels"
     lrs = sc.lr_grid or (state.finetune["learning_rate"],)
     gens, model, clf = [], state.model, state.classifier
@@ -63,9 +79,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         texts, y, rep = pseudo_data(ctx, task, pool, logits, g)
         rep.update(generation=g, labels_from_cache=cached, examples=len(texts))
         steps = student_steps(ctx, len(texts), len(task.train))
-        cons = None
-        if sc.consistency_weight > 0:  # every pool text, clean and word-dropped
-            cons = (pool, word_dropout(pool, sc.word_dropout, task.seed * 100 + 50 + g), sc.consistency_weight)
+        cons = consistency_views(ctx, task, pool, g)
         model, grid = grid_finetune(ctx, task, state.pretuned, state.mode, state.task_template,
                                     state.task_verbalizer, stage=f"selftrain-{g}", mlm_weight=sc.mlm_weight,
                                     lrs=lrs, data=(texts, y), steps=steps, consistency=cons)
@@ -82,3 +96,62 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                                       "word_dropout": sc.word_dropout, "mlm_weight": sc.mlm_weight,
                                       "consistency_weight": sc.consistency_weight},
                         model=model, classifier=clf, finetune=gens[-1]["student"])
+
+
+def run_ipet(ctx: RunContext, state: SeedState, pool: list[str]) -> SeedState:
+    """iPET's generations: member i of generation g is member i's prompt (template, label words,
+    seed) fine-tuned again from the weights fine-tuning started from, on the K labelled examples and
+    the pool texts that the other members of generation g-1 (weighted as the ensemble weights them)
+    label most confidently; generation g's ensemble combines the new members, weighted by their dev
+    accuracy (or uniformly, as prompt.ensemble_weighting says)."""
+    cfg, sc, task, bs = ctx.cfg, ctx.cfg.selftrain, state.task, ctx.cfg.eval.batch_size
+    ens = state.ensemble
+    if not isinstance(ens, Ensemble):
+        raise ConfigError(f"selftrain.ipet retrains the prompt ensemble's members, and this run has none "
+                          f"(the {state.mode} classifier builds no ensemble): use a prompt or similarity "
+                          "finetune.mode with prompt.ensemble >= 2, or selftrain.ipet false")
+    specs, cache, n = member_specs(ctx, state), ctx.out / "cache" / "pool_labels", len(ens.members)
+    gens = []
+    for g in range(1, sc.generations + 1):
+        t0 = time.perf_counter()
+        labelled = [label_pool(m, pool, cache, bs, progress=ctx.bar(f"selftrain {g}/{sc.generations}: "
+                                                                     f"member {i + 1}/{n} labels the pool"))
+                    for i, m in enumerate(ens.members)]
+        members, info, reps = [], [], []
+        for i, (template, verb, seed) in enumerate(specs):
+            others = [j for j in range(n) if j != i]
+            w = ens.weights[others] / ens.weights[others].sum()
+            texts, y, rep = pseudo_data(ctx, task, pool, combine([labelled[j][0] for j in others], w), g, member=i + 1)
+            steps = student_steps(ctx, len(texts), len(task.train))
+            model, grid = grid_finetune(ctx, task, state.pretuned, state.mode, template, verb,
+                                        stage=f"selftrain-{g}-{i + 1}", mlm_weight=sc.mlm_weight,
+                                        lrs=sc.lr_grid or (ens.info[i]["learning_rate"],), seed_offset=seed,
+                                        data=(texts, y), steps=steps, consistency=consistency_views(ctx, task, pool, g))
+            clf = ctx.classifier(state.mode, model, task, template, verb)
+            chosen = grid["chosen"]
+            entry = {"template": template.source, "label_words": verb.to_json(), "seed": seed,
+                     "learning_rate": chosen["learning_rate"], "fine_tuned_dev_accuracy": chosen["best_dev_accuracy"],
+                     "taught_by": [j + 1 for j in others]}
+            if cfg.prompt.calibrate != "none":
+                entry["calibration"] = ctx.calibrate(clf, task, f"selftrain {g} member {i + 1}")
+            entry["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
+            rep.update(member=i + 1, taught_by=entry["taught_by"], examples=len(texts), steps=steps,
+                       student=chosen, dev_accuracy=entry["dev_accuracy"],
+                       labels_from_cache=all(labelled[j][1] for j in others))
+            members.append(clf)
+            info.append(entry)
+            reps.append(rep)
+        weights = member_weights([e["dev_accuracy"] for e in info], cfg.prompt.ensemble_weighting)
+        for e, wt in zip(info, weights):
+            e["weight"] = float(wt)
+        ens = Ensemble(members, weights, cfg.prompt.ensemble_weighting, info)
+        gen = {"generation": g, "members": reps, "ensemble_members": info,
+               "dev_accuracy": evaluate(ens, task.dev, bs)["accuracy"]}
+        if cfg.eval.compare:
+            gen["test_accuracy"] = evaluate(ens, task.test, bs, progress=ctx.bar(f"selftrain {g}: test"))["accuracy"]
+        gen["wall_s"] = round(time.perf_counter() - t0, 1)
+        gens.append(gen)
+    return state.record("selftrain", {"generations": gens, "ipet": True, "temperature": sc.temperature,
+                                      "word_dropout": sc.word_dropout, "mlm_weight": sc.mlm_weight,
+                                      "consistency_weight": sc.consistency_weight},
+                        model=members[0].model, classifier=ens, ensemble=ens, finetune=reps[0]["student"])

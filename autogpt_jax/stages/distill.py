@@ -1,6 +1,7 @@
 """Stage ``distill``: the teacher (``distill.teacher``: the prompt ensemble when the run built one,
-even after self-training replaced the task model; else the task model) soft-labels the whole unlabelled pool (cached per teacher and pool: the labels self-training
-already computed with the same teacher are read back); a small student with a classification
+even after self-training replaced the task model; else the task model) soft-labels the whole
+unlabelled pool (cached per teacher and pool: the labels self-training already computed with the
+same teacher are read back); a small student with a classification
 head learns those labels and the K-shot examples' own (one-hot). The step kept (``distill.select``)
 is the one that agrees most with the teacher on pool texts held out from the student's training,
 or the best dev step, or the last. The student is exported beside the teacher (export/student)."""

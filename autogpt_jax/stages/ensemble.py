@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from autogpt_jax.ensemble import Ensemble, combine, member_weights
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.prompts.templates import Template, Verbalizer
@@ -37,6 +39,27 @@ def member_specs(ctx: RunContext, state: SeedState) -> list[tuple[Template, Verb
     return specs
 
 
+def member_entry(template: Template, verb: Verbalizer, seed: int, chosen: dict) -> dict[str, Any]:
+    """A member's report (and export) entry: its prompt, seed and the grid point fine-tuning chose."""
+    return {"template": template.source, "label_words": verb.to_json(), "seed": seed,
+            "learning_rate": chosen["learning_rate"], "fine_tuned_dev_accuracy": chosen["best_dev_accuracy"]}
+
+
+def calibrate_member(ctx: RunContext, task, clf, entry: dict[str, Any], label: str) -> None:
+    """Calibrate a member by ``prompt.calibrate`` (when set) and record what was fitted and its dev accuracy."""
+    if ctx.cfg.prompt.calibrate != "none":
+        entry["calibration"] = ctx.calibrate(clf, task, label)
+    entry["dev_accuracy"] = evaluate(clf, task.dev, ctx.cfg.eval.batch_size)["accuracy"]
+
+
+def weigh(info: list[dict[str, Any]], weighting: str) -> np.ndarray:
+    """The members' weights by their dev accuracy (``weighting``), also written into their entries."""
+    weights = member_weights([e["dev_accuracy"] for e in info], weighting)
+    for e, w in zip(info, weights):
+        e["weight"] = float(w)
+    return weights
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, pc, task, bs = ctx.cfg, ctx.cfg.prompt, state.task, ctx.cfg.eval.batch_size
     if state.mode == "head":
@@ -52,22 +75,16 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                                         mlm_weight=cfg.finetune.mlm_weight, seed_offset=seed)
             rep = grid["chosen"]
         clf = ctx.classifier(state.mode, model, task, template, verb)
-        entry: dict[str, Any] = {"template": template.source, "label_words": verb.to_json(), "seed": seed,
-                                 "learning_rate": rep["learning_rate"],
-                                 "fine_tuned_dev_accuracy": rep["best_dev_accuracy"]}
+        entry = member_entry(template, verb, seed, rep)
         if compare and i == 0:
             ladder["single"] = evaluate(clf, task.test, bs, progress=ctx.bar("ensemble: test (member 1)"))["accuracy"]
-        if pc.calibrate != "none":
-            entry["calibration"] = ctx.calibrate(clf, task, f"ensemble member {i + 1}")
-            if compare and i == 0:
-                ladder["single_calibrated"] = evaluate(clf, task.test, bs,
-                                                       progress=ctx.bar("ensemble: test (member 1, calibrated)"))["accuracy"]
-        entry["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
+        calibrate_member(ctx, task, clf, entry, f"ensemble member {i + 1}")
+        if compare and i == 0 and pc.calibrate != "none":
+            ladder["single_calibrated"] = evaluate(clf, task.test, bs,
+                                                   progress=ctx.bar("ensemble: test (member 1, calibrated)"))["accuracy"]
         members.append(clf)
         info.append(entry)
-    weights = member_weights([e["dev_accuracy"] for e in info], pc.ensemble_weighting)
-    for e, w in zip(info, weights):
-        e["weight"] = float(w)
+    weights = weigh(info, pc.ensemble_weighting)
     rep = {"members": info, "weighting": pc.ensemble_weighting, "calibrate": pc.calibrate}
     if len(members) == 1:
         clf = members[0]

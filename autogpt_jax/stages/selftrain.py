@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 
-from autogpt_jax.ensemble import Ensemble, combine, member_weights
+from autogpt_jax.ensemble import Ensemble, combine
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.pseudolabels import label_pool, pool_subset, select_confident, soft_targets, word_dropout
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
-from autogpt_jax.stages.ensemble import member_specs
+from autogpt_jax.stages.ensemble import calibrate_member, member_entry, member_specs, weigh
 from autogpt_jax.stages.finetune import grid_finetune
 
 MAX_STEP_GROWTH = 4  # a generation trains at most this many times finetune.steps (by default)
@@ -129,22 +129,15 @@ def run_ipet(ctx: RunContext, state: SeedState, pool: list[str]) -> SeedState:
                                         data=(texts, y), steps=steps, consistency=consistency_views(ctx, task, pool, g))
             clf = ctx.classifier(state.mode, model, task, template, verb)
             chosen = grid["chosen"]
-            entry = {"template": template.source, "label_words": verb.to_json(), "seed": seed,
-                     "learning_rate": chosen["learning_rate"], "fine_tuned_dev_accuracy": chosen["best_dev_accuracy"],
-                     "taught_by": [j + 1 for j in others]}
-            if cfg.prompt.calibrate != "none":
-                entry["calibration"] = ctx.calibrate(clf, task, f"selftrain {g} member {i + 1}")
-            entry["dev_accuracy"] = evaluate(clf, task.dev, bs)["accuracy"]
+            entry = {**member_entry(template, verb, seed, chosen), "taught_by": [j + 1 for j in others]}
+            calibrate_member(ctx, task, clf, entry, f"selftrain {g} member {i + 1}")
             rep.update(member=i + 1, taught_by=entry["taught_by"], examples=len(texts), steps=steps,
                        student=chosen, dev_accuracy=entry["dev_accuracy"],
                        labels_from_cache=all(labelled[j][1] for j in others))
             members.append(clf)
             info.append(entry)
             reps.append(rep)
-        weights = member_weights([e["dev_accuracy"] for e in info], cfg.prompt.ensemble_weighting)
-        for e, wt in zip(info, weights):
-            e["weight"] = float(wt)
-        ens = Ensemble(members, weights, cfg.prompt.ensemble_weighting, info)
+        ens = Ensemble(members, weigh(info, cfg.prompt.ensemble_weighting), cfg.prompt.ensemble_weighting, info)
         gen = {"generation": g, "members": reps, "ensemble_members": info,
                "dev_accuracy": evaluate(ens, task.dev, bs)["accuracy"]}
         if cfg.eval.compare:

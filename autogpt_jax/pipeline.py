@@ -85,7 +85,8 @@ def levers(cfg: Config) -> dict[str, Any]:
         on["ensemble"] = {"members": pc.ensemble, "weighting": pc.ensemble_weighting}
     if "selftrain" in stages:
         on["self-training"] = {"generations": cfg.selftrain.generations, "per_class": cfg.selftrain.per_class,
-                               "threshold": cfg.selftrain.threshold, "ipet": cfg.selftrain.ipet}
+                               "threshold": cfg.selftrain.threshold, "ipet": cfg.selftrain.ipet,
+                               "keep": cfg.selftrain.keep}
     if "distill" in stages:
         on["distillation"] = {"student": cfg.distill.student, "teacher": cfg.distill.teacher}
     return on

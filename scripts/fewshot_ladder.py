@@ -19,7 +19,9 @@ import numpy as np
 
 from autogpt_jax.config import load_config
 from autogpt_jax.data import fewshot, sources
+from autogpt_jax.data.task import prepare_task
 from autogpt_jax.pipeline import run_pipeline
+from autogpt_jax.pseudolabels import pool_subset, select_confident, soft_targets, texts_hash
 from fewshot_decoder import decoder_inputs, peer_lora
 
 RESULTS = Path("benchmarks/results")
@@ -91,6 +93,8 @@ def ladder_rows(rep: dict) -> dict[str, tuple[float, float]]:
     kind = "iPET" if s.get("selftrain", {}).get("ipet") else "self-training"
     for g in s.get("selftrain", {}).get("generations", []):
         rows[f"+ {kind} generation {g['generation']}"] = (g["test_accuracy"], g["wall_s"])
+    if "kept_generation" in s.get("selftrain", {}):  # what the run exports (selftrain.keep)
+        rows[f"{kind}: the task model kept (selftrain.keep {s['selftrain']['keep']})"] = (_acc(s["test"]), 0.0)
     if "distill" in s:
         d = s["distill"]
         whose = {"ensemble": "the ensemble's"}.get(d.get("teacher_source"), "the teacher's")
@@ -126,10 +130,60 @@ def seed_result(kind: str, task: str, seed: int, argv: list[str], rep: dict, wal
 
 
 def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
-    argv = ladder_argv(kind, task, seed, tempfile.mkdtemp(dir=work), args)
+    out_dir = tempfile.mkdtemp(dir=work)
+    argv = ladder_argv(kind, task, seed, out_dir, args)
     t0 = time.perf_counter()
-    rep = run_pipeline(load_config(argv))
-    return seed_result(kind, task, seed, argv, rep, time.perf_counter() - t0, args)
+    cfg = load_config(argv)
+    rep = run_pipeline(cfg)
+    res = seed_result(kind, task, seed, argv, rep, time.perf_counter() - t0, args)
+    try:  # a diagnostic: its failure must not lose the seed's hours of results
+        res["pseudo_labels"] = pool_label_quality(Path(out_dir) / "cache" / "pool_labels", cfg, seed)
+    except Exception as e:  # noqa: BLE001
+        print(f"seed {seed}: pool-label quality not measured ({type(e).__name__}: {e})", file=sys.stderr)
+    return res
+
+
+TOP_K = (16, 64, 256, 1024)
+
+
+def pool_label_quality(cache_dir: Path, cfg, seed: int) -> list[dict]:
+    """How right the teachers' pool labels were: the labelled pool keeps its labels (the pipeline
+    never reads them), so every logits file of the run's pool-label cache (in the order they were
+    written: the self-training generations' teachers, then the student's) is scored against them:
+    the teacher's accuracy on those texts, its prediction share per class, the accuracy of each
+    class's k most confident predictions, and (plain self-training) of the texts each generation kept."""
+    task = prepare_task(cfg, seed)
+    names = task.names
+    labelled = sources.load_dataset(cfg.data.dataset)["train"] if cfg.data.dataset else None
+    lab = dict(zip(labelled["text"], labelled["label"])) if labelled is not None else {}
+    sc, dc = cfg.selftrain, cfg.distill
+    st_pool = pool_subset(task.pool, sc.max_unlabeled, seed)
+    pools = {texts_hash(p): (what, p) for what, p in (("distill", pool_subset(task.pool, dc.max_unlabeled, seed)),
+                                                       ("selftrain", st_pool))}
+    out, gen = [], 0
+    for f in sorted(Path(cache_dir).glob("logits-*.npy"), key=lambda f_: f_.stat().st_mtime):
+        what, texts = pools.get(f.stem.rsplit("-", 1)[1], (None, None))
+        if texts is None or not lab:
+            continue
+        y = np.asarray([lab[t] for t in texts])
+        probs = soft_targets(np.load(f), 1.0)
+        pred, conf = probs.argmax(-1), probs.max(-1)
+        row = {"file": f.name, "for": what, "texts": len(texts), "teacher_accuracy": float(np.mean(pred == y)),
+               "prediction_share": {n: float(np.mean(pred == c)) for c, n in enumerate(names)},
+               "top_k_accuracy": {}}
+        for k in TOP_K:
+            per = []
+            for c in range(len(names)):
+                idx = np.flatnonzero(pred == c)
+                idx = idx[np.argsort(-conf[idx], kind="stable")][:k]
+                per.append(float(np.mean(y[idx] == c)) if idx.size else None)
+            row["top_k_accuracy"][str(k)] = per
+        if what == "selftrain" and not sc.ipet and "selftrain" in cfg.stage_list and gen < sc.generations:
+            gen += 1
+            idx = select_confident(probs, sc.kept_per_class(gen), sc.threshold, sc.min_per_class)
+            row.update(generation=gen, kept=int(idx.size), kept_accuracy=float(np.mean(y[idx] == pred[idx])))
+        out.append(row)
+    return out
 
 
 def torch_peer(task: str, seed: int, tdec, cfg, tok, model) -> tuple[float, float]:
@@ -171,7 +225,8 @@ def main_ladder(args, peer_factory=None):
     seed files already written (a long seed split over two sessions)."""
     seeds = [int(s_) for s_ in args.seeds.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    peer = peer_factory(args.task) if (peer_factory and args.ladder == "decoder" and not args.skip_torch) else None
+    peer = peer_factory(args.task) if (peer_factory and args.ladder == "decoder" and not args.skip_torch
+                                       and not args.pool_quality) else None
     with tempfile.TemporaryDirectory() as work:
         for seed in seeds:
             path = result_path(args, seed)
@@ -179,6 +234,12 @@ def main_ladder(args, peer_factory=None):
                 if peer is None:
                     raise SystemExit("--peer-only: the decoder ladder's peer (without --skip-torch)")
                 res = json.loads(path.read_text())
+            elif args.pool_quality:
+                res = json.loads(path.read_text())
+                res["pseudo_labels"] = pool_label_quality(Path(args.pool_quality), load_config(res["config"]), seed)
+                res["pseudo_labels_command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+                if not res["pseudo_labels"]:
+                    raise SystemExit(f"--pool-quality {args.pool_quality}: no logits file of seed {seed}'s pools there")
             elif args.from_report:
                 rep = json.loads(Path(args.from_report).read_text())
                 if rep["config"]["data"]["split_seed"] != seed or "seeds" not in rep:
@@ -214,14 +275,15 @@ def report_ladder(files: list[str], markdown: bool = False):
     for k in names:
         vals = [r["rows"][k] for r in res if k in r["rows"]]
         a = 100 * np.asarray([v[0] for v in vals])
-        gain = "" if prev is None or k.startswith(("PyTorch", "MiniLM student")) else f"{a.mean() - prev:+5.1f}"
+        aside = k.startswith(("PyTorch", "MiniLM student")) or "task model kept" in k  # not a step of the ladder
+        gain = "" if prev is None or aside else f"{a.mean() - prev:+5.1f}"
         secs = np.mean([v[1] for v in vals])
         if markdown:
             cells = [f"{100 * r['rows'][k][0]:.1f}" if k in r["rows"] else "" for r in res]
             print(f"| {k} | " + " | ".join(cells) + f" | {a.mean():.1f} ± {a.std():.1f} | {gain.strip()} | {secs:.0f} |")
         else:
             print(f"  {k:<{w}}  {a.mean():5.1f} ± {a.std():3.1f} (n={len(a)})  {gain:>6}  {secs:7.0f} s")
-        if not k.startswith(("PyTorch", "MiniLM student", "zero-shot")):
+        if not (aside or k.startswith("zero-shot")):
             prev = a.mean()
     if markdown:
         print()

@@ -177,6 +177,20 @@ def test_selection_is_class_balanced_thresholded_and_ordered():
     assert all(1 <= len(n.split()) < 10 for n in noisy[:5]) and len(set(noisy)) > 1
 
 
+def test_the_kept_generation_is_the_best_on_dev_and_self_training_must_show_it_helped():
+    from autogpt_jax.stages.selftrain import kept_generation
+
+    d = lambda acc, ll: {"dev_accuracy": acc, "dev_log_loss": ll}  # noqa: E731
+    # [the teacher, generation 1, generation 2]
+    assert kept_generation("best", [d(0.8, 0.5), d(0.9, 0.6), d(0.85, 0.3)]) == 1
+    assert kept_generation("best", [d(0.8, 0.5), d(0.8, 0.4), d(0.8, 0.45)]) == 1  # ties: lower log-loss
+    assert kept_generation("best", [d(0.8, 0.5), d(0.8, 0.5), d(0.7, 0.1)]) == 0  # full tie: the earlier
+    assert kept_generation("best", [d(0.9, 0.5), d(0.8, 0.1)]) == 0
+    assert kept_generation("last", [d(0.9, 0.5), d(0.8, 0.6), d(0.7, 0.9)]) == 2
+    with pytest.raises(ConfigError, match="selftrain.keep must be best or last, got 'first'"):
+        load_config(["--config_path", CFG, "--selftrain.keep", "first"])
+
+
 def test_consistency_term_is_the_kl_between_the_clean_and_noised_views(tiny_bert_dir):
     import jax
     import jax.numpy as jnp
@@ -337,8 +351,9 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     """Two ensemble members (two seeds of the fixed prompt), both calibrated; two self-training
     generations whose students start from the fine-tuning stage's starting weights and whose
     teachers are the ensemble, then generation 1's student; the distilled student learns the
-    ensemble's labels, not the last generation's; the export serves the last student, and
-    predict's output equals the in-run predictions."""
+    ensemble's labels, not the last generation's; selftrain.keep best keeps the generation with the
+    best dev accuracy (made generation 1 here), the export serves that student, and predict's
+    output equals the in-run predictions."""
     from autogpt_jax.export_format import load_classifier
     from autogpt_jax.inference import predict_records
     from autogpt_jax.pipeline import run_pipeline
@@ -358,6 +373,12 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
 
     monkeypatch.setattr(selftrain, "label_pool", label_spy)
     monkeypatch.setattr(distill, "label_pool", distill_label_spy)
+    real_dev, made = selftrain.dev_figures, iter([0.5, 0.9, 0.7])  # the teacher, generation 1, generation 2
+
+    def dev_spy(clf, task, batch_size):
+        return {**real_dev(clf, task, batch_size), "dev_accuracy": next(made)}
+
+    monkeypatch.setattr(selftrain, "dev_figures", dev_spy)
     out = tmp_path / "run"
     cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages",
                        "prompt,adapt,finetune,selftrain,evaluate,distill,export",
@@ -385,8 +406,12 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     assert len(starts) == 2 and all(s is seed.pretuned for s in starts)
     # Generation 1's teacher is the ensemble, generation 2's is generation 1's student.
     assert isinstance(teachers[0], Ensemble) and len(teachers[0].members) == 2
-    assert teachers[1].model is students[0] and seed.model is students[1]
-    assert rep["test"]["accuracy"] == pytest.approx(gens[-1]["test_accuracy"])
+    assert teachers[1].model is students[0]
+    st = rep["selftrain"]
+    assert [g["dev_accuracy"] for g in gens] == [0.9, 0.7] and st["teacher_dev"]["dev_accuracy"] == 0.5
+    assert st["keep"] == "best" and st["kept_generation"] == 1 and seed.model is students[0]
+    assert run.classifier.model is students[0] and seed.finetune == gens[0]["student"]
+    assert rep["test"]["accuracy"] == pytest.approx(gens[0]["test_accuracy"])
     # distill.teacher ensemble (the default): the student learns the ensemble's labels, and the
     # report compares it with the ensemble, not with the last generation it was not taught by.
     assert distill_teachers == [teachers[0]]
@@ -394,7 +419,7 @@ def test_ensemble_and_self_training_end_to_end_and_predict_serves_them(tmp_path,
     assert d["teacher_source"] == "ensemble" and d["teacher"] == "Ensemble"
     assert d["teacher_test"]["accuracy"] == pytest.approx(ens["test_ladder"]["ensemble_dev"])
     assert (out / "export" / "student").is_dir()
-    # The export serves the last student, calibrated; predict gives the in-run predictions.
+    # The export serves the kept student, calibrated; predict gives the in-run predictions.
     texts = ["a moving, beautifully acted film", "dull and lifeless", "an ordinary movie"]
     served = load_classifier(out / "export")
     assert served.logit_bias is not None
@@ -431,7 +456,8 @@ def test_ipet_retrains_every_member_on_the_others_labels_and_serves_the_new_ense
     cfg = load_config(["--config_path", CFG, "--output_dir", str(out), "--stages", "prompt,finetune,selftrain,export",
                        "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
                        "--prompt.ensemble", "2", "--prompt.ensemble_seeds", "2",
-                       "--selftrain.ipet", "true", "--selftrain.per_class", "3", "--selftrain.threshold", "0",
+                       "--selftrain.ipet", "true", "--selftrain.keep", "last",
+                       "--selftrain.per_class", "3", "--selftrain.threshold", "0",
                        "--selftrain.max_unlabeled", "32", "--selftrain.steps", "4",
                        "--finetune.learning_rates", "3e-3", "--eval.compare", "true"])
     run = run_pipeline(cfg, return_run=True)
@@ -453,6 +479,7 @@ def test_ipet_retrains_every_member_on_the_others_labels_and_serves_the_new_ense
     assert len(starts) == 2 and all(s is seed.pretuned for s in starts)
     gen = rep["selftrain"]["generations"][0]
     assert rep["selftrain"]["ipet"] and [m["taught_by"] for m in gen["members"]] == [[2], [1]]
+    assert rep["selftrain"]["kept_generation"] == 1  # keep last
     assert [m["seed"] for m in gen["ensemble_members"]] == [m["seed"] for m in first] == [0, 1]
     assert [m["examples"] for m in gen["members"]] == [16 + 6, 16 + 6]
     # The task model is the ensemble of the two students, and that is what is exported and served.

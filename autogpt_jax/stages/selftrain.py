@@ -7,8 +7,9 @@ fine-tuning started from, learns them with the chosen prompt (and optionally the
 is the next generation's teacher. Every generation keeps ``growth`` times as many pool texts.
 ``selftrain.consistency_weight`` adds UDA's consistency term between every pool text and its
 word-dropped view. With ``selftrain.ipet`` every generation retrains each member of the prompt
-ensemble instead, on the labels of the ensemble of the other members, and the next teacher (and
-the task model) is the ensemble of the new members."""
+ensemble instead, on the labels of the ensemble of the other members, and the next teacher is the
+ensemble of the new members. The task model after the stage is the one ``selftrain.keep`` picks:
+the best on dev among the stage's teacher and its generations, or the last generation."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from autogpt_jax.evaluation import evaluate
 from autogpt_jax.pseudolabels import label_pool, pool_subset, select_confident, soft_targets, word_dropout
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
 from autogpt_jax.stages.ensemble import calibrate_member, member_entry, member_specs, weigh
-from autogpt_jax.stages.finetune import grid_finetune
+from autogpt_jax.stages.finetune import grid_finetune, selection_key
 
 MAX_STEP_GROWTH = 4  # a generation trains at most this many times finetune.steps (by default)
 
@@ -64,6 +65,28 @@ def consistency_views(ctx: RunContext, task, pool: list[str], generation: int):
     return pool, word_dropout(pool, sc.word_dropout, task.seed * 100 + 50 + generation), sc.consistency_weight
 
 
+def dev_figures(clf, task, batch_size: int) -> dict[str, float]:
+    res = evaluate(clf, task.dev, batch_size)
+    return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
+
+
+def kept_generation(keep: str, devs: list[dict]) -> int:
+    """Which of [the stage's teacher, generation 1, ...] (their ``dev_figures``) is the task model:
+    ``keep`` last, the last generation; best, the best dev accuracy, ties to the lower dev
+    log-loss, then to the earlier (self-training has to show it helped)."""
+    if keep == "last":
+        return len(devs) - 1
+    keys = [selection_key({"best_dev_accuracy": d["dev_accuracy"], "best_dev_log_loss": d["dev_log_loss"]})
+            for d in devs]
+    return max(range(len(devs)), key=lambda i: (keys[i], -i))
+
+
+def kept_report(sc, teacher_dev: dict, gens: list[dict]) -> tuple[int, dict]:
+    """The kept generation and the stage report's entries that say why."""
+    k = kept_generation(sc.keep, [teacher_dev] + gens)
+    return k, {"keep": sc.keep, "kept_generation": k, "teacher_dev": teacher_dev}
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = ensure_classifier(ctx, state)
     cfg, sc, task, bs = ctx.cfg, ctx.cfg.selftrain, state.task, ctx.cfg.eval.batch_size
@@ -73,6 +96,8 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     teacher, cache = state.classifier, ctx.out / "cache" / "pool_labels"
     lrs = sc.lr_grid or (state.finetune["learning_rate"],)
     gens, model, clf = [], state.model, state.classifier
+    teacher_dev = dev_figures(teacher, task, bs)
+    candidates = [(state.model, state.classifier, state.finetune)]
     for g in range(1, sc.generations + 1):
         t0 = time.perf_counter()
         logits, cached = label_pool(teacher, pool, cache, bs, progress=ctx.bar(f"selftrain {g}/{sc.generations}: labelling the pool"))
@@ -86,16 +111,19 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         clf = ctx.classifier(state.mode, model, task, state.task_template, state.task_verbalizer)
         if cfg.prompt.calibrate != "none" and state.mode != "head":
             rep["calibration"] = ctx.calibrate(clf, task, f"selftrain {g}")
-        rep.update(steps=steps, student=grid["chosen"], dev_accuracy=evaluate(clf, task.dev, bs)["accuracy"],
+        rep.update(steps=steps, student=grid["chosen"], **dev_figures(clf, task, bs),
                    wall_s=round(time.perf_counter() - t0, 1))
         if cfg.eval.compare:
             rep["test_accuracy"] = evaluate(clf, task.test, bs, progress=ctx.bar(f"selftrain {g}: test"))["accuracy"]
         gens.append(rep)
+        candidates.append((model, clf, grid["chosen"]))
         teacher = clf
-    return state.record("selftrain", {"generations": gens, "temperature": sc.temperature,
+    k, kept = kept_report(sc, teacher_dev, gens)
+    model, clf, chosen = candidates[k]
+    return state.record("selftrain", {"generations": gens, **kept, "temperature": sc.temperature,
                                       "word_dropout": sc.word_dropout, "mlm_weight": sc.mlm_weight,
                                       "consistency_weight": sc.consistency_weight},
-                        model=model, classifier=clf, finetune=gens[-1]["student"])
+                        model=model, classifier=clf, finetune=chosen)
 
 
 def run_ipet(ctx: RunContext, state: SeedState, pool: list[str]) -> SeedState:
@@ -111,7 +139,8 @@ def run_ipet(ctx: RunContext, state: SeedState, pool: list[str]) -> SeedState:
                           f"(the {state.mode} classifier builds no ensemble): use a prompt or similarity "
                           "finetune.mode with prompt.ensemble >= 2, or selftrain.ipet false")
     specs, cache, n = member_specs(ctx, state), ctx.out / "cache" / "pool_labels", len(ens.members)
-    gens = []
+    gens, teacher_dev = [], dev_figures(ens, task, bs)
+    candidates = [(state.model, state.classifier, state.ensemble, state.finetune)]
     for g in range(1, sc.generations + 1):
         t0 = time.perf_counter()
         labelled = [label_pool(m, pool, cache, bs, progress=ctx.bar(f"selftrain {g}/{sc.generations}: "
@@ -138,13 +167,15 @@ def run_ipet(ctx: RunContext, state: SeedState, pool: list[str]) -> SeedState:
             info.append(entry)
             reps.append(rep)
         ens = Ensemble(members, weigh(info, cfg.prompt.ensemble_weighting), cfg.prompt.ensemble_weighting, info)
-        gen = {"generation": g, "members": reps, "ensemble_members": info,
-               "dev_accuracy": evaluate(ens, task.dev, bs)["accuracy"]}
+        gen = {"generation": g, "members": reps, "ensemble_members": info, **dev_figures(ens, task, bs)}
         if cfg.eval.compare:
             gen["test_accuracy"] = evaluate(ens, task.test, bs, progress=ctx.bar(f"selftrain {g}: test"))["accuracy"]
         gen["wall_s"] = round(time.perf_counter() - t0, 1)
         gens.append(gen)
-    return state.record("selftrain", {"generations": gens, "ipet": True, "temperature": sc.temperature,
+        candidates.append((members[0].model, ens, ens, reps[0]["student"]))
+    k, kept = kept_report(sc, teacher_dev, gens)
+    model, clf, ensemble, chosen = candidates[k]
+    return state.record("selftrain", {"generations": gens, **kept, "ipet": True, "temperature": sc.temperature,
                                       "word_dropout": sc.word_dropout, "mlm_weight": sc.mlm_weight,
                                       "consistency_weight": sc.consistency_weight},
-                        model=members[0].model, classifier=ens, ensemble=ens, finetune=reps[0]["student"])
+                        model=model, classifier=clf, ensemble=ensemble, finetune=chosen)

@@ -131,6 +131,9 @@ def main():
                     help="--ladder: write the seed's file from this finished run's report.json (no pipeline run)")
     ap.add_argument("--peer-only", action="store_true",
                     help="--ladder decoder: run only the PyTorch peer and add its row to the seed files already written")
+    ap.add_argument("--pool-quality", metavar="CACHE_DIR",
+                    help="--ladder: score a copy of a run's pool-label cache (its cache/pool_labels) against the pool's "
+                         "hidden labels and add the figures to the seed file already written (a ladder run does this itself)")
     ap.add_argument("--markdown", action="store_true", help="--report-ladder: the rows as a Markdown table")
     args = ap.parse_args()
     if args.report_ladder:

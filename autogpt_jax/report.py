@@ -28,11 +28,12 @@ def print_report(report: dict) -> None:
         rows = [("zero-shot prompt", "zero_shot_accuracy"), ("zero-shot prompt after adapt", "zero_shot_after_adapt_accuracy"),
                 ("head fine-tuning", "head_ft_accuracy"), ("prompt fine-tuning", "prompt_ft_accuracy"),
                 ("this run (" + ",".join(s for s in report["stages"] if s in ("prompt", "adapt", "finetune", "selftrain"))
-                 + ")", "test_accuracy")]
+                 + ")", "test_accuracy"), ("distilled student", "student_test_accuracy")]
         rows = [(n, fmt(k)) for n, k in rows if k in summ]
-        w = max(len(n) for n, _ in rows)
-        lines.append(f"test accuracy (%), {len(report.get('seeds', []))} split seed(s):")
-        lines += [f"  {n:<{w}}  {v}" for n, v in rows]
+        if rows:  # a run without evaluate or baselines may have measured nothing on test
+            w = max(len(n) for n, _ in rows)
+            lines.append(f"test accuracy (%), {len(report.get('seeds', []))} split seed(s):")
+            lines += [f"  {n:<{w}}  {v}" for n, v in rows]
         # the exported seed's prompt (data.split_seed when it ran)
         last = next((s for s in report["seeds"] if s["seed"] == report.get("exported_seed")), report["seeds"][-1])
         if last.get("prompt"):

@@ -72,3 +72,19 @@ def test_shipped_configs_parse():
     for p in sorted(Path("configs").glob("*.yaml")) + sorted(Path("tests/configs").glob("*.yaml")):
         cfg = load_config(["--config_path", str(p)])
         assert cfg.stage_list, p
+
+
+def test_the_summary_of_a_run_that_only_distilled_prints_the_student(capsys):
+    """A run with prompt, finetune and distill but no evaluate has only the student's test figure."""
+    from autogpt_jax.report import print_report
+
+    acc = {"mean": 0.58, "std": 0.0, "n": 1}
+    print_report({"model": "m", "parameters": 1, "stages": ["prompt", "finetune", "distill"],
+                  "devices": {"count": 1, "platform": "cpu", "mesh": {"data": 1}},
+                  "summary": {"student_test_accuracy": acc, "student_speedup": {"mean": 2.0, "std": 0.0, "n": 1}},
+                  "seeds": [{"seed": 13}], "exported_seed": 13})
+    out = capsys.readouterr().out
+    assert "distilled student  58.0 ± 0.0" in out
+    print_report({"model": "m", "parameters": 1, "stages": ["prompt"], "seeds": [{"seed": 13}],
+                  "devices": {"count": 1, "platform": "cpu", "mesh": {"data": 1}}, "summary": {"other": acc}})
+    assert "test accuracy" not in capsys.readouterr().out

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from autogpt_jax.data import batching
+from autogpt_jax.data.task import Task
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.evaluation import evaluate, sentences_per_s
 from autogpt_jax.inference import Classifier
@@ -28,13 +29,32 @@ from autogpt_jax.training.fit import fit
 
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     state = ensure_classifier(ctx, state)
-    cfg, dc, task = ctx.cfg, ctx.cfg.distill, state.task
-    teacher, source = teacher_of(state, dc.teacher)
-    pool = pool_subset(task.pool, dc.max_unlabeled, task.seed)
+    cfg, task = ctx.cfg, state.task
+    teacher, source = teacher_of(state, cfg.distill.teacher)
+    pool = pool_subset(task.pool, cfg.distill.max_unlabeled, task.seed)
     t0 = time.perf_counter()
     logits, cached = label_pool(teacher, pool, ctx.out / "cache" / "pool_labels", cfg.eval.batch_size,
                                 progress=ctx.bar("distill: the teacher labels the pool"))
     label_s = time.perf_counter() - t0
+    clf, rep = train_student(ctx, task, pool, logits)
+    rep.update(teacher_labelling_s=round(label_s, 1), labels_from_cache=cached, teacher=type(teacher).__name__,
+               teacher_source=source)
+    known = state.results.get("test") if teacher is state.classifier else None
+    rep["teacher_test"] = known or evaluate(teacher, task.test, cfg.eval.batch_size,
+                                            progress=ctx.bar("distill: teacher test"))
+    sample = list(task.test["text"])[:256]
+    rep["student_sentences_per_s"] = sentences_per_s(clf, sample, cfg.eval.batch_size)
+    rep["teacher_sentences_per_s"] = sentences_per_s(teacher, sample, cfg.eval.batch_size)
+    rep["speedup"] = rep["student_sentences_per_s"] / rep["teacher_sentences_per_s"]
+    return state.record("distill", rep, student=clf)
+
+
+def train_student(ctx: RunContext, task: Task, pool: list[str], logits: np.ndarray) -> tuple[Classifier, dict[str, Any]]:
+    """The student (``distill``'s settings) trained on the teacher's ``logits`` over ``pool`` and the
+    K-shot examples, the step kept by ``distill.select``, and its report with its test accuracy."""
+    cfg, dc = ctx.cfg, ctx.cfg.distill
+    if len(logits) != len(pool):
+        raise ConfigError(f"distill: {len(logits)} teacher labels for {len(pool)} pool texts")
     held = held_out(len(pool), dc.holdout if dc.select == "agreement" else 0, task.seed)
     train_rows = np.setdiff1d(np.arange(len(pool)), held)
     hold_texts, hold_y = [pool[i] for i in held], logits[held].argmax(-1)
@@ -78,21 +98,12 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     evals = res.summary.get("evals", [])
     best = res.best or next((e for e in reversed(evals) if e["step"] == dc.steps), {"step": dc.steps})
     rep: dict[str, Any] = {"student": built.source, "pool": len(pool), "held_out": len(held),
-                           "temperature": dc.temperature, "select": dc.select,
-                           "teacher_labelling_s": round(label_s, 1), "labels_from_cache": cached,
-                           "teacher": type(teacher).__name__, "teacher_source": source, "best_step": best["step"],
+                           "temperature": dc.temperature, "select": dc.select, "best_step": best["step"],
                            "best_dev_accuracy": best.get("dev_accuracy"),
                            "best_teacher_agreement": best.get("teacher_agreement"),
                            "evals": evals, "train_wall_time_s": res.summary["wall_time_s"]}
-    rep["student_test"] = evaluate(clf, task.test, cfg.eval.batch_size, progress=ctx.bar("distill: student test"))
-    known = state.results.get("test") if teacher is state.classifier else None
-    rep["teacher_test"] = known or evaluate(teacher, task.test, cfg.eval.batch_size,
-                                            progress=ctx.bar("distill: teacher test"))
-    sample = list(task.test["text"])[:256]
-    rep["student_sentences_per_s"] = sentences_per_s(clf, sample, cfg.eval.batch_size)
-    rep["teacher_sentences_per_s"] = sentences_per_s(teacher, sample, cfg.eval.batch_size)
-    rep["speedup"] = rep["student_sentences_per_s"] / rep["teacher_sentences_per_s"]
-    return state.record("distill", rep, student=clf)
+    rep["student_test"] = evaluate(clf, task.test, bs, progress=ctx.bar("distill: student test"))
+    return clf, rep
 
 
 def teacher_of(state: SeedState, choice: str) -> tuple[Classifier, str]:

@@ -134,6 +134,9 @@ def main():
     ap.add_argument("--pool-quality", metavar="CACHE_DIR",
                     help="--ladder: score a copy of a run's pool-label cache (its cache/pool_labels) against the pool's "
                          "hidden labels and add the figures to the seed file already written (a ladder run does this itself)")
+    ap.add_argument("--keep-labels", metavar="DIR",
+                    help="--ladder: copy each seed's pool-label cache and report.json to DIR/<ladder>_<task>_seed<N> "
+                         "before the run's directory is removed (scripts/bench_student.py trains students on them)")
     ap.add_argument("--markdown", action="store_true", help="--report-ladder: the rows as a Markdown table")
     args = ap.parse_args()
     if args.report_ladder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -140,6 +141,13 @@ def run_seed(kind: str, task: str, seed: int, work: str, args) -> dict:
         res["pseudo_labels"] = pool_label_quality(Path(out_dir) / "cache" / "pool_labels", cfg, seed)
     except Exception as e:  # noqa: BLE001
         print(f"seed {seed}: pool-label quality not measured ({type(e).__name__}: {e})", file=sys.stderr)
+    if args.keep_labels:
+        kept = Path(args.keep_labels) / f"{kind}_{task}{'_' + args.tag if args.tag else ''}_seed{seed}"
+        if (Path(out_dir) / "cache" / "pool_labels").is_dir():
+            shutil.copytree(Path(out_dir) / "cache" / "pool_labels", kept / "pool_labels", dirs_exist_ok=True)
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(out_dir) / "report.json", kept / "report.json")
+        res["labels_kept_in"] = str(kept)
     return res
 
 

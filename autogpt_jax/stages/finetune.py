@@ -147,8 +147,7 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
                                                   consistency=consistency)
 
     def on_dev(m) -> dict[str, float]:
-        res = evaluate(ctx.classifier(mode, m, task, template, verb), task.dev, cfg.eval.batch_size)
-        return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
+        return dev_figures(ctx.classifier(mode, m, task, template, verb), task, cfg.eval.batch_size)
 
     res = fit(stage=stage, model=model, loss=peft_kw.pop("loss"), optim=dataclasses.replace(fc.optim, learning_rate=lr),
               steps=steps, batches=batches, batch_size=fc.batch_size, batch_key="finetune.batch_size", mesh=ctx.mesh,
@@ -164,6 +163,12 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
                        "trainable_parameters": res.trainable_parameters, "steps_run": s["steps"],
                        "wall_time_s": s["wall_time_s"], "compile_s": s["compile_s"], "tokens_per_s": s["tokens_per_s"],
                        "stopped_early": s["stopped_early"]}
+
+
+def dev_figures(clf, task: Task, batch_size: int) -> dict[str, float]:
+    """A classifier's dev accuracy and log-loss, what grid points and self-training generations are chosen by."""
+    res = evaluate(clf, task.dev, batch_size)
+    return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
 
 
 def selection_key(summary: dict, rule: str = "accuracy") -> tuple[float, float]:

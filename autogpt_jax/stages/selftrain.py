@@ -23,7 +23,7 @@ from autogpt_jax.evaluation import evaluate
 from autogpt_jax.pseudolabels import label_pool, pool_subset, select_confident, soft_targets, word_dropout
 from autogpt_jax.stages.context import RunContext, SeedState, ensure_classifier
 from autogpt_jax.stages.ensemble import calibrate_member, member_entry, member_specs, weigh
-from autogpt_jax.stages.finetune import grid_finetune, selection_key
+from autogpt_jax.stages.finetune import dev_figures, grid_finetune, selection_key
 
 MAX_STEP_GROWTH = 4  # a generation trains at most this many times finetune.steps (by default)
 
@@ -65,11 +65,6 @@ def consistency_views(ctx: RunContext, task, pool: list[str], generation: int):
     return pool, word_dropout(pool, sc.word_dropout, task.seed * 100 + 50 + generation), sc.consistency_weight
 
 
-def dev_figures(clf, task, batch_size: int) -> dict[str, float]:
-    res = evaluate(clf, task.dev, batch_size)
-    return {"dev_accuracy": res["accuracy"], "dev_log_loss": res["log_loss"]}
-
-
 def kept_generation(keep: str, devs: list[dict]) -> int:
     """Which of [the stage's teacher, generation 1, ...] (their ``dev_figures``) is the task model:
     ``keep`` last, the last generation; best, the best dev accuracy, ties to the lower dev
@@ -95,7 +90,7 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
         return run_ipet(ctx, state, pool)
     teacher, cache = state.classifier, ctx.out / "cache" / "pool_labels"
     lrs = sc.lr_grid or (state.finetune["learning_rate"],)
-    gens, model, clf = [], state.model, state.classifier
+    gens = []
     teacher_dev = dev_figures(teacher, task, bs)
     candidates = [(state.model, state.classifier, state.finetune)]
     for g in range(1, sc.generations + 1):

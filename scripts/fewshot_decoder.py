@@ -33,7 +33,8 @@ QUIET = ["--logging.progress", "false", "--logging.tensorboard", "false"]
 def decoder_inputs(cfg, tok, model, texts):
     """Token ids of the prompted texts (the whole sequence) and the label words' first tokens."""
     template = Template(cfg.prompt.template)
-    verb = parse_label_words(cfg.prompt.label_words, ["negative", "positive"])
+    classes = [c.split(",")[0].strip() for c in cfg.prompt.label_words.split("|")]  # two on MR, three on airline
+    verb = parse_label_words(cfg.prompt.label_words, classes)
     seqs, pos = template.encode(tok, list(texts), cfg.prompt.max_length, causal=True)
     ids, _ = word_table(tok, model, verb, template)  # C × W × T; the label words here are single tokens
     return seqs, pos, ids[:, 0, 0]

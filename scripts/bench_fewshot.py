@@ -92,14 +92,14 @@ def decoder_peer(task: str):
     """The PyTorch + peft LoRA peer of the decoder ladder: configs/sentiment_mr_decoder.yaml's
     template, label words and recipe (the ladder's own grid and steps) on the same GGUF weights."""
     extra = ["--data.dataset", task]
+    names = sources.load_dataset(task)["train"].features["label"].names
     if task == "airline":  # three classes: the rule library's first chat template, asking for all three
-        names = ["negative", "neutral", "positive"]
         extra += ["--prompt.label_words", "|".join(names),
                   "--prompt.template", rule_prompts("sentiment", names, chat=True)[0][0]]
     cfg = load_config(["--config_path", DECODER_CFG, *extra])
     lm = hf.load_model(cfg.model.name_or_path)
     tok = lm.tokenizer()
-    _, _, label_ids = decoder_inputs(cfg, tok, lm.model, ["x"])
+    _, _, label_ids = decoder_inputs(cfg, tok, lm.model, ["x"], names)
     tdec = TorchDecoder(hf.resolve(cfg.model.name_or_path), label_ids)
     return lambda seed: torch_peer(task, seed, tdec, cfg, tok, lm.model)
 

@@ -30,20 +30,24 @@ DECODER_CFG = "configs/sentiment_mr_decoder.yaml"
 QUIET = ["--logging.progress", "false", "--logging.tensorboard", "false"]
 
 
-def decoder_inputs(cfg, tok, model, texts):
-    """Token ids of the prompted texts (the whole sequence) and the label words' first tokens."""
+MR_CLASSES = ("negative", "positive")
+
+
+def decoder_inputs(cfg, tok, model, texts, classes=MR_CLASSES):
+    """Token ids of the prompted texts (the whole sequence) and the label words' first tokens
+    (``classes``: the task's class names, in label order)."""
     template = Template(cfg.prompt.template)
-    classes = [c.split(",")[0].strip() for c in cfg.prompt.label_words.split("|")]  # two on MR, three on airline
-    verb = parse_label_words(cfg.prompt.label_words, classes)
+    verb = parse_label_words(cfg.prompt.label_words, list(classes))
     seqs, pos = template.encode(tok, list(texts), cfg.prompt.max_length, causal=True)
     ids, _ = word_table(tok, model, verb, template)  # C × W × T; the label words here are single tokens
     return seqs, pos, ids[:, 0, 0]
 
 
-def peer_lora(tdec, cfg, tok, model, train, dev, test_seqs, test_pos, test_y, seed: int) -> float:
+def peer_lora(tdec, cfg, tok, model, train, dev, test_seqs, test_pos, test_y, seed: int,
+              classes=MR_CLASSES) -> float:
     """Test accuracy of the PyTorch + peft LoRA peer: ``cfg``'s recipe and lr grid, best on dev."""
-    tr = decoder_inputs(cfg, tok, model, train["text"])[:2] + (np.asarray(list(train["label"])),)
-    dv = decoder_inputs(cfg, tok, model, dev["text"])[:2] + (np.asarray(list(dev["label"])),)
+    tr = decoder_inputs(cfg, tok, model, train["text"], classes)[:2] + (np.asarray(list(train["label"])),)
+    dv = decoder_inputs(cfg, tok, model, dev["text"], classes)[:2] + (np.asarray(list(dev["label"])),)
     lora, _ = tdec.lora(tr, dv, cfg.finetune.lr_grid, cfg.finetune.steps, cfg.finetune.batch_size, seed,
                         cfg.finetune.eval_every)
     return float((tdec.predict(lora, test_seqs, test_pos) == test_y).mean())
@@ -54,7 +58,7 @@ def decoder_speed(ctx, tdec, train, test_texts):
     and test sentences/s, ours and PyTorch's."""
     cfg, run_model, tok, mesh = ctx.cfg, ctx.backbone.model, ctx.tokenizer, ctx.mesh
     template = Template(cfg.prompt.template)
-    verb = parse_label_words(cfg.prompt.label_words, ["negative", "positive"])
+    verb = parse_label_words(cfg.prompt.label_words, list(MR_CLASSES))
     ids, wts = word_table(tok, run_model, verb, template)
     texts, ys = list(train["text"]), np.asarray(list(train["label"]), np.int32)
     seqs, mpos, prefix = prompt_inputs(tok, run_model, template, texts, cfg.prompt.max_length)
@@ -74,7 +78,7 @@ def decoder_speed(ctx, tdec, train, test_texts):
             if timed:
                 times.append(time.perf_counter() - t0)
     ours_step = float(np.mean(times))
-    clf = Classifier(run_model, tok, ["negative", "positive"], "prompt", template, ids, wts,
+    clf = Classifier(run_model, tok, list(MR_CLASSES), "prompt", template, ids, wts,
                      max_length=cfg.prompt.max_length)
     ours_sps = sentences_per_s(clf, test_texts, cfg.eval.batch_size)  # after a pass that compiles every bucket
     full, pos, _ = decoder_inputs(cfg, tok, run_model, texts)

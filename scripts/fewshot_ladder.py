@@ -199,9 +199,10 @@ def torch_peer(task: str, seed: int, tdec, cfg, tok, model) -> tuple[float, floa
     data = sources.load_dataset(task)
     train, dev = fewshot.fewshot_split(data["train"], cfg.data.k_shot, seed)
     t0 = time.perf_counter()
-    test_seqs, test_pos, _ = decoder_inputs(cfg, tok, model, data["test"]["text"])
+    classes = data["train"].features["label"].names
+    test_seqs, test_pos, _ = decoder_inputs(cfg, tok, model, data["test"]["text"], classes)
     acc = peer_lora(tdec, cfg, tok, model, train, dev, test_seqs, test_pos, np.asarray(list(data["test"]["label"])),
-                    seed)
+                    seed, classes)
     return acc, time.perf_counter() - t0
 
 

@@ -62,8 +62,9 @@ browser:
 	      || echo "note: apt could not install chromium; the browser test will be skipped"; fi; }
 
 # The demo's models: trained first when their exports are missing (each with its progress bars).
-# The Sentiment tab serves the student distilled from the best recipe (configs/sentiment_mr_best.yaml:
-# 23 min 30 s here the first time, alone, 2026-12-03; its stages show their progress bars).
+# The Sentiment tab serves the student distilled from the best recipe (configs/sentiment_mr_best.yaml,
+# an ensemble of three SmolLM2 prompt-LoRA models: 87 min here the first time, 2026-12-05, a slow
+# day; 42 min of it is the three members labelling the pool; its stages show their progress bars).
 SENTIMENT_EXPORT := runs/sentiment_mr_best/export/student/autogpt_jax.json
 SUPPORT_EXPORT   := runs/support_qa/export/autogpt_jax.json
 

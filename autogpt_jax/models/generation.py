@@ -7,9 +7,11 @@ and ``logits(h)``. Prompts are left-padded so every row's next token lands in th
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from autogpt_jax.buckets import bucket_length
@@ -71,26 +73,115 @@ def _generate(graphdef, state, ids_BxP, mask_BxP, rng, eos_ids, *, max_new_token
     return buf_BxT[:, P:]
 
 
-def generate(model: nnx.Module, input_ids_BxP, attention_mask_BxP=None, *, max_new_tokens: int = 32,
-             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int = 0,
-             use_cache: bool = True) -> Array:
-    """New tokens (B × max_new_tokens). ``temperature == 0`` is greedy. A row stops at any of the
-    ``eos_token_id`` tokens and is padded with the first of them afterwards. Prompts must be left-padded."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "total"))
+def _prefill(graphdef, state, ids_BxP, mask_BxP, *, total):
+    model = nnx.merge(graphdef, state)
+    cache = model.init_cache(ids_BxP.shape[0], total)
+    h_BxPxD, cache = model(ids_BxP, mask_BxP, cache=cache)
+    return model.logits(h_BxPxD[:, -1]), cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "top_p"))
+def _decode_step(graphdef, state, logits_BxV, bias_V, cache, rng, *, temperature, top_p):
+    """The next token from ``logits_BxV + bias_V``, and the logits after it."""
+    model = nnx.merge(graphdef, state)
+    tok_B = _pick(logits_BxV + bias_V, rng, temperature, top_p)
+    h_Bx1xD, cache = model(tok_B[:, None], jnp.ones((tok_B.shape[0], 1), jnp.int32), cache=cache)
+    return tok_B, model.logits(h_Bx1xD[:, 0]), cache
+
+
+def _check(max_new_tokens: int, temperature: float, top_p: float) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def _eos_list(eos_token_id: int | list[int] | None) -> list[int]:
+    return [-1] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+
+
+def stream_tokens(model: nnx.Module | tuple, input_ids_BxP, attention_mask_BxP=None, *, max_new_tokens: int = 32,
+                  temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
+                  seed: int = 0, min_new_tokens: int = 0) -> Iterator[np.ndarray]:
+    """The new tokens one step at a time (a B-vector per step, on the host): the tokens
+    :func:`generate` returns, for streaming. It stops once every row has produced an end token
+    (finished rows repeat the first end token meanwhile) or after ``max_new_tokens``.
+    ``min_new_tokens`` keeps the end tokens out of the first steps. ``model`` may be an
+    ``nnx.split`` pair, so that concurrent callers share one split. Prompts must be left-padded."""
+    _check(max_new_tokens, temperature, top_p)
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    ids = jnp.asarray(input_ids_BxP, jnp.int32)
+    mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
+    if bool((mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
+    eos = _eos_list(eos_token_id)
+    logits_BxV, cache = _prefill(graphdef, state, ids, mask, total=ids.shape[1] + max_new_tokens)
+    V = logits_BxV.shape[-1]
+    no_bias = jnp.zeros((V,), logits_BxV.dtype)
+    banned = [e for e in eos if 0 <= e < V]
+    ban = no_bias.at[jnp.asarray(banned, jnp.int32)].set(-jnp.inf) if banned else no_bias
+    rng = jax.random.key(seed)
+    done_B = np.zeros(ids.shape[0], bool)
+    for i in range(max_new_tokens):
+        rng, sub = jax.random.split(rng)
+        tok_B, logits_BxV, cache = _decode_step(graphdef, state, logits_BxV, ban if i < min_new_tokens else no_bias,
+                                                cache, sub, temperature=float(temperature), top_p=float(top_p))
+        tok_B = np.where(done_B, eos[0], np.asarray(tok_B))
+        done_B |= np.isin(tok_B, eos)
+        yield tok_B
+        if done_B.all():
+            return
+
+
+def generate(model: nnx.Module, input_ids_BxP, attention_mask_BxP=None, *, max_new_tokens: int = 32,
+             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int = 0,
+             use_cache: bool = True) -> Array:
+    """New tokens (B × max_new_tokens). ``temperature == 0`` is greedy. A row stops at any of the
+    ``eos_token_id`` tokens and is padded with the first of them afterwards. Prompts must be left-padded."""
+    _check(max_new_tokens, temperature, top_p)
     ids = jnp.asarray(input_ids_BxP, jnp.int32)
     mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
     if bool((mask[:, -1] == 0).any()):
         raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
     graphdef, state = nnx.split(model)
-    eos = [-1] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    eos = _eos_list(eos_token_id)
     return _generate(graphdef, state, ids, mask, jax.random.key(seed), jnp.asarray(eos, jnp.int32),
                      max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
                      use_cache=use_cache)
+
+
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")  # chat-turn ends of the Llama-family tokenizers
+
+
+def end_tokens(tokenizer, stop=()) -> list[int]:
+    """The ids that end a reply: the tokenizer's end tokens, and each ``stop`` string that is one token."""
+    eos = {i for i in (tokenizer.eos_token_id,) if i is not None}
+    vocab = tokenizer.get_vocab()
+    eos |= {vocab[name] for name in END_TOKENS if name in vocab}
+    for s_ in stop:
+        one = tokenizer(s_, add_special_tokens=False)["input_ids"]
+        if len(one) == 1:
+            eos.add(one[0])
+    return sorted(eos)
+
+
+def left_padded(tokenizer, enc: list[list[int]], length: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """Token id lists left-padded to ``length`` (default: the length bucket of the longest) and their masks."""
+    enc = [e or [tokenizer.bos_token_id or tokenizer.eos_token_id or 0] for e in enc]
+    P = length or bucket_length(max(len(e) for e in enc))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return [[pad] * (P - len(e)) + e for e in enc], [[0] * (P - len(e)) + [1] * len(e) for e in enc]
+
+
+def cut_at_stop(text: str, stop) -> str:
+    """``text`` up to the first occurrence of any ``stop`` string."""
+    for s_ in stop:
+        if s_ and s_ in text:
+            text = text[: text.index(s_)]
+    return text
 
 
 def generate_text(model: nnx.Module, tokenizer, prompts: list[str], *, max_new_tokens: int = 64,
@@ -106,28 +197,12 @@ def generate_text(model: nnx.Module, tokenizer, prompts: list[str], *, max_new_t
              if chat else p for p in prompts]
     enc = [tokenizer(t, add_special_tokens=not chat, truncation=True, max_length=max_prompt_tokens)["input_ids"]
            for t in texts]
-    enc = [e or [tokenizer.bos_token_id or tokenizer.eos_token_id or 0] for e in enc]
-    P = bucket_length(max(len(e) for e in enc))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids = [[pad] * (P - len(e)) + e for e in enc]
-    mask = [[0] * (P - len(e)) + [1] * len(e) for e in enc]
-    eos = {i for i in (tokenizer.eos_token_id,) if i is not None}
-    for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-        tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
-        if tid is not None:
-            eos.add(tid)
-    for s_ in stop:
-        one = tokenizer(s_, add_special_tokens=False)["input_ids"]
-        if len(one) == 1:
-            eos.add(one[0])
+    ids, mask = left_padded(tokenizer, enc)
+    eos = end_tokens(tokenizer, stop)
     out = generate(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                   eos_token_id=sorted(eos) or None, seed=seed)
+                   eos_token_id=eos or None, seed=seed)
     replies = []
     for row in jax.device_get(out).tolist():
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-        text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-        for s_ in stop:
-            if s_ and s_ in text:
-                text = text[: text.index(s_)]
-        replies.append(text)
+        replies.append(cut_at_stop(tokenizer.decode(row[:cut], skip_special_tokens=True), stop))
     return replies

@@ -39,3 +39,7 @@ class RetrievalError(AutoGPTJaxError, ValueError):
 
 class PredictError(AutoGPTJaxError, ValueError):
     """An export directory or a prediction input cannot be used."""
+
+
+class IntegrationError(AutoGPTJaxError, ValueError):
+    """A LangChain component is given a model or an input it cannot use."""

@@ -26,6 +26,7 @@ for _root in (HERE, HERE.parent):
 
 import numpy as np  # noqa: E402
 
+from autogpt_jax.assistant import UNHAPPY_AT, unhappy  # noqa: E402
 from autogpt_jax.data.batching import EVAL_BUCKETS  # noqa: E402
 from autogpt_jax.export_format import META_FILE, heavy, is_export, load_assistant, load_classifier, read_meta  # noqa: E402
 from autogpt_jax.inference import predict_records  # noqa: E402
@@ -34,7 +35,7 @@ from autogpt_jax.training.compilation import OFF_HELP, enable_cache  # noqa: E40
 log = logging.getLogger("autogpt_jax.demo")
 
 MAX_CHARS = 20_000  # longer input is cut (the models read 64 tokens of it)
-NEGATIVE_ESCALATION = 0.85  # negative sentiment at or above this probability flags the chat for a human
+NEGATIVE_ESCALATION = UNHAPPY_AT  # negative sentiment at or above this probability flags the chat for a human
 LATENCY_BUDGET_MS = 50.0  # above this (median, one request) the sentiment tab serves the distilled student
 MAX_BATCH = 16  # API requests waiting in the queue are answered together, up to this many per call
 API_CONCURRENCY = 2  # batched calls running at once (one per CPU core here)
@@ -199,14 +200,12 @@ class Support:
         out = []
         for r, mood in zip(recs, moods):
             top = r["answers"][0]["answer"] if r["answers"] else None
-            neg = None
-            if mood and mood["label"] is not None:
-                neg = mood["probabilities"].get("negative")
+            known = mood is not None and mood["label"] is not None
             out.append({"intent": r["intent"], "confidence": r["confidence"], "answer": top, "answers": r["answers"],
                         "handover": r["handover"], "reason": r["reason"],
                         "sentiment": ({"label": mood["label"], "probabilities": mood["probabilities"]}
                                       if mood and mood["label"] is not None else None),
-                        "escalate": bool(neg is not None and neg >= NEGATIVE_ESCALATION)})
+                        "escalate": known and unhappy(mood["probabilities"], NEGATIVE_ESCALATION)})
         return out
 
 

@@ -181,7 +181,7 @@ def test_predict_answers_and_survives_bad_questions(support_run, tmp_path, capsy
         else:
             assert r["intent"] in meta["labels"] and abs(sum(r["probabilities"].values()) - 1) < 1e-5
             assert len(r["answers"]) == 3 and len({a["intent"] for a in r["answers"]}) == 3
-            assert all(set(a) == {"answer", "intent", "score"} for a in r["answers"])
+            assert all(set(a) == {"answer", "intent", "score", "id"} for a in r["answers"])
             assert [a["score"] for a in r["answers"]] == sorted((a["score"] for a in r["answers"]), reverse=True)
             assert r["handover"] == (r["confidence"] < meta["handover"]["threshold"])
             assert (r["reason"] is None) != r["handover"]

@@ -36,20 +36,31 @@ HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokeni
              "special_tokens_map.json", "added_tokens.json", "generation_config.json"]
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A local directory, a packaged short name (see PACKAGED_MODELS), or a hub id (online only)."""
+def check_name(name_or_path: str | os.PathLike) -> str:
+    """``name_or_path`` when it can name a model (an existing directory or .gguf file, a packaged
+    short name, or something shaped like a hub id); a clear error otherwise, without loading or
+    downloading anything."""
     name = str(name_or_path)
     p = Path(name).expanduser()
-    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
-        return p
-    if name in PACKAGED_MODELS:
-        return locate(PACKAGED_MODELS[name])
+    if p.is_dir() or (p.is_file() and p.suffix == ".gguf") or name in PACKAGED_MODELS:
+        return name
     looks_like_path = name.startswith(("/", "./", "../", "~")) or p.suffix or name.count("/") > 1
     if looks_like_path or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise ModelNotFoundError(
             f"model {name!r}: no such {'file' if p.suffix == '.gguf' else 'directory'}. Pass an existing checkout "
             f"directory, a .gguf file, one of the packaged short names {sorted(PACKAGED_MODELS)}, or a Hugging "
             "Face hub id such as 'bert-base-uncased'.")
+    return name
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local directory, a packaged short name (see PACKAGED_MODELS), or a hub id (online only)."""
+    name = check_name(name_or_path)
+    p = Path(name).expanduser()
+    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
+        return p
+    if name in PACKAGED_MODELS:
+        return locate(PACKAGED_MODELS[name])
     try:
         from huggingface_hub import snapshot_download
 

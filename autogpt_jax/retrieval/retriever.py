@@ -40,8 +40,9 @@ class Retriever:
         return embed(self.model, self.tokenizer, questions, self.question_max_length)
 
     def search(self, questions: list[str], k: int = 3, *, distinct_intents: bool = True) -> list[list[dict]]:
-        """The top ``k`` answers per question with their cosine scores; with ``distinct_intents``,
-        the best answer of each of the top ``k`` intents (three ways of saying one answer help no one)."""
+        """The top ``k`` answers per question with their cosine scores and their ``id`` (the line of
+        ``answers.jsonl``); with ``distinct_intents``, the best answer of each of the top ``k``
+        intents (three ways of saying one answer help no one)."""
         if not questions:
             return []
         q = self.encode_questions(questions)
@@ -55,7 +56,7 @@ class Retriever:
                 if distinct_intents and a.intent in seen:
                     continue
                 seen.add(a.intent)
-                row.append({"answer": a.text, "intent": a.intent, "score": float(v)})
+                row.append({"answer": a.text, "intent": a.intent, "score": float(v), "id": int(j)})
                 if len(row) == k:
                     break
             out.append(row)

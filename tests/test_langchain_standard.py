@@ -1,0 +1,166 @@
+"""langchain-tests' standard suites (the ones LangChain's partner packages run against themselves)
+on our LangChain components, over tiny exports built in this session: a random two-layer Llama
+with SmolLM2's tokenizer and chat template (the chat model), the customer-service run's export
+(embeddings, retriever, intent and answer tools) and the sentiment run's (sentiment tool).
+
+A test a component cannot pass is switched off by the suite's own flags, each with its reason
+beside it (no tool calling, no structured output, no image or audio input); no test is
+overridden or skipped by hand."""
+
+import pytest
+
+pytest.importorskip("langchain_tests")
+
+from langchain_tests.integration_tests import (  # noqa: E402
+    ChatModelIntegrationTests,
+    EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
+    ToolsIntegrationTests,
+)
+from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests, ToolsUnitTests  # noqa: E402
+
+from autogpt_jax.integrations.langchain import (  # noqa: E402
+    AutoGPTJaxEmbeddings,
+    AutoGPTJaxRetriever,
+    ChatAutoGPTJax,
+    answer_tool,
+    intent_tool,
+    sentiment_tool,
+)
+
+
+class _Chat:
+    """The chat model over the tiny random Llama. It cannot call tools (bind_tools raises with the
+    reason), so the tool-calling and structured-output tests are off; it reads text only."""
+
+    @pytest.fixture(autouse=True)
+    def _model_dirs(self, tiny_llama_dir, tiny_qwen2_dir):
+        self.model_dir, self.other_dir = str(tiny_llama_dir), str(tiny_qwen2_dir)
+
+    @property
+    def model_override_value(self) -> str:
+        return self.other_dir  # invoke(..., model=...) generates with another decoder
+
+    @property
+    def chat_model_class(self):
+        return ChatAutoGPTJax
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # the 135M decoders do not choose tools reliably; routing is by calibrated classifiers
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False  # structured output would need tool calling or constrained decoding
+
+
+class TestChatUnit(_Chat, ChatModelUnitTests):
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": self.model_dir}
+
+
+class TestChatIntegration(_Chat, ChatModelIntegrationTests):
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": self.model_dir, "max_tokens": 8}
+
+
+class _Embeddings:
+    @pytest.fixture(autouse=True)
+    def _export(self, support_run):
+        self.export = str(support_run[0] / "export")
+
+    @property
+    def embeddings_class(self):
+        return AutoGPTJaxEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {"model": self.export}
+
+
+class TestEmbeddingsUnit(_Embeddings, EmbeddingsUnitTests):
+    pass
+
+
+class TestEmbeddingsIntegration(_Embeddings, EmbeddingsIntegrationTests):
+    pass
+
+
+class TestRetriever(RetrieversIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _export(self, support_run):
+        self.export = str(support_run[0] / "export")
+
+    @property
+    def retriever_constructor(self):
+        return AutoGPTJaxRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"export": self.export, "k": 3}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "I want to cancel my order"
+
+
+class _SupportTool:
+    @pytest.fixture(autouse=True)
+    def _exports(self, support_run, sentiment_run):
+        self.support, self.sentiment = str(support_run[0] / "export"), str(sentiment_run[0] / "export")
+
+
+class _IntentTool(_SupportTool):
+    @property
+    def tool_constructor(self):
+        return intent_tool(self.support)
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"message": "how do I get a refund?"}
+
+
+class _AnswerTool(_SupportTool):
+    @property
+    def tool_constructor(self):
+        return answer_tool(self.support)
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"question": "where is my invoice?", "k": 2}
+
+
+class _SentimentTool(_SupportTool):
+    @property
+    def tool_constructor(self):
+        return sentiment_tool(self.sentiment)
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"text": "Terrible service, I am furious"}
+
+
+class TestIntentToolUnit(_IntentTool, ToolsUnitTests):
+    pass
+
+
+class TestIntentToolIntegration(_IntentTool, ToolsIntegrationTests):
+    pass
+
+
+class TestAnswerToolUnit(_AnswerTool, ToolsUnitTests):
+    pass
+
+
+class TestAnswerToolIntegration(_AnswerTool, ToolsIntegrationTests):
+    pass
+
+
+class TestSentimentToolUnit(_SentimentTool, ToolsUnitTests):
+    pass
+
+
+class TestSentimentToolIntegration(_SentimentTool, ToolsIntegrationTests):
+    pass

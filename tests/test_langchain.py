@@ -179,3 +179,13 @@ def test_bad_inputs_get_one_clear_error_each(tmp_path, support_run, sentiment_ru
         build_support_graph(sentiment)
     with pytest.raises(IntegrationError, match="not a sentiment export"):
         sentiment_tool(support)
+
+
+def test_a_model_loads_in_another_thread(tiny_qwen2_dir):
+    """Async LangChain calls run the chat model in an executor thread: the first load may happen
+    there, and must not need the main thread's flax settings."""
+    import asyncio
+
+    chat = ChatAutoGPTJax(model=str(tiny_qwen2_dir), max_tokens=4)
+    loaders._LOADED.pop(("decoder", str(tiny_qwen2_dir.resolve())), None)  # loaded by no earlier test
+    assert asyncio.run(chat.ainvoke("hello")).content

@@ -1,6 +1,6 @@
 """langchain-tests' standard suites (the ones LangChain's partner packages run against themselves)
 on our LangChain components, over tiny exports built in this session: a random two-layer Llama
-with SmolLM2's tokenizer and chat template (the chat model), the customer-service run's export
+with SmolLM2's tokenizer and chat template, exported by our pipeline (the chat model), the customer-service run's export
 (embeddings, retriever, intent and answer tools) and the sentiment run's (sentiment tool).
 
 A test a component cannot pass is switched off by the suite's own flags, each with its reason
@@ -29,13 +29,28 @@ from autogpt_jax.integrations.langchain import (  # noqa: E402
 )
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_export(tmp_path_factory, tiny_llama_dir):
+    """The tiny random Llama through our pipeline's export stage (a task-less export: the model,
+    its tokenizer and chat template, autogpt_jax.json)."""
+    from autogpt_jax.config import load_config
+    from autogpt_jax.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("llama_export")
+    run_pipeline(load_config(["--config_path", "tests/configs/tiny_pretrain.yaml", "--model.name_or_path",
+                              str(tiny_llama_dir), "--model.tokenizer", str(tiny_llama_dir), "--model.arch", "llama",
+                              "--stages", "export", "--output_dir", str(out), "--logging.tensorboard", "false"]))
+    return out / "export"
+
+
 class _Chat:
-    """The chat model over the tiny random Llama. It cannot call tools (bind_tools raises with the
-    reason), so the tool-calling and structured-output tests are off; it reads text only."""
+    """The chat model over the tiny random Llama's export (and, for the per-call model override,
+    the tiny Qwen2's model directory). It cannot call tools (bind_tools raises with the reason), so
+    the tool-calling and structured-output tests are off; it reads text only."""
 
     @pytest.fixture(autouse=True)
-    def _model_dirs(self, tiny_llama_dir, tiny_qwen2_dir):
-        self.model_dir, self.other_dir = str(tiny_llama_dir), str(tiny_qwen2_dir)
+    def _model_dirs(self, tiny_llama_export, tiny_qwen2_dir):
+        self.model_dir, self.other_dir = str(tiny_llama_export), str(tiny_qwen2_dir)
 
     @property
     def model_override_value(self) -> str:

@@ -129,9 +129,11 @@ def _load_one(d: Path, meta: dict, scan_layers: bool | None) -> Classifier:
     return clf
 
 
-def load_assistant(model_dir: str | Path) -> SupportAssistant:
-    """The exported intent model (``model_dir``) and its retriever (``model_dir/retriever``)."""
+def load_assistant(model_dir: str | Path, *, retriever: Retriever | None = None) -> SupportAssistant:
+    """The exported intent model (``model_dir``) and its retriever (``model_dir/retriever``, or
+    ``retriever`` when the caller has it loaded already)."""
     d = Path(model_dir)
     meta = read_meta(d)
-    rdir = d / meta.get("retriever", "retriever")
-    return SupportAssistant(load_classifier(d), Retriever.load(rdir), top_k=int(meta.get("top_k", 3)))
+    if retriever is None:
+        retriever = Retriever.load(d / meta.get("retriever", "retriever"))
+    return SupportAssistant(load_classifier(d), retriever, top_k=int(meta.get("top_k", 3)))

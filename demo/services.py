@@ -203,8 +203,7 @@ class Support:
             known = mood is not None and mood["label"] is not None
             out.append({"intent": r["intent"], "confidence": r["confidence"], "answer": top, "answers": r["answers"],
                         "handover": r["handover"], "reason": r["reason"],
-                        "sentiment": ({"label": mood["label"], "probabilities": mood["probabilities"]}
-                                      if mood and mood["label"] is not None else None),
+                        "sentiment": {"label": mood["label"], "probabilities": mood["probabilities"]} if known else None,
                         "escalate": known and unhappy(mood["probabilities"], NEGATIVE_ESCALATION)})
         return out
 

@@ -122,39 +122,33 @@ class TestRetriever(RetrieversIntegrationTests):
 
 
 class _SupportTool:
+    """One of the customer-service tools (``make`` over the ``export`` run's export), invoked with ``example``."""
+
+    make, export, example = None, "", {}
+
     @pytest.fixture(autouse=True)
     def _exports(self, support_run, sentiment_run):
-        self.support, self.sentiment = str(support_run[0] / "export"), str(sentiment_run[0] / "export")
+        self.exports = {"support": str(support_run[0] / "export"), "sentiment": str(sentiment_run[0] / "export")}
+
+    @property
+    def tool_constructor(self):
+        return type(self).make(self.exports[self.export])
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return self.example
 
 
 class _IntentTool(_SupportTool):
-    @property
-    def tool_constructor(self):
-        return intent_tool(self.support)
-
-    @property
-    def tool_invoke_params_example(self) -> dict:
-        return {"message": "how do I get a refund?"}
+    make, export, example = intent_tool, "support", {"message": "how do I get a refund?"}
 
 
 class _AnswerTool(_SupportTool):
-    @property
-    def tool_constructor(self):
-        return answer_tool(self.support)
-
-    @property
-    def tool_invoke_params_example(self) -> dict:
-        return {"question": "where is my invoice?", "k": 2}
+    make, export, example = answer_tool, "support", {"question": "where is my invoice?", "k": 2}
 
 
 class _SentimentTool(_SupportTool):
-    @property
-    def tool_constructor(self):
-        return sentiment_tool(self.sentiment)
-
-    @property
-    def tool_invoke_params_example(self) -> dict:
-        return {"text": "Terrible service, I am furious"}
+    make, export, example = sentiment_tool, "sentiment", {"text": "Terrible service, I am furious"}
 
 
 class TestIntentToolUnit(_IntentTool, ToolsUnitTests):

@@ -99,6 +99,15 @@ def _check(max_new_tokens: int, temperature: float, top_p: float) -> None:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
 
 
+def _prompts(input_ids_BxP, attention_mask_BxP) -> tuple[Array, Array]:
+    """The prompts' ids and mask as int32 arrays (an all-ones mask by default); checks the left padding."""
+    ids = jnp.asarray(input_ids_BxP, jnp.int32)
+    mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
+    if bool((mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
+    return ids, mask
+
+
 def _eos_list(eos_token_id: int | list[int] | None) -> list[int]:
     return [-1] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
 
@@ -113,10 +122,7 @@ def stream_tokens(model: nnx.Module | tuple, input_ids_BxP, attention_mask_BxP=N
     ``nnx.split`` pair, so that concurrent callers share one split. Prompts must be left-padded."""
     _check(max_new_tokens, temperature, top_p)
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
-    ids = jnp.asarray(input_ids_BxP, jnp.int32)
-    mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
-    if bool((mask[:, -1] == 0).any()):
-        raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
+    ids, mask = _prompts(input_ids_BxP, attention_mask_BxP)
     eos = _eos_list(eos_token_id)
     logits_BxV, cache = _prefill(graphdef, state, ids, mask, total=ids.shape[1] + max_new_tokens)
     V = logits_BxV.shape[-1]
@@ -142,10 +148,7 @@ def generate(model: nnx.Module, input_ids_BxP, attention_mask_BxP=None, *, max_n
     """New tokens (B × max_new_tokens). ``temperature == 0`` is greedy. A row stops at any of the
     ``eos_token_id`` tokens and is padded with the first of them afterwards. Prompts must be left-padded."""
     _check(max_new_tokens, temperature, top_p)
-    ids = jnp.asarray(input_ids_BxP, jnp.int32)
-    mask = jnp.ones_like(ids) if attention_mask_BxP is None else jnp.asarray(attention_mask_BxP, jnp.int32)
-    if bool((mask[:, -1] == 0).any()):
-        raise ValueError("prompts must be left-padded (the last column of attention_mask must be 1)")
+    ids, mask = _prompts(input_ids_BxP, attention_mask_BxP)
     graphdef, state = nnx.split(model)
     eos = _eos_list(eos_token_id)
     return _generate(graphdef, state, ids, mask, jax.random.key(seed), jnp.asarray(eos, jnp.int32),

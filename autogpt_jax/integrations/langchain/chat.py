@@ -110,7 +110,7 @@ class ChatAutoGPTJax(BaseChatModel):
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         turns = chat_turns(messages)
         name = str(kwargs.get("model") or self.model)  # a per-call model, as LangChain's model override passes it
-        dec = loaders.decoder(hub.check_name(name))
+        dec = loaders.decoder(name)  # loading checks the name (hub.resolve)
         tok = dec.tokenizer
         max_new = int(kwargs.get("max_tokens") or self.max_tokens)
         ids, extra_stop = self._prompt(dec, turns)

@@ -10,7 +10,6 @@ functions are pure and the weights are never written).
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -81,42 +80,51 @@ class Encoder:
     document_max_length: int
 
 
+def _answer_index(d: Path) -> Path | None:
+    """The directory of the answer index in ``d`` (``d`` itself, or a customer-service export's
+    retriever/), or None."""
+    if (d / "retriever.json").is_file():
+        return d
+    sub = read_meta(d).get("retriever") if is_export(d) else None
+    return d / sub if sub else None
+
+
 def retriever_dir(name: str | Path) -> Path:
     """The retriever of a customer-service export (``export/retriever``), or ``name`` itself when it
     is that retriever directory."""
     d = _export_dir(name, "the retriever")
-    if (d / "retriever.json").is_file():
-        return d
-    if is_export(d) and read_meta(d).get("retriever"):
-        return d / read_meta(d)["retriever"]
-    raise IntegrationError(f"{d} has no answer index (retriever.json); pass the export/ directory of a "
-                           "customer-service run (configs/support_qa.yaml, with the retrieval stage) or its "
-                           "retriever/ folder")
+    found = _answer_index(d)
+    if found is None:
+        raise IntegrationError(f"{d} has no answer index (retriever.json); pass the export/ directory of a "
+                               "customer-service run (configs/support_qa.yaml, with the retrieval stage) or its "
+                               "retriever/ folder")
+    return found
+
+
+def retriever(name: str | Path) -> Retriever:
+    """The answer retriever of a customer-service export (or its retriever/ folder): one per index,
+    shared with the assistant of the same export."""
+    d = retriever_dir(name)
+    return _once("retriever", str(d), lambda: Retriever.load(d))
 
 
 def encoder(name_or_path: str) -> Encoder:
-    """The bi-encoder of a customer-service export (its retriever), or any encoder: an export or
-    model directory, or a packaged short name such as ``minilm-l6``."""
+    """The bi-encoder of a customer-service export (its retriever, at its question and answer
+    lengths), or any encoder: an export or model directory, or a packaged short name such as
+    ``minilm-l6``."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir() and _answer_index(p) is not None:
+        r = retriever(p)
+        return Encoder(r.model, r.tokenizer, r.question_max_length, r.answer_max_length)
+
     def load():
-        p = Path(name_or_path).expanduser()
-        lengths = (128, 128)
-        path: Path | str = name_or_path
-        if p.is_dir() and ((p / "retriever.json").is_file() or (is_export(p) and read_meta(p).get("retriever"))):
-            path = retriever_dir(p)
-            meta = json.loads((path / "retriever.json").read_text())
-            lengths = (meta["question_max_length"], meta["answer_max_length"])
-        lm = hf.load_model(hub.resolve(path))
+        lm = hf.load_model(hub.resolve(name_or_path))
         if build.is_decoder(lm.model):
             raise IntegrationError(f"{name_or_path}: this is a decoder ({lm.model.arch}); AutoGPTJaxEmbeddings "
                                    "embeds with an encoder: pass a customer-service export (its retriever), an "
                                    "encoder's export or model directory, or 'minilm-l6'")
-        return Encoder(lm.model, lm.tokenizer(), *lengths)
+        return Encoder(lm.model, lm.tokenizer(), 128, 128)
     return _once("encoder", str(name_or_path), load)
-
-
-def retriever(name: str) -> Retriever:
-    """The answer retriever of a customer-service export (or its retriever/ folder)."""
-    return _once("retriever", str(name), lambda: Retriever.load(retriever_dir(name)))
 
 
 def support_export(name: str | Path) -> Path:
@@ -132,7 +140,10 @@ def support_export(name: str | Path) -> Path:
 
 def assistant(name: str) -> SupportAssistant:
     """The customer-service assistant (intent, calibrated hand-over, answers) of an export."""
-    return _once("assistant", str(name), lambda: load_assistant(support_export(name)))
+    def load():
+        d = support_export(name)
+        return load_assistant(d, retriever=retriever(d))
+    return _once("assistant", str(name), load)
 
 
 def sentiment_export(name: str | Path) -> Path:

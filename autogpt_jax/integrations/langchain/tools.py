@@ -8,6 +8,7 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
 from autogpt_jax.assistant import UNHAPPY_AT, unhappy
+from autogpt_jax.inference import predict_records
 from autogpt_jax.integrations.langchain import loaders
 
 
@@ -26,10 +27,8 @@ class QuestionInput(BaseModel):
 
 def sentiment_record(export: str, text: str, unhappy_at: float = UNHAPPY_AT) -> dict:
     """``label`` and ``probabilities`` of ``text``, and ``unhappy``: negative at least ``unhappy_at``."""
-    clf = loaders.sentiment(export)
-    p = clf.probabilities([str(text)], 1)[0]
-    probs = {l: float(v) for l, v in zip(clf.labels, p)}
-    return {"label": clf.labels[int(p.argmax())], "probabilities": probs, "unhappy": unhappy(probs, unhappy_at)}
+    rec = predict_records(loaders.sentiment(export), [str(text)], 1)[0]
+    return {**rec, "unhappy": unhappy(rec["probabilities"], unhappy_at)}
 
 
 def sentiment_tool(export: str, *, unhappy_at: float = UNHAPPY_AT) -> StructuredTool:

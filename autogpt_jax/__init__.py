@@ -9,4 +9,8 @@ from flax import config as _flax_config
 # a mesh.
 _flax_config.update("flax_always_shard_variable", False)
 
-__version__ = "0.1.0"
+from autogpt_jax.version import __version__  # noqa: E402
+from autogpt_jax.api import FewShotClassifier  # noqa: E402  (after the flax setting above)
+
+__all__ = ["FewShotClassifier", "__version__"]
+

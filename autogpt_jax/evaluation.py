@@ -22,7 +22,7 @@ def accuracy_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str,
         r = tp / max(cm[c, :].sum(), 1)
         f1s.append(0.0 if p + r == 0 else 2 * p * r / (p + r))
     return {"accuracy": float((pred == gold).mean()) if gold.size else 0.0, "macro_f1": float(np.mean(f1s)),
-            "confusion": cm.tolist()}
+            "f1": [float(f) for f in f1s], "confusion": cm.tolist()}
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -45,7 +45,9 @@ def evaluate(clf: Classifier, ds, batch_size: int, logits: np.ndarray | None = N
     the classifier's own on ``ds``, when already computed; ``progress``: a progress bar's label)."""
     gold = np.asarray(ds["label"])
     logits = clf.logits(list(ds["text"]), batch_size, progress=progress) if logits is None else logits
-    return {**accuracy_f1(logits.argmax(-1), gold, len(clf.labels)), "log_loss": log_loss(logits, gold)}
+    res = accuracy_f1(logits.argmax(-1), gold, len(clf.labels))
+    res["f1"] = dict(zip(clf.labels, res["f1"]))  # per class, by name
+    return {**res, "log_loss": log_loss(logits, gold)}
 
 
 def mean_std(xs: list[float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autogpt_jax import __version__
+from autogpt_jax.version import __version__
 import numpy as np
 
 from autogpt_jax.assistant import SupportAssistant

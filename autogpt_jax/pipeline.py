@@ -12,8 +12,9 @@ from typing import Any
 import jax
 
 from autogpt_jax import selection
-from autogpt_jax.config import Config, to_dict
+from autogpt_jax.config import HEAD_MODES, Config, to_dict
 from autogpt_jax.data.task import num_labels
+from autogpt_jax.errors import ConfigError
 from autogpt_jax.evaluation import mean_std
 from autogpt_jax.models.build import build_model, param_count
 from autogpt_jax.stages import plan, preflight
@@ -116,7 +117,7 @@ def make_context(cfg: Config, reuse: dict | None = None) -> RunContext:
     out.mkdir(parents=True, exist_ok=True)
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
     n_labels = 0
-    if cfg.finetune.mode == "head" or (cfg.eval.compare and "finetune" in cfg.stage_list):
+    if cfg.finetune.mode in HEAD_MODES or (cfg.eval.compare and "finetune" in cfg.stage_list):
         n_labels = num_labels(cfg.data)
     backbone = build_model(cfg.model, seed=cfg.seed, num_labels=n_labels,
                            sharding=lambda var: shd.variable_sharding(var, mesh))
@@ -125,7 +126,10 @@ def make_context(cfg: Config, reuse: dict | None = None) -> RunContext:
 
 def run_pipeline(cfg: Config, *, return_run: bool = False, reuse: dict | None = None):
     """Run ``cfg``'s stages; the report (or, with ``return_run``, the ``PipelineRun``)."""
-    if cfg.select.config_list:
+    if cfg.model.name_or_path == "auto" and not (cfg.data.train_file or cfg.data.dataset):
+        raise ConfigError("model.name_or_path auto screens the packaged recipes on your labelled data: pass "
+                          "--data.train_file FILE, or name a model (--model.name_or_path minilm-l6)")
+    if cfg.select.config_list or cfg.model.name_or_path == "auto":
         run = selection.select_backbone(cfg, lambda c, reuse=None: run_pipeline(c, return_run=True, reuse=reuse))
         return run if return_run else run.report
     preflight(cfg)

@@ -12,7 +12,9 @@ def print_report(report: dict) -> None:
     if sel:
         screened = ", ".join(f"{c['config']} {100 * c['dev_accuracy']:.1f} ({c['steps']} steps, loss "
                              f"{c['dev_log_loss']:.3f})" for c in sel["candidates"])
-        lines.append(f"backbone: {sel['model']} ({sel['chosen']}); screen dev accuracy %: {screened}")
+        skipped = "; ".join(f"{c['config']} skipped ({c['reason']})" for c in sel.get("skipped", []))
+        lines.append(f"backbone: {sel['model']} ({sel['chosen']})"
+                     + (f"; screen dev accuracy %: {screened}" if screened else "") + (f"; {skipped}" if skipped else ""))
     pre = report.get("pretrain")
     if pre:
         first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")
@@ -36,7 +38,19 @@ def print_report(report: dict) -> None:
             lines += [f"  {n:<{w}}  {v}" for n, v in rows]
         # the exported seed's prompt (data.split_seed when it ran)
         last = next((s for s in report["seeds"] if s["seed"] == report.get("exported_seed")), report["seeds"][-1])
-        if last.get("prompt"):
+        if last.get("classes"):
+            names = last["classes"]
+            lines.append(f"classes ({len(names)}): " + ", ".join(names[:20]) + (", ..." if len(names) > 20 else ""))
+        ft = last.get("finetune") or {}
+        if ft.get("screened"):
+            lines.append(f"recipe: {ft['mode']} (dev accuracy %: " + ", ".join(
+                f"{n} {100 * r['best_dev_accuracy']:.1f}" for n, r in ft["screened"].items()) + ")"
+                + (f"; trained again on all {ft['refit']['rows']} labelled rows" if ft.get("refit") else ""))
+        elif ft.get("refit"):
+            lines.append(f"trained again on all {ft['refit']['rows']} labelled rows after choosing on dev")
+        if "dev" in last and "test" not in last:
+            lines.append(f"dev accuracy {100 * last['dev']['accuracy']:.1f}% (no --data.test_file: no test figure)")
+        if last.get("prompt") and ft.get("mode", "prompt") not in ("probe", "setfit"):
             words = last["prompt"]["label_words"]
             shown = str(words) if len(words) <= 8 else f"{str(words[:6])[:-1]}, ... ({len(words)} classes)]"
             lines.append(f"prompt: {last['prompt']['template']!r}, label words {shown}")
@@ -63,5 +77,6 @@ def print_report(report: dict) -> None:
                      f"{(ret.get('train') or {}).get('steps', 0)} contrastive steps")
     if report.get("export"):
         seed = report["export"].get("seed")
-        lines.append(f"export: {report['export']['dir']}" + (f" (split seed {seed})" if seed is not None else ""))
+        lines.append(f"export: {report['export']['dir']}" + (f" (split seed {seed})" if seed is not None else "")
+                     + f"; predict with: python -m autogpt_jax.predict --model_dir {report['export']['dir']} --text \"...\"")
     print("\n".join(lines))

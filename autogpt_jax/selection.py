@@ -1,6 +1,12 @@
-"""Backbone selection (``select.configs``): screen each candidate config on this run's split —
-its first learning rate, ``select.steps`` steps or its own, no test evaluation — and run the one
-with the best dev accuracy (ties: the lower dev log-loss) into this run's output_dir.
+"""Backbone selection (``select.configs``, or ``model.name_or_path auto``): screen each candidate
+config on this run's task — its first learning rate, ``select.steps`` steps or its own, no test
+evaluation — and run the one with the best dev accuracy (ties: the lower dev log-loss) into this
+run's output_dir.
+
+Every setting the selecting config was given (its YAML file's and the command line's: data files,
+task, prompt, any key) reaches every candidate, or the run stops naming the key it cannot forward.
+A candidate whose fixed label words do not fit the task's classes is refused before anything
+trains, never run on a task of its own.
 
 ``run_one(cfg, reuse=None) -> PipelineRun`` runs one pipeline; it is passed in (by
 ``pipeline.run_pipeline``) so that this module does not import the pipeline that imports it.
@@ -14,33 +20,134 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autogpt_jax.config import Config, load_config
+from autogpt_jax.config.cli import valid_keys
+from autogpt_jax.data.task import class_names
 from autogpt_jax.errors import ConfigError
+from autogpt_jax.models import hub
+from autogpt_jax.prompts.search import parse_label_words
+from autogpt_jax.stages.context import config_values
 
 log = logging.getLogger(__name__)
 
+# The packaged candidate recipes (autogpt_jax/recipes/<name>.yaml), screened by model.name_or_path auto.
+RECIPES_DIR = Path(__file__).parent / "recipes"
+AUTO_RECIPES = ("encoder", "decoder")
+# Keys the selection itself sets on each candidate (or that describe the selection).
+OWN_KEYS = ("output_dir", "stages", "eval.seeds")
 
-def _forwarded(cfg: Config) -> list[str]:
-    """The settings of a selecting config that its candidates run under."""
-    return ["--data.split_seed", str(cfg.data.split_seed), "--data.k_shot", str(cfg.data.k_shot),
-            "--seed", str(cfg.seed), "--checkpoint.resume", str(cfg.checkpoint.resume).lower(),
-            "--logging.progress", str(cfg.logging.progress).lower(),
-            "--logging.tensorboard", str(cfg.logging.tensorboard).lower()]
+
+def recipe_path(entry: str) -> str:
+    """A select.configs entry: a config file, or the name of a packaged recipe (encoder, decoder)."""
+    packaged = RECIPES_DIR / f"{entry}.yaml"
+    if not Path(entry).is_file() and packaged.is_file():
+        return str(packaged)
+    if not Path(entry).is_file():
+        names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise ConfigError(f"select.configs: {entry!r} is neither a config file nor a packaged recipe ({names})")
+    return entry
+
+
+ENCODER_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet")
+PACKAGED_KINDS = {"minilm-l6": "encoder", "splade-tiny": "encoder", "smollm2-135m": "decoder"}
+
+
+def recipe_for(name_or_path: str) -> str:
+    """The packaged recipe of a backbone: ``encoder`` for BERT-family models, ``decoder`` otherwise."""
+    kind = PACKAGED_KINDS.get(name_or_path)
+    if kind is None:
+        model_type = hub.read_config(hub.resolve(name_or_path)).get("model_type", "")
+        kind = "encoder" if model_type in ENCODER_TYPES else "decoder"
+    return recipe_path(kind)
+
+
+def with_default_recipe(argv: list[str]) -> list[str]:
+    """A command line without --config_path that names labelled data and a backbone starts from the
+    backbone's packaged recipe (the recipe for any task), not from the bare defaults."""
+    keys = {a[2:].split("=", 1)[0]: i for i, a in enumerate(argv) if a.startswith("--")}
+    if "config_path" in keys or not ({"data.train_file", "data.dataset"} & set(keys)):
+        return list(argv)
+    i = keys.get("model.name_or_path")
+    if i is None:
+        return list(argv)
+    a = argv[i]
+    name = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+    if name in ("auto", "null", "None", ""):
+        return list(argv)
+    return ["--config_path", recipe_for(name), *argv]
+
+
+def candidates(cfg: Config) -> list[str]:
+    if cfg.select.config_list:
+        return [recipe_path(c) for c in cfg.select.config_list]
+    return [recipe_path(c) for c in AUTO_RECIPES]
+
+
+def _cli_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def forwarded(cfg: Config) -> list[str]:
+    """The selecting config's given settings as command-line overrides for a candidate."""
+    keys = set(valid_keys())
+    out: list[str] = []
+    for key in cfg.given:
+        if key.startswith("select.") or key in OWN_KEYS:
+            continue
+        if key == "model.name_or_path" and cfg.model.name_or_path != "auto":
+            raise ConfigError(f"model.name_or_path {cfg.model.name_or_path!r} cannot be forwarded to the candidates of "
+                              "select.configs: each candidate names its own backbone. Drop select.configs to train "
+                              "that model, or drop model.name_or_path to screen the candidates")
+        if key == "model.name_or_path":
+            continue
+        if key not in keys:
+            raise ConfigError(f"{key} cannot be forwarded to the candidates of select.configs")
+        out += [f"--{key}", _cli_value(config_values(cfg, (key,))[key])]
+    return out
+
+
+def _check_fits(cand: Config, path: str, names: list[str]):
+    """A candidate's fixed label words must name this task's classes."""
+    try:
+        parse_label_words(cand.prompt.label_words, names)
+    except ConfigError as e:
+        raise ConfigError(f"candidate {path} does not fit this task ({len(names)} classes: {', '.join(names[:8])}"
+                          f"{', ...' if len(names) > 8 else ''}): {e}. Set --prompt.label_words for the task, or "
+                          "choose other candidates") from None
 
 
 def select_backbone(cfg: Config, run_one: Callable[..., Any]):
     """Screen the candidates, then run the best one with its own stages (unless this config sets
     some); the returned run's report carries ``backbone_selection``."""
-    out, rows, screens = Path(cfg.output_dir), [], {}
-    for path in cfg.select.config_list:
-        cand = load_config(["--config_path", path])
-        if cand.select.config_list:
-            raise ConfigError(f"select.configs: candidate {path} selects among candidates itself; list plain configs")
-        if cand.data.dataset != cfg.data.dataset:
+    out, rows, screens, skipped = Path(cfg.output_dir), [], {}, []
+    names = class_names(cfg.data)
+    common = ["--seed", str(cfg.seed), *forwarded(cfg)]
+    plans = []
+    for path in candidates(cfg):
+        cand = load_config(["--config_path", path, *common])
+        if cand.select.config_list or cand.model.name_or_path == "auto":
+            raise ConfigError(f"select.configs: candidate {path} selects among candidates itself; list configs that "
+                              "name their model")
+        if cfg.data.dataset and cand.data.dataset != cfg.data.dataset:
             raise ConfigError(f"select.configs: candidate {path} uses dataset {cand.data.dataset!r}, this config "
                               f"{cfg.data.dataset!r}; candidates must share the task")
+        _check_fits(cand, path, names)
+        if cand.select.max_classes is not None and len(names) > cand.select.max_classes:
+            skipped.append({"config": path, "reason": f"{len(names)} classes > its select.max_classes "
+                                                      f"{cand.select.max_classes}"})
+            log.warning("select: %s skipped (%s)", path, skipped[-1]["reason"])
+            continue
+        plans.append((path, cand))
+    if not plans:
+        raise ConfigError(f"select: no candidate fits a task of {len(names)} classes ({skipped})")
+    # One candidate left of the packaged ones: nothing to choose, so no screen (a listed config is screened).
+    for path, cand in plans if len(plans) > 1 or cfg.select.config_list else []:
         t = time.perf_counter()
-        screen = load_config(["--config_path", path, *_forwarded(cfg), "--output_dir", str(out / "select" / Path(path).stem),
-                              "--stages", "finetune", "--eval.compare", "false",
+        screen = load_config(["--config_path", path, *common, "--output_dir", str(out / "select" / Path(path).stem),
+                              "--stages", "finetune", "--eval.compare", "false", "--finetune.refit", "false",
                               "--finetune.learning_rates", repr(cand.finetune.lr_grid[0]),
                               "--finetune.steps", str(cfg.select.steps or cand.finetune.steps)])
         srun = run_one(screen)
@@ -48,7 +155,8 @@ def select_backbone(cfg: Config, run_one: Callable[..., Any]):
         # The winner's own run can start from this screen when the screen is exactly its first grid
         # point: same steps, no adaptation or joint loss before it, fixed template and label words.
         if (screen.finetune.steps == cand.finetune.steps and "adapt" not in cand.stage_list
-                and cand.finetune.mlm_weight == 0 and cand.prompt.template and cand.prompt.label_words):
+                and cand.finetune.mlm_weight == 0 and cand.prompt.template and cand.prompt.label_words
+                and cand.finetune.mode == "prompt"):
             screens[path] = {(cfg.data.split_seed, cand.finetune.lr_grid[0]): (srun.model, chosen)}
         rows.append({"config": path, "model": srun.report["model"], "parameters": srun.report["parameters"],
                      "dev_accuracy": chosen["best_dev_accuracy"], "dev_log_loss": chosen["best_dev_log_loss"],
@@ -57,12 +165,14 @@ def select_backbone(cfg: Config, run_one: Callable[..., Any]):
         del srun
         log.warning("select: %s (%s) dev accuracy %.3f", path, rows[-1]["model"], chosen["best_dev_accuracy"])
     # Dev accuracy moves in steps of 1/|dev|: ties go to the lower dev log-loss (then the earlier).
-    best = max(rows, key=lambda r: (r["dev_accuracy"], -r["dev_log_loss"]))
+    best = max(rows, key=lambda r: (r["dev_accuracy"], -(r["dev_log_loss"] or 0.0))) if rows else {
+        "config": plans[0][0], "model": plans[0][1].model.name_or_path}
     extra = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
-    if cfg.stages != Config.stages:  # stages set on the selecting config (or its command line) win
+    if cfg.stages is not None:  # stages set on the selecting config (or its command line) win
         extra += ["--stages", cfg.stages]
-    run = run_one(load_config(["--config_path", best["config"], *_forwarded(cfg), *extra, "--output_dir", str(out)]),
+    run = run_one(load_config(["--config_path", best["config"], *common, *extra, "--output_dir", str(out)]),
                   reuse=screens.pop(best["config"], None))
-    run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows}
+    run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows,
+                                        "skipped": skipped, "forwarded": forwarded(cfg)}
     run.write_report()
     return run

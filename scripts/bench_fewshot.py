@@ -51,7 +51,6 @@ import numpy as np
 from autogpt_jax.config import load_config
 from autogpt_jax.data import fewshot, sources
 from autogpt_jax.models import hf
-from autogpt_jax.prompts.templates import rule_prompts
 from autogpt_jax.pipeline import run_pipeline
 from fewshot_decoder import DECODER_CFG, decoder_inputs, main_decoder
 from fewshot_ladder import main_ladder, report_ladder, torch_peer
@@ -93,9 +92,8 @@ def decoder_peer(task: str):
     template, label words and recipe (the ladder's own grid and steps) on the same GGUF weights."""
     extra = ["--data.dataset", task]
     names = sources.load_dataset(task)["train"].features["label"].names
-    if task == "airline":  # three classes: the rule library's first chat template, asking for all three
-        extra += ["--prompt.label_words", "|".join(names),
-                  "--prompt.template", rule_prompts("sentiment", names, chat=True)[0][0]]
+    if task == "airline":  # three classes: the class names as label words ({labels} lists all three)
+        extra += ["--prompt.label_words", "names"]
     cfg = load_config(["--config_path", DECODER_CFG, *extra])
     lm = hf.load_model(cfg.model.name_or_path)
     tok = lm.tokenizer()
@@ -177,7 +175,7 @@ def main():
                               ("head FT (ours, JAX)", "head_ft"), ("prompt FT, no adapt", "prompt_ft")):
                 if key in s.get("baselines", {}):
                     add(name, s["baselines"][key]["accuracy"], 0.0)
-            fixed = ["--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great"]
+            fixed = ["--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "negative=terrible|positive=great"]
             for key, name, extra in (("no_auto_prompt", "ablation: no auto prompt (fixed template, rule words)", fixed),
                                      ("joint", "ablation: + joint loss λ=0.5", ["--finetune.mlm_weight", "0.5"]),
                                      ("fgm", "ablation: + FGM ε=1", ["--finetune.fgm_epsilon", "1.0"])):

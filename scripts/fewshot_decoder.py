@@ -19,7 +19,7 @@ from autogpt_jax.inference import Classifier, prompt_inputs, word_table
 from autogpt_jax.models import hf
 from autogpt_jax.pipeline import make_context, run_pipeline
 from autogpt_jax.prompts.search import parse_label_words
-from autogpt_jax.prompts.templates import Template
+from autogpt_jax.prompts.templates import Template, fill_task, rule_verbalizer
 from autogpt_jax.stages.finetune import example_batches, with_peft
 from autogpt_jax.training import objectives
 from autogpt_jax.training import sharding as shd
@@ -36,8 +36,8 @@ MR_CLASSES = ("negative", "positive")
 def decoder_inputs(cfg, tok, model, texts, classes=MR_CLASSES):
     """Token ids of the prompted texts (the whole sequence) and the label words' first tokens
     (``classes``: the task's class names, in label order)."""
-    template = Template(cfg.prompt.template)
-    verb = parse_label_words(cfg.prompt.label_words, list(classes))
+    verb = parse_label_words(cfg.prompt.label_words, list(classes)) or rule_verbalizer(list(classes), literal=True)
+    template = Template(fill_task(cfg.prompt.template, verb, cfg.task.description))
     seqs, pos = template.encode(tok, list(texts), cfg.prompt.max_length, causal=True)
     ids, _ = word_table(tok, model, verb, template)  # C × W × T; the label words here are single tokens
     return seqs, pos, ids[:, 0, 0]
@@ -57,8 +57,8 @@ def decoder_speed(ctx, tdec, train, test_texts):
     """Train-step seconds (batch 8, LoRA, mean over the same 12 batches after a pass that compiles)
     and test sentences/s, ours and PyTorch's."""
     cfg, run_model, tok, mesh = ctx.cfg, ctx.backbone.model, ctx.tokenizer, ctx.mesh
-    template = Template(cfg.prompt.template)
-    verb = parse_label_words(cfg.prompt.label_words, list(MR_CLASSES))
+    verb = parse_label_words(cfg.prompt.label_words, list(MR_CLASSES)) or rule_verbalizer(list(MR_CLASSES), literal=True)
+    template = Template(fill_task(cfg.prompt.template, verb, cfg.task.description))
     ids, wts = word_table(tok, run_model, verb, template)
     texts, ys = list(train["text"]), np.asarray(list(train["label"]), np.int32)
     seqs, mpos, prefix = prompt_inputs(tok, run_model, template, texts, cfg.prompt.max_length)

@@ -46,7 +46,7 @@ LADDERS = {
     "minilm": ("configs/sentiment_mr.yaml",
                ["--stages", "prompt,adapt,finetune,selftrain,evaluate", "--prompt.ensemble", "3",
                 "--prompt.calibrate", "content_free", "--peft.method", "none", "--finetune.learning_rates", "2e-5,5e-6",
-                "--prompt.label_words", "terrible|great", "--prompt.search_steps", "0",
+                "--prompt.label_words", "negative=terrible|positive=great", "--prompt.search_steps", "0",
                 "--selftrain.generations", "2", "--selftrain.per_class", "256", "--selftrain.growth", "2",
                 "--selftrain.threshold", "0.9", "--selftrain.temperature", "0", "--selftrain.max_unlabeled", "4000"]),
 }
@@ -56,8 +56,8 @@ TASKS = {
     "airline": ["--data.dataset", "airline"],
 }
 # per ladder: the task's label words in place of MR's (class order negative, neutral, positive)
-LADDER_TASK = {("decoder", "airline"): ["--prompt.label_words", "negative|neutral|positive"],
-               ("minilm", "airline"): ["--prompt.label_words", "terrible|okay|great"]}
+LADDER_TASK = {("decoder", "airline"): ["--prompt.label_words", "negative=negative|neutral=neutral|positive=positive"],
+               ("minilm", "airline"): ["--prompt.label_words", "negative=terrible|neutral=okay|positive=great"]}
 
 
 def _acc(r) -> float:

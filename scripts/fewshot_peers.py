@@ -89,7 +89,7 @@ def setfit_status(skip_torch: bool) -> tuple[bool, str]:
     return not skip_torch, f"SetFit {setfit.__version__} (pip install setfit; not an extra)"
 
 
-def setfit_run(model_dir, train, test, seed, workdir):
+def setfit_run(model_dir, train, test, seed, workdir, return_pred: bool = False):
     """SetFit (contrastive fine-tuning of the sentence encoder, then a logistic-regression head) with
     its documented few-shot defaults: 20 pair iterations per example, batch 16, one epoch."""
     import torch
@@ -107,6 +107,8 @@ def setfit_run(model_dir, train, test, seed, workdir):
     trainer = Trainer(model=model, args=args, train_dataset=train.select_columns(["text", "label"]))
     trainer.train()
     pred = np.asarray(model.predict(list(test["text"]), batch_size=128))
+    if return_pred:
+        return pred
     return float((pred == np.asarray(list(test["label"]))).mean())
 
 

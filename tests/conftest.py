@@ -205,7 +205,7 @@ def sentiment_run(tmp_path_factory, tiny_bert_dir):
     out = tmp_path_factory.mktemp("sentiment") / "run"
     cfg = load_config(["--config_path", FEWSHOT_CFG, "--output_dir", str(out),
                        "--stages", "prompt,finetune,evaluate,distill,export",
-                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "terrible|great",
+                       "--prompt.template", "{text} It was {mask}.", "--prompt.label_words", "negative=terrible|positive=great",
                        "--distill.student", str(tiny_bert_dir), "--distill.steps", "6", "--distill.batch_size", "8",
                        "--distill.max_unlabeled", "64", "--distill.eval_every", "3", "--distill.max_length", "32"])
     return out, run_pipeline(cfg, return_run=True)

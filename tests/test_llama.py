@@ -328,18 +328,20 @@ def test_decoder_pipeline_with_lora_exports_for_pytorch_and_peft(tiny_llama_dir,
 def test_decoder_template_search_uses_chat_candidates(tiny_llama_dir, tmp_path):
     from autogpt_jax.config import load_config
     from autogpt_jax.pipeline import run_pipeline
-    from autogpt_jax.prompts.templates import CHAT_TEMPLATES, rule_prompts
+    from autogpt_jax.prompts.templates import CHAT_TEMPLATES, fill_task, rule_prompts
 
-    templates, verb = rule_prompts("sentiment", ["negative", "positive"], chat=True)
-    assert templates == list(CHAT_TEMPLATES["sentiment"]) and verb.words == (("negative",), ("positive",))
-    assert rule_prompts("sentiment", ["rotten", "fresh"], chat=False)[1].words == (("terrible",), ("great",))
+    templates, verb = rule_prompts("sentiment", ["negative", "positive"], decoder=True, chat=True)
+    sentiment = [fill_task(t, verb, None) for t in CHAT_TEMPLATES["sentiment"]]
+    assert templates[:3] == sentiment and verb.words == (("negative",), ("positive",))
+    assert "negative or positive" in sentiment[0]
+    assert rule_prompts("sentiment", ["rotten", "fresh"], decoder=False, chat=False)[1].words == (("terrible",), ("great",))
     cfg = load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir", str(tmp_path / "run"),
                        "--model.name_or_path", str(tiny_llama_dir), "--stages", "prompt,evaluate",
                        "--prompt.candidates", "2", "--prompt.search_steps", "2", "--prompt.task_type", "sentiment"])
     rep = run_pipeline(cfg)["seeds"][0]["prompt"]
     assert [c["template"] for c in rep["template_candidates"]] != [] and \
-        {c["template"] for c in rep["template_candidates"]} <= set(CHAT_TEMPLATES["sentiment"])
-    assert rep["template"] in CHAT_TEMPLATES["sentiment"][:2] and rep["scoring"] == "next_token"
+        {c["template"] for c in rep["template_candidates"]} <= set(sentiment)
+    assert rep["template"] in sentiment[:2] and rep["scoring"] == "next_token"
 
 
 @pytest.mark.slow  # a whole pipeline run
@@ -353,7 +355,7 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     enc = {**base, "stages": "prompt,finetune,evaluate", "eval": {"compare": False, "batch_size": 64}}
     dec = {**enc, "model": {"name_or_path": str(tiny_llama_dir)},
            "prompt": {**base["prompt"], "template": "Review: {text}{answer}The sentiment is {mask}",
-                      "label_words": "terribly bad|goodish"}}  # multi-token words: trained as sequences
+                      "label_words": "negative=terribly bad|positive=goodish"}}  # multi-token words: trained as sequences
     paths = []
     for name, c in (("enc", enc), ("dec", dec)):
         paths.append(tmp_path / f"{name}.yaml")
@@ -384,7 +386,7 @@ def test_backbone_selection_runs_the_candidate_with_the_best_dev_accuracy(tiny_l
     nested = tmp_path / "nested.yaml"
     nested.write_text(yaml.safe_dump({**enc, "select": {"configs": str(paths[0])}}))
     with pytest.raises(ConfigError, match="selects among candidates itself"):
-        run_pipeline(load_config(["--config_path", "tests/configs/tiny_fewshot.yaml", "--output_dir",
+        run_pipeline(load_config(["--config_path", str(selector), "--output_dir",
                                   str(tmp_path / "n"), "--select.configs", str(nested)]))
 
 

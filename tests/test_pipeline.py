@@ -261,7 +261,7 @@ def test_bad_task_input_fails_before_training(tmp_path, capsys):
     assert code == 2 and "k_shot=6000 needs 12000 examples" in err
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
     code, err = _cli(capsys, "--prompt.label_words", "bad", "--output_dir", str(tmp_path / "c"))
-    assert code == 2 and "gives 1 classes; the task has 2" in err
+    assert code == 2 and "name the class of each set of words" in err and "negative=word" in err
     code, err = _cli(capsys, "--finetune.lerning_rates", "1e-4", "--output_dir", str(tmp_path / "d"))
     assert code == 2 and "did you mean 'finetune.learning_rates'" in err
     code, err = _cli(capsys, "--data.max_test", "0", "--output_dir", str(tmp_path / "e"))
@@ -401,7 +401,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
 
 def test_own_tsv_and_jsonl_files_with_all_the_data(tmp_path):
     """--data.train_file (TSV) / --data.test_file (JSONL) and --data.k_shot 0: the whole train file
-    is used, a stratified 10% of it as dev, the test file as test."""
+    is used, a stratified share of it (data.dev_share, 25%) as dev, the test file as test."""
     from autogpt_jax.pipeline import run_pipeline
 
     mr = _mr_test(2000)
@@ -416,9 +416,9 @@ def test_own_tsv_and_jsonl_files_with_all_the_data(tmp_path):
     run = run_pipeline(load_config(["--config_path", CFG, "--output_dir", str(out),
                                     "--data.train_file", str(train), "--data.test_file", str(test),
                                     "--data.k_shot", "0", "--stages", "finetune,evaluate",
-                                    "--prompt.label_words", "terrible|great"]), return_run=True)
+                                    "--prompt.label_words", "neg=terrible|pos=great"]), return_run=True)
     seed = run.report["seeds"][0]
-    n_dev = int(sum(max(1, round(0.1 * n)) for n in n_per))
+    n_dev = int(sum(max(1, round(0.25 * n)) for n in n_per))
     assert seed["sizes"] == {"train": 60 - n_dev, "dev": n_dev, "test": 30}
     assert run.classifier.labels == names
     dev = [json.loads(l) for l in (out / "splits" / "seed-13" / "dev.jsonl").read_text().splitlines()]

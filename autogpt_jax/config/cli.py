@@ -24,6 +24,8 @@ def _field_types(cls=Config, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     hints = typing.get_type_hints(cls)  # resolved in the section's own module
     for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
             out.update(_field_types(t, f"{prefix}{f.name}."))
@@ -59,18 +61,23 @@ def _unknown(key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r} {where}{hint}")
 
 
-def _check_yaml_keys(node: Any, prefix: str, path: Path):
+def _check_yaml_keys(node: Any, prefix: str, path: Path) -> list[str]:
+    """The dotted keys a YAML file sets (an unknown one fails)."""
     if not isinstance(node, dict):
-        return
+        return []
     keys = set(valid_keys())
     sections = {k.rsplit(".", 1)[0] for k in keys if "." in k}
     sections |= {s.rsplit(".", 1)[0] for s in list(sections) if "." in s}
+    found = []
     for k, v in node.items():
         full = f"{prefix}{k}"
         if full in sections:
-            _check_yaml_keys(v, full + ".", path)
+            found += _check_yaml_keys(v, full + ".", path)
         elif full not in keys:
             raise _unknown(full, f"in {path}")
+        else:
+            found.append(full)
+    return found
 
 
 def load_config(argv: list[str] | None = None) -> Config:
@@ -79,7 +86,7 @@ def load_config(argv: list[str] | None = None) -> Config:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     keys = set(valid_keys())
-    config_path = None
+    config_path, given = None, []
     for i, a in enumerate(argv):
         if a.startswith("--"):
             key = a[2:].split("=", 1)[0]
@@ -87,16 +94,19 @@ def load_config(argv: list[str] | None = None) -> Config:
                 config_path = argv[i + 1] if "=" not in a and i + 1 < len(argv) else a.split("=", 1)[-1]
             elif key not in keys and key not in ("help", "h"):
                 raise _unknown(key, "on the command line")
+            else:
+                given.append(key)
     if config_path is not None:
         p = Path(config_path)
         if not p.is_file():
             raise ConfigError(f"--config_path {config_path}: no such file")
         try:
-            _check_yaml_keys(yaml.safe_load(p.read_text()) or {}, "", p)
+            given = _check_yaml_keys(yaml.safe_load(p.read_text()) or {}, "", p) + given
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: invalid YAML ({e})") from None
     try:
-        return draccus.parse(Config, args=_quote_strings(argv))
+        cfg = draccus.parse(Config, args=_quote_strings(argv))
+        return dataclasses.replace(cfg, given=tuple(dict.fromkeys(given)))
     except Exception as e:
         # draccus wraps the errors of our __post_init__ checks; surface the original message.
         cause = e

@@ -9,6 +9,9 @@ from typing import Optional
 from autogpt_jax.config.sections import DTYPES, OptimConfig, check
 from autogpt_jax.errors import ConfigError
 
+FINETUNE_MODES = ("prompt", "head", "probe", "setfit", "auto")
+# The modes whose classifier is the model's classification head.
+HEAD_MODES = ("head", "probe", "setfit", "auto")
 CALIBRATIONS = ("none", "content_free", "prior", "both", "pool")
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +46,13 @@ class PromptConfig:
     # A fixed template such as "{text} It was {mask}." (null: choose among the rule-based
     # candidates for task_type by dev accuracy after a short fine-tune).
     template: Optional[str] = None
-    # Fixed label words, classes separated by "|", alternatives by ",": "terrible,bad|great,good".
-    # Null: automatic search when the MLM head is pretrained, else words from the label names.
+    # Fixed label words, each class by its name: "negative=terrible,bad|positive=great,good" (classes
+    # separated by "|", alternatives by ","), or a JSON/YAML file mapping each class to its words.
+    # Null: automatic search when the MLM head is pretrained, else the class names themselves.
     label_words: Optional[str] = None
-    # sentiment | topic | intent | nli: which rule library to draw templates from.
-    task_type: str = "sentiment"
+    # The rule candidates are built from the label names (and task.description) for any task; a
+    # task type (sentiment | topic | intent | nli) adds its own library's templates before them.
+    task_type: Optional[str] = None
     # How many template candidates to try, and fine-tuning steps for each trial.
     candidates: int = 3
     search_steps: int = 30
@@ -97,8 +102,8 @@ class PromptConfig:
               f"prompt.calibrate must be one of {', '.join(CALIBRATIONS)}, got {self.calibrate!r}")
         check(self.calibration_pool >= 1, f"prompt.calibration_pool must be >= 1, got {self.calibration_pool}")
         check(self.demonstrations >= 0, f"prompt.demonstrations must be >= 0, got {self.demonstrations}")
-        check(self.task_type in ("sentiment", "topic", "intent", "nli"),
-               f"prompt.task_type must be sentiment, topic, intent or nli, got {self.task_type!r}")
+        check(self.task_type in (None, "sentiment", "topic", "intent", "nli"),
+               f"prompt.task_type must be sentiment, topic, intent, nli or null, got {self.task_type!r}")
         check(self.scoring in ("auto", "cloze", "similarity"),
                f"prompt.scoring must be auto, cloze or similarity, got {self.scoring!r}")
         check(self.similarity_scale > 0, "prompt.similarity_scale must be > 0")
@@ -129,8 +134,21 @@ class AdaptConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    # prompt (cloze over label words at the mask) | head (classifier on the pooled output)
+    # prompt (cloze over label words at the mask) | head (classifier on the pooled output, trained by
+    # SGD) | probe (a logistic head fitted on the frozen encoder's mean-pooled embeddings) | setfit
+    # (the encoder tuned contrastively on pairs of the labelled rows, then the probe) | auto (probe,
+    # setfit and prompt fine-tuning each trained, the best on dev kept; encoders).
     mode: str = "prompt"
+    # Weigh every class the same in the task loss (and the probe): weights N / (C · n_class). On for
+    # imbalanced label sets; a balanced set gets weights of one.
+    balance: bool = True
+    # probe: the L2 strengths tried (scikit-learn's 1/C), the best on dev kept.
+    probe_l2: str = "0.1,1,10"
+    # setfit: contrastive steps (batches of setfit_batch_size rows, every pair in a batch), lr.
+    setfit_steps: int = 100
+    setfit_batch_size: int = 16
+    setfit_lr: float = 2e-5
+    refit: bool = True  # dev held out of your rows (no dev file): the chosen recipe trains again on all
     steps: int = 120
     batch_size: int = 8
     # The grid (LM-BFF protocol: best on dev): comma-separated values.
@@ -153,7 +171,14 @@ class FinetuneConfig:
                                                                                weight_decay=0.01))
 
     def __post_init__(self):
-        check(self.mode in ("prompt", "head"), f"finetune.mode must be prompt or head, got {self.mode!r}")
+        check(self.mode in FINETUNE_MODES, f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}")
+        try:
+            ok = bool(self.probe_l2_grid) and all(v > 0 for v in self.probe_l2_grid)
+        except ValueError:
+            ok = False
+        check(ok, f"finetune.probe_l2 must be comma-separated positive numbers, got {self.probe_l2!r}")
+        check(self.setfit_steps >= 1 and self.setfit_batch_size >= 2 and self.setfit_lr > 0,
+              "finetune.setfit_steps >= 1, finetune.setfit_batch_size >= 2 and finetune.setfit_lr > 0 are required")
         check(self.pooling in ("pooler", "cls", "mean"), "finetune.pooling must be pooler, cls or mean")
         check(self.select in ("accuracy", "log_loss"),
               f"finetune.select must be accuracy or log_loss, got {self.select!r}")
@@ -168,6 +193,10 @@ class FinetuneConfig:
     @property
     def lr_grid(self) -> tuple[float, ...]:
         return tuple(float(x) for x in str(self.learning_rates).split(",") if x.strip())
+
+    @property
+    def probe_l2_grid(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in str(self.probe_l2).split(",") if x.strip())
 
 
 PEFT_METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit")

@@ -7,11 +7,12 @@ where templates and datasets are built, before anything trains (``stages.preflig
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from autogpt_jax.config.recipe import (AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig, PeftConfig,
                                        PretrainConfig, PromptConfig, SelftrainConfig)
 from autogpt_jax.config.sections import (CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
-                                         SelectConfig, check)
+                                         SelectConfig, TaskConfig, check)
 from autogpt_jax.config.support import HandoverConfig, RetrievalConfig
 
 STAGES = ("pretrain", "prompt", "adapt", "finetune", "selftrain", "evaluate", "distill", "retrieval", "export")
@@ -21,13 +22,16 @@ STAGES = ("pretrain", "prompt", "adapt", "finetune", "selftrain", "evaluate", "d
 class Config:
     output_dir: str = "runs/default"
     seed: int = 0
-    # Comma-separated subset of: pretrain,prompt,adapt,finetune,selftrain,evaluate,distill,retrieval,export
-    stages: str = "pretrain"
+    # Comma-separated subset of: pretrain,prompt,adapt,finetune,selftrain,evaluate,distill,retrieval,export.
+    # null: the few-shot recipe when there is labelled data (prompt, adapt when there is unlabelled
+    # text, finetune, evaluate, export), else pretrain.
+    stages: Optional[str] = None
     # JAX's persistent compilation cache ($AUTOGPT_JAX_CACHE/xla, or JAX_COMPILATION_CACHE_DIR): a
     # later run reads the executables an earlier one compiled. false compiles everything afresh.
     compile_cache: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
@@ -42,6 +46,9 @@ class Config:
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    # The dotted keys this config was given (its YAML file's and the command line's), filled by
+    # config.cli.load_config; a selecting config forwards them to its candidates. Not a flag.
+    given: tuple[str, ...] = dataclasses.field(default=(), metadata={"internal": True})
 
     def __post_init__(self):
         bad = [s for s in self.stage_list if s not in STAGES]
@@ -62,4 +69,10 @@ class Config:
 
     @property
     def stage_list(self) -> tuple[str, ...]:
+        if self.stages is None:
+            d = self.data
+            if not (d.train_file or d.dataset):
+                return ("pretrain",)
+            adapt = ("adapt",) if (d.unlabeled_file or d.unlabeled) else ()
+            return ("prompt", *adapt, "finetune", "evaluate", "export")
         return tuple(s.strip() for s in self.stages.split(",") if s.strip())

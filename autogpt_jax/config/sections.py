@@ -21,9 +21,11 @@ def check(cond: bool, msg: str):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    # A local directory, a packaged short name (minilm-l6, splade-tiny) or a hub id. Empty (null)
-    # means "from scratch": the architecture and sizes below are used.
-    name_or_path: Optional[str] = "minilm-l6"
+    # A local directory, a packaged short name (minilm-l6, smollm2-135m, splade-tiny) or a hub id.
+    # auto: screen the packaged recipes (autogpt_jax/recipes: MiniLM and SmolLM2) on your labelled
+    # data and train the better on dev. Empty (null) means "from scratch": the architecture and
+    # sizes below are used.
+    name_or_path: Optional[str] = "auto"
     # Tokenizer source when it differs from name_or_path (required from scratch).
     tokenizer: Optional[str] = None
     # Architecture for from-scratch models: bert | gpt2 | llama (a Llama-family decoder: RoPE,
@@ -71,19 +73,38 @@ class DataConfig:
     max_unlabeled: Optional[int] = None
     # Fraction of unlabelled documents held out to measure the pretraining loss.
     eval_fraction: float = 0.02
-    # Labelled examples per class for train (and as many again for dev); 0: the whole pool (full
-    # data, a stratified 10% of it for dev).
-    k_shot: int = 16
+    # Labelled examples per class for train (and as many again for dev, LM-BFF's protocol); 0: every
+    # row. null: 16 for a registered dataset, 0 (every row) for your own files.
+    k_shot: Optional[int] = None
     split_seed: int = 42
+    # Every row (k_shot 0) and no dev file: this share of each class's rows (at least one) is held out
+    # as dev to choose the prompt, the recipe, the learning rate and the backbone; the chosen recipe
+    # then trains again on all the rows, so a user with 32 labels trains on 32.
+    dev_share: float = 0.25
     # Evaluate on at most this many test examples: a fixed random subset, the same for every split
     # seed (null: the whole test split). For quick runs; reported figures use the whole split.
     max_test: Optional[int] = None
 
     def __post_init__(self):
+        if self.k_shot is None:  # resolved here, so every reader (and a forwarded setting) sees a number
+            object.__setattr__(self, "k_shot", 0 if self.train_file else 16)
         check(self.k_shot >= 0, f"data.k_shot must be >= 0 (0: all the data), got {self.k_shot}")
+        check(0.0 < self.dev_share < 1.0, f"data.dev_share must be in (0, 1), got {self.dev_share}")
+
         check(0.0 <= self.eval_fraction < 0.5, f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
         check(self.max_unlabeled is None or self.max_unlabeled >= 1, "data.max_unlabeled must be >= 1 or null")
         check(self.max_test is None or self.max_test >= 1, "data.max_test must be >= 1 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    # What the task is, in a sentence ("route customer messages to the right team"): it joins the
+    # prompt candidates of the rule library (the {description} placeholder of a template).
+    description: Optional[str] = None
+
+    def __post_init__(self):
+        check(self.description is None or bool(self.description.strip()),
+              "task.description is empty; leave it out or describe the task in a sentence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +182,13 @@ class SelectConfig:
     # run's output_dir, and the report says which.
     configs: Optional[str] = None
     steps: int = 0
+    # Read from a candidate config: screen it only for tasks with at most this many classes (null:
+    # any). The decoder recipe sets it, its step time growing with the number of label words.
+    max_classes: Optional[int] = None
 
     def __post_init__(self):
         check(self.steps >= 0, f"select.steps must be >= 0, got {self.steps}")
+        check(self.max_classes is None or self.max_classes >= 2, "select.max_classes must be >= 2 or null")
 
     @property
     def config_list(self) -> list[str]:

@@ -40,7 +40,8 @@ def kshot_indices(labels: np.ndarray, k: int, seed: int, *, names: list[str] | N
     return tr[order.permutation(tr.size)], dv[order.permutation(dv.size)] if dv.size else dv
 
 
-def full_indices(labels: np.ndarray, seed: int, *, dev_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def full_indices(labels: np.ndarray, seed: int, *, dev_fraction: float = 0.1, names: list[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Full-data split (``k_shot`` 0): a stratified ``dev_fraction`` of each class (at least one
     example) for dev, the rest for train; deterministic for a seed."""
     labels = np.asarray(labels)
@@ -48,7 +49,9 @@ def full_indices(labels: np.ndarray, seed: int, *, dev_fraction: float = 0.1) ->
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if idx.size < 2:
-            raise DataError(f"class {c} has {idx.size} example; full-data training needs 2 (train + dev)")
+            name = names[c] if names is not None and 0 <= c < len(names) else c
+            raise DataError(f"class {name!r} has {idx.size} labelled example; a class needs 2 (one to train on, "
+                            "one to choose the recipe with): add examples of it, or pass --data.dev_file")
         perm = idx[np.random.default_rng([seed, int(c)]).permutation(idx.size)]
         n_dev = max(1, int(round(dev_fraction * idx.size)))
         devi.append(perm[:n_dev])
@@ -66,16 +69,16 @@ def fixed_subset(ds, n: int | None):
     return ds.select(np.sort(np.random.default_rng(0).permutation(len(ds))[:n]).tolist())
 
 
-def fewshot_split(pool, k: int, seed: int, *, dev: bool = True):
+def fewshot_split(pool, k: int, seed: int, *, dev: bool = True, dev_fraction: float = 0.1):
     """(train, dev) ``datasets.Dataset`` K-shot subsets of ``pool`` (a Dataset with a ClassLabel
-    ``label``). ``k`` 0: all of the pool (a stratified 10% for dev when ``dev``)."""
+    ``label``). ``k`` 0: all of the pool (a stratified ``dev_fraction`` for dev when ``dev``)."""
     if len(pool) == 0:
         raise DataError("the labelled pool is empty")
     names = pool.features["label"].names if hasattr(pool.features["label"], "names") else None
     if k == 0:
         if not dev:
             return pool, None
-        tr, dv = full_indices(np.asarray(pool["label"]), seed)
+        tr, dv = full_indices(np.asarray(pool["label"]), seed, dev_fraction=dev_fraction, names=names)
         return pool.select(tr.tolist()), pool.select(dv.tolist())
     tr, dv = kshot_indices(np.asarray(pool["label"]), k, seed, names=names, dev=dev)
     return pool.select(tr.tolist()), pool.select(dv.tolist()) if dev else None

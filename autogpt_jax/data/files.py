@@ -73,21 +73,30 @@ def read_table(path: str | Path, *, required: tuple[str, ...] = ("text",)) -> li
     return rows
 
 
+def label_names(rows: list[dict]) -> list[str]:
+    """The class names of labelled rows, in label order (sorted)."""
+    return sorted({str(r["label"]).strip() for r in rows})
+
+
 def load_files(train_file: str, dev_file: str | None = None, test_file: str | None = None):
     """User CSV/JSONL files with ``text`` and ``label`` columns. Labels are named by the train file;
     a dev/test label never seen in train is an error."""
     ds = datasets_module()
     tr = read_table(train_file, required=("text", "label"))
-    names = sorted({str(r["label"]) for r in tr})
+    names = [n for n in label_names(tr) if n]
     if len(names) < 2:
-        raise DataError(f"{train_file}: needs at least two distinct labels, found {names}")
+        raise DataError(f"{train_file}: a classifier needs at least two classes; the label column holds only {names}")
 
     def build(rows, path):
-        texts = [str(r["text"]).strip() for r in rows]
+        no_label = [n for n, r in enumerate(rows, 2) if not str(r["label"] if r["label"] is not None else "").strip()]
+        if no_label:
+            raise DataError(f"{path}: {len(no_label)} row(s) have an empty label (first at line {no_label[0]}); "
+                            "label every row or remove it")
+        texts = [str(r["text"] if r["text"] is not None else "").strip() for r in rows]
         empty = sum(1 for t in texts if not t)
         if empty:
             log.warning("%s: dropping %d rows with empty text", path, empty)
-        keep = [(t, str(r["label"])) for t, r in zip(texts, rows) if t]
+        keep = [(t, str(r["label"]).strip()) for t, r in zip(texts, rows) if t]
         if not keep:
             raise DataError(f"{path}: every row has an empty text")
         unknown = sorted({l for _, l in keep} - set(names))

@@ -26,9 +26,20 @@ class Task:
     # of the test split and of this seed's train and dev splits taken out: what self-training and
     # distillation label.
     pool: tuple[str, ...] = ()
+    # dev was held out of the user's training rows (no dev file): it chooses the recipe, which then
+    # trains again on train + dev (``all_labelled``)
+    dev_held_out: bool = False
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+
+    def all_labelled(self) -> tuple[list[str], np.ndarray]:
+        """Every labelled row this seed may train on: train, and dev when it was held out of train."""
+        texts, labels = list(self.train["text"]), np.asarray(self.train["label"], np.int32)
+        if self.dev_held_out:
+            texts += list(self.dev["text"])
+            labels = np.concatenate([labels, np.asarray(self.dev["label"], np.int32)])
+        return texts, labels
 
     def labelled_share(self) -> np.ndarray:
         """Each class's share of the labelled examples (train and dev)."""
@@ -50,15 +61,18 @@ def prepare_task(cfg: Config, seed: int, split_dir: Path | None = None) -> Task:
     (JSON Lines) when given."""
     d = cfg.data
     ds = _labelled(d)
-    if "test" not in ds:
-        raise ConfigError("the task has no test split: pass --data.test_file")
     pool = ds["train"]
     names = list(pool.features["label"].names)
+    if "test" not in ds:  # no test file: nothing is evaluated on test (dev figures only)
+        ds["test"] = pool.select([])
+    held_out = False
     if d.dev_file:
         train, _ = fewshot.fewshot_split(pool, d.k_shot, seed, dev=False)
         dev = ds["validation"]
     else:
-        train, dev = fewshot.fewshot_split(pool, d.k_shot, seed)
+        # your own files: data.dev_share of each class held out; a registered dataset's full split: 10%
+        train, dev = fewshot.fewshot_split(pool, d.k_shot, seed, dev_fraction=d.dev_share if d.train_file else 0.1)
+        held_out = d.k_shot == 0
     if split_dir is not None:
         fewshot.write_split(split_dir, "train", train)
         fewshot.write_split(split_dir, "dev", dev)
@@ -74,16 +88,21 @@ def prepare_task(cfg: Config, seed: int, split_dir: Path | None = None) -> Task:
     if len(unlabeled) > cap:
         keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(unlabeled))[:cap])
         unlabeled = [unlabeled[i] for i in keep]
-    return Task(names, train, dev, fewshot.fixed_subset(ds["test"], d.max_test), unlabeled, seed, full)
+    return Task(names, train, dev, fewshot.fixed_subset(ds["test"], d.max_test), unlabeled, seed, full, held_out)
+
+
+def class_names(d: DataConfig) -> list[str]:
+    """The task's class names in label order, read without building the task."""
+    if d.train_file:
+        return files.label_names(files.read_table(d.train_file, required=("text", "label")))
+    if d.dataset:
+        return list(sources.load_dataset(d.dataset)["train"].features["label"].names)
+    raise ConfigError("no labelled data: set --data.train_file FILE (or --data.dataset NAME)")
 
 
 def num_labels(d: DataConfig) -> int:
     """The number of classes, read without building the task."""
-    if d.train_file:
-        return len({str(r["label"]) for r in files.read_table(d.train_file, required=("text", "label"))})
-    if d.dataset:
-        return sources.load_dataset(d.dataset)["train"].features["label"].num_classes
-    raise ConfigError("no labelled data: set --data.dataset or --data.train_file")
+    return len(class_names(d))
 
 
 def split_docs(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

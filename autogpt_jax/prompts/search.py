@@ -4,11 +4,13 @@ rule words for similarity scoring), template ranking, in-context demonstrations.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from autogpt_jax.config import PromptConfig
 from autogpt_jax.errors import ConfigError
@@ -19,15 +21,53 @@ from autogpt_jax.models.generation import generate_text
 from autogpt_jax.prompts.templates import Template, Verbalizer
 
 
+def _words(v) -> tuple[str, ...]:
+    items = v if isinstance(v, (list, tuple)) else str(v).split(",")
+    return tuple(str(w).strip() for w in items if str(w).strip())
+
+
 def parse_label_words(spec: str | None, names: list[str]) -> Verbalizer | None:
-    """``prompt.label_words``: classes separated by ``|``, alternatives by ``,``."""
-    if not spec:
+    """``prompt.label_words``, each class by its name: ``"billing=invoice,bill|refund=money back"``
+    (classes separated by ``|``, alternatives by ``,``), or a JSON/YAML file mapping each class to
+    its words. Every class of the task must be named once; an unknown name is an error. ``names``:
+    the class names themselves (the rule label words; None is returned, as for no setting)."""
+    if not spec or spec.strip() == "names":
         return None
-    classes = [tuple(w.strip() for w in c.split(",") if w.strip()) for c in spec.split("|")]
-    if len(classes) != len(names) or not all(classes):
-        raise ConfigError(f"prompt.label_words {spec!r} gives {len(classes)} classes; the task has {len(names)} "
-                          f"({names}). Separate classes with '|' and alternatives with ','")
-    return Verbalizer(tuple(classes))
+    path = Path(spec)
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"prompt.label_words {spec!r}: no such file")
+        try:
+            mapping = yaml.safe_load(path.read_text())  # JSON is YAML
+        except yaml.YAMLError as e:
+            raise ConfigError(f"prompt.label_words {spec}: not valid JSON/YAML ({e})") from None
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"prompt.label_words {spec}: the file must map each class name to its label words")
+        given = [(str(k), _words(v)) for k, v in mapping.items()]
+    else:
+        given = []
+        for part in spec.split("|"):
+            if "=" not in part:
+                example = "|".join(f"{n}=word" for n in names[:3]) + ("|..." if len(names) > 3 else "")
+                raise ConfigError(f"prompt.label_words {spec!r}: name the class of each set of words, e.g. "
+                                  f"{example!r} (the task's classes: {', '.join(names)})")
+            name, words = part.split("=", 1)
+            given.append((name.strip(), _words(words)))
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [n for n, _ in given if n not in index]
+    if unknown:
+        raise ConfigError(f"prompt.label_words names class(es) {unknown} that the task does not have; its classes: "
+                          f"{', '.join(names)}")
+    seen = [n for n, _ in given]
+    twice = sorted({n for n in seen if seen.count(n) > 1})
+    missing = [n for n in names if n not in seen]
+    empty = [n for n, w in given if not w]
+    if twice or missing or empty:
+        what = (f"class(es) {missing} have no label words" if missing else
+                f"class(es) {twice} are named twice" if twice else f"class(es) {empty} have an empty word list")
+        raise ConfigError(f"prompt.label_words {spec!r}: {what}; give every class of {', '.join(names)} its words once")
+    words = dict(given)
+    return Verbalizer(tuple(words[n] for n in names))
 
 
 def search_label_words(model, tok, train, n_classes: int, template: Template, pc: PromptConfig
@@ -66,8 +106,14 @@ def search_label_words(model, tok, train, n_classes: int, template: Template, pc
                 continue
             acc = float((logp[:, list(combo)].argmax(-1) == labels).mean())
             cands.append((acc, combo))
-    else:
-        combo = tuple(int(t[0]) for t in top)
+    if not cands:  # greedy, the most confident classes first: a word taken by one class goes to no other
+        order = np.argsort([-score[c, top[c][0]] for c in range(C)])
+        pick, taken = [0] * C, set()
+        for c in order:
+            j = next(int(j) for j in np.argsort(-score[c]) if int(j) not in taken)
+            pick[c] = j
+            taken.add(j)
+        combo = tuple(pick)
         cands.append((float((logp[:, list(combo)].argmax(-1) == labels).mean()), combo))
     cands.sort(key=lambda x: -x[0])
     words = lambda combo: [word_of[int(ok_ids[j])] for j in combo]  # noqa: E731

@@ -255,7 +255,11 @@ class Verbalizer:
         return [list(w) for w in self.words]
 
 
-# Rule-based library, filled from the label names.
+# The rule library. Every task gets the generic candidates, built from its label names ({labels}:
+# "A, B or C") and, when given, its description ({description}); a task type adds its own templates
+# before them. None names a domain.
+GENERIC_TEMPLATES = ("{text} Category: {mask}.", "{text} This is about {mask}.", "Category: {mask}. {text}")
+DESCRIBED_TEMPLATES = ("{description}. {text} Category: {mask}.",)
 RULE_TEMPLATES = {
     "sentiment": ("{text} It was {mask}.", "{text} All in all, it was {mask}.", "{text} A {mask} one.",
                   "{text} In summary, it was {mask}.", "{text} I thought it was {mask}.", "It was {mask}! {text}"),
@@ -266,13 +270,19 @@ RULE_TEMPLATES = {
 
 # For chat decoders (the model answers a question about the input): the user asks, the reply
 # starts, and the class name itself is the next word.
+GENERIC_CHAT = ("Which of these fits the text: {labels}?\nText: {text}{answer}Answer: {mask}",
+                "Text: {text}\nWhich category is this text: {labels}?{answer}Category: {mask}")
+DESCRIBED_CHAT = ("{description}.\nCategories: {labels}.\nText: {text}\nWhich category fits?{answer}Category: {mask}",)
 CHAT_TEMPLATES = {
-    "sentiment": ("Is the sentiment of this movie review positive or negative?\nReview: {text}{answer}The sentiment is {mask}",
-                  "Review: {text}\nIs this review positive or negative?{answer}This review is {mask}",
+    "sentiment": ("Is the sentiment of this text {labels}?\nText: {text}{answer}The sentiment is {mask}",
+                  "Text: {text}\nIs this text {labels}?{answer}This text is {mask}",
                   "What is the sentiment of the following text?\n{text}{answer}The sentiment of this text is {mask}"),
-    "topic": ("What is the topic of this text?\n{text}{answer}The topic is {mask}",),
-    "intent": ("A customer wrote: {text}\nWhat does the customer want?{answer}The customer wants {mask}",),
+    "topic": ("What is the topic of this text ({labels})?\n{text}{answer}The topic is {mask}",),
+    "intent": ("A customer wrote: {text}\nWhat does the customer want ({labels})?{answer}The customer wants {mask}",),
 }
+# Decoders without a chat template: a plain continuation.
+GENERIC_PLAIN = ("Text: {text}\nCategory: {mask}", "{text}\nThis is about {mask}")
+DESCRIBED_PLAIN = ("{description} ({labels}).\nText: {text}\nCategory: {mask}",)
 
 RULE_WORDS = {
     "positive": ("great",), "negative": ("terrible",), "neutral": ("okay",),
@@ -281,25 +291,48 @@ RULE_WORDS = {
 }
 
 
+def humanize(name: str) -> str:
+    """A label name as words: ``card_arrival`` → "card arrival", ``Billing-Issue`` → "billing issue"."""
+    words = re.sub(r"[_\-]+", " ", str(name)).strip()
+    return re.sub(r"\s+", " ", words).lower() or str(name)
+
+
 def rule_verbalizer(label_names: list[str], *, literal: bool = False) -> Verbalizer:
     """Label words from the label names: a known sentiment/NLI word, else the name's own words
-    (``card_arrival`` → "card arrival"). ``literal`` (chat decoders): always the name's own words,
+    (``card_arrival`` → "card arrival"). ``literal`` (decoders): always the name's own words,
     with fresh/rotten read as positive/negative."""
     if literal:
         alias = {"fresh": "positive", "rotten": "negative", "pos": "positive", "neg": "negative"}
-        return Verbalizer(tuple((alias.get(n.lower(), n.replace("_", " ").lower()),) for n in label_names))
-    return Verbalizer(tuple(RULE_WORDS.get(n.lower(), (n.replace("_", " ").lower(),)) for n in label_names))
+        return Verbalizer(tuple((alias.get(n.lower(), humanize(n)),) for n in label_names))
+    return Verbalizer(tuple(RULE_WORDS.get(n.lower(), (humanize(n),)) for n in label_names))
 
 
-def rule_prompts(task_type: str, label_names: list[str], *, chat: bool) -> tuple[list[str], Verbalizer]:
-    """Candidate templates and rule label words: chat-style for chat decoders (when the task type
-    has them), LM-BFF-style otherwise."""
-    if chat and task_type in CHAT_TEMPLATES:
+def label_list(words: list[str]) -> str:
+    """``["a", "b", "c"]`` → "a, b or c"."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def fill_task(source: str, verb: Verbalizer, description: str | None) -> str:
+    """A template with the task's placeholders filled: {labels} (each class's first label word,
+    listed) and {description}."""
+    if "{description}" in source:
+        if not description:
+            raise ConfigError(f"template {source!r} uses {{description}}; pass --task.description")
+        source = source.replace("{description}", description.strip().rstrip("."))
+    return source.replace("{labels}", label_list([w[0] for w in verb.words]))
+
+
+def rule_prompts(task_type: str | None, label_names: list[str], *, decoder: bool, chat: bool,
+                 description: str | None = None) -> tuple[list[str], Verbalizer]:
+    """Candidate templates (filled) and rule label words for any label set: the task type's
+    templates (when set), the description's, then the generic ones."""
+    if decoder:
         verb = rule_verbalizer(label_names, literal=True)
-        templates = list(CHAT_TEMPLATES[task_type])
-        words = [w[0] for w in verb.words]
-        if task_type == "sentiment" and sorted(words) != ["negative", "positive"]:  # e.g. negative, neutral, positive
-            choices = ", ".join(words[:-1]) + " or " + words[-1]
-            templates = [t.replace("positive or negative", choices) for t in templates]
-        return templates, verb
-    return list(RULE_TEMPLATES[task_type]), rule_verbalizer(label_names)
+        typed = CHAT_TEMPLATES.get(task_type, ()) if chat else ()
+        described = DESCRIBED_CHAT if chat else DESCRIBED_PLAIN
+        generic = GENERIC_CHAT if chat else GENERIC_PLAIN
+    else:
+        verb = rule_verbalizer(label_names)
+        typed, described, generic = RULE_TEMPLATES.get(task_type, ()), DESCRIBED_TEMPLATES, GENERIC_TEMPLATES
+    templates = list(typed) + (list(described) if description else []) + list(generic)
+    return list(dict.fromkeys(fill_task(t, verb, description) for t in templates)), verb

@@ -8,39 +8,22 @@ masked out (``retrieval.mask_same_intent``).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from autogpt_jax.data import batching
 from autogpt_jax.data.batching import EpochIterator, pad_batch
+from autogpt_jax.embedding_head import mean_embeddings
 from autogpt_jax.errors import RetrievalError
 from autogpt_jax.training import objectives
 
 Array = jax.Array
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _embed(graphdef, state, ids, mask):
-    return objectives.sentence_embeddings(nnx.merge(graphdef, state), ids, mask)
-
-
 def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     """Unit-length mean-pooled embeddings (N × D, float32), batched by length bucket."""
-    texts = list(texts)
-    if not texts:
-        return np.zeros((0, model.config.hidden_size), np.float32)
-    seqs = batching.encode(tokenizer, texts, max_length)
-    graphdef, state = nnx.split(model)
-    out = np.zeros((len(seqs), model.config.hidden_size), np.float32)
-    bs = batching.eval_batch_size(len(seqs), batch_size)
-    for idx, b in batching.eval_batches(seqs, bs, tokenizer.pad_token_id or 0):
-        e = np.asarray(_embed(graphdef, state, jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"])))
-        out[idx[idx >= 0]] = e[idx >= 0]
-    return out
+    return mean_embeddings(model, tokenizer, texts, max_length, batch_size, normalize=True)
 
 
 def infonce_loss(model, batch: dict, rngs=None, *, temperature: float, mask_same_group: bool = True

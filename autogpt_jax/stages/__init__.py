@@ -19,8 +19,8 @@ from autogpt_jax.config import Config
 from autogpt_jax.data.sources import check_out_of_scope
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.prompts.templates import Template
-from autogpt_jax.stages import (adapt, baselines, distill, ensemble, evaluate, export, finetune, pretrain, prompt,
-                                retrieval, selftrain, task)
+from autogpt_jax.stages import (adapt, baselines, distill, embedding, ensemble, evaluate, export, finetune, pretrain,
+                                prompt, retrieval, selftrain, task)
 from autogpt_jax.stages.context import RunContext, SeedState
 from autogpt_jax.training.checkpoint import has_checkpoints
 
@@ -39,6 +39,13 @@ def _named(name: str) -> Callable[[Config], bool]:
     return lambda cfg: name in cfg.stage_list
 
 
+def _finetune(ctx: RunContext, state: SeedState) -> SeedState:
+    """Prompt or head fine-tuning, or the embedding path (finetune.mode probe, setfit, auto)."""
+    if ctx.cfg.finetune.mode in ("probe", "setfit", "auto"):
+        return embedding.run(ctx, state)
+    return finetune.run(ctx, state)
+
+
 def _task(cfg: Config) -> bool:
     return any(s in TASK_STAGES for s in cfg.stage_list)
 
@@ -50,7 +57,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("demonstrations", prompt.add_demonstrations, "seed", lambda c: _task(c) and c.prompt.demonstrations > 0),
     Stage("baselines", baselines.run, "seed", lambda c: _task(c) and c.eval.compare),
     Stage("adapt", adapt.run, "seed", _named("adapt")),
-    Stage("finetune", finetune.run, "seed", _named("finetune")),
+    Stage("finetune", _finetune, "seed", _named("finetune")),
     Stage("ensemble", ensemble.run, "seed",
           lambda c: "finetune" in c.stage_list and (c.prompt.ensemble > 1 or c.prompt.calibrate != "none")),
     Stage("selftrain", selftrain.run, "seed", _named("selftrain")),
@@ -78,8 +85,8 @@ def preflight(cfg: Config):
     if not_built:
         raise ConfigError(f"stage(s) {not_built} are not built yet; available stages: {','.join(STAGE_NAMES)} "
                           "(for example --stages pretrain,export)")
-    if cfg.prompt.template is not None:
-        Template(cfg.prompt.template)
+    if cfg.prompt.template is not None:  # the task's own placeholders filled with stand-ins
+        Template(cfg.prompt.template.replace("{labels}", "a or b").replace("{description}", "a task"))
     if cfg.handover.out_of_scope is not None:
         check_out_of_scope(cfg.handover.out_of_scope)
     ck_root = Path(cfg.output_dir) / "checkpoints"

@@ -38,8 +38,12 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     clf, task, bs = state.classifier, state.task, ctx.cfg.eval.batch_size
     test_logits, dev_logits = (clf.logits(list(ds["text"]), bs, progress=ctx.bar(f"evaluate ({name})"))
                                for name, ds in (("test", task.test), ("dev", task.dev)))
-    state = state.record("test", evaluate(clf, task.test, bs, logits=test_logits))
-    state = state.record("dev", evaluate(clf, task.dev, bs, logits=dev_logits))
+    if len(task.test):  # no test file: dev figures only
+        state = state.record("test", evaluate(clf, task.test, bs, logits=test_logits))
+    dev = evaluate(clf, task.dev, bs, logits=dev_logits)
+    if task.dev_held_out and ctx.cfg.finetune.refit:  # the final model trained on these rows too: not a held-out figure
+        dev = {**dev, "note": "dev rows were held out to choose the recipe, then trained on (train + dev)"}
+    state = state.record("dev", dev)
     if ctx.cfg.handover.enabled:
         h, rep = fit_handover(ctx, clf, task, dev_logits, test_logits)
         state = state.record("handover", rep, handover=h)

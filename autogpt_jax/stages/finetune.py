@@ -14,6 +14,7 @@ from autogpt_jax.data import batching
 from autogpt_jax.data.adaptation import JointBatches, adapt_batches
 from autogpt_jax.data.task import Task
 from autogpt_jax.errors import ConfigError
+from autogpt_jax.embedding_head import balanced_weights
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.inference import prompt_inputs, word_table
 from autogpt_jax.models import peft as peft_lib
@@ -81,6 +82,10 @@ def classifier_training(ctx: RunContext, task: Task, model, mode: str, template:
     texts, labels = data or (list(task.train["text"]), np.asarray(task.train["label"], np.int32))
     target = {"soft_labels": np.asarray(labels, np.float32)} if np.ndim(labels) == 2 else {
         "labels": np.asarray(labels, np.int32)}
+    if fc.balance and np.ndim(labels) == 1:
+        w = balanced_weights(labels, len(task.names))
+        if not np.allclose(w, 1.0):  # imbalanced: every class weighs the same (a balanced set is left as is)
+            target["weights"] = w
     ids = None
     if mode == "prompt":
         ids, wts = word_table(tok, model, verb, template)
@@ -137,10 +142,11 @@ def with_consistency(ctx: RunContext, model, mode: str, template, verb, loss, ba
 def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Template | None,
                      verb: Verbalizer | None, *, lr: float, steps: int, stage: str, mlm_weight: float = 0.0,
                      early_stop: bool = True, data: tuple[list[str], np.ndarray] | None = None,
-                     seed_offset: int = 0, consistency: tuple[list[str], list[str], float] | None = None
-                     ) -> tuple[Any, dict]:
+                     seed_offset: int = 0, consistency: tuple[list[str], list[str], float] | None = None,
+                     refit: bool = False) -> tuple[Any, dict]:
     """Fine-tune on the K-shot train split (or ``data``); returns the model at its best dev
-    accuracy (ties: the earlier step) and a summary."""
+    accuracy (ties: the earlier step) and a summary. ``refit``: dev is part of ``data`` (the final
+    model of a held-out dev), so nothing is evaluated and the last step is kept."""
     cfg, fc = ctx.cfg, ctx.cfg.finetune
     model, batches, peft_kw = classifier_training(ctx, task, model, mode, template, verb, steps=steps,
                                                   mlm_weight=mlm_weight, data=data, seed_offset=seed_offset,
@@ -153,8 +159,9 @@ def train_classifier(ctx: RunContext, task: Task, model, mode: str, template: Te
               steps=steps, batches=batches, batch_size=fc.batch_size, batch_key="finetune.batch_size", mesh=ctx.mesh,
               logger=ctx.logger, seed=train_seed(ctx, seed_offset), progress=cfg.logging.progress,
               log_every=max(1, steps // 10),
-              fgm_epsilon=fc.fgm_epsilon, evaluate=on_dev, eval_every=fc.eval_every, best_metric="dev_accuracy",
-              best_mode="max", keep_best=True, early_stop_patience=fc.early_stop_patience if early_stop else 0,
+              fgm_epsilon=fc.fgm_epsilon, evaluate=None if refit else on_dev, eval_every=fc.eval_every,
+              best_metric="dev_accuracy", best_mode="max", keep_best=not refit,
+              early_stop_patience=fc.early_stop_patience if early_stop and not refit else 0,
               **peft_kw)
     best = res.best or {"step": 0, "dev_accuracy": -1.0, "dev_log_loss": None}
     s = res.summary
@@ -207,11 +214,27 @@ def grid_finetune(ctx: RunContext, task: Task, model, mode: str, template, verb,
                      "select": cfg.finetune.select, "chosen": best[1], "grid": grid}
 
 
+def refit(ctx: RunContext, task: Task, model, mode: str, template, verb, rep: dict, mlm_weight: float = 0.0
+          ) -> tuple[Any, dict]:
+    """The chosen grid point trained again on train + the held-out dev rows, for the steps it was
+    best at (the final model of a run whose dev was held out of the user's rows)."""
+    chosen = rep["chosen"]
+    steps = int(chosen.get("best_step") or ctx.cfg.finetune.steps)
+    data = task.all_labelled()
+    m, s_ = train_classifier(ctx, task, model, mode, template, verb, lr=chosen["learning_rate"], steps=steps,
+                             stage="finetune-refit", mlm_weight=mlm_weight, data=data, refit=True)
+    return m, {**rep, "refit": {"rows": len(data[0]), "steps": steps, "learning_rate": chosen["learning_rate"],
+                                "wall_time_s": s_["wall_time_s"]}}
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     if state.baseline_ft is not None:  # the prompt fine-tuning baseline was this very run
         model, rep = state.baseline_ft
     else:
         model, rep = grid_finetune(ctx, state.task, state.model, state.mode, state.template, state.verbalizer,
                                    stage="finetune", mlm_weight=ctx.cfg.finetune.mlm_weight)
+    if state.task.dev_held_out and ctx.cfg.finetune.refit:
+        model, rep = refit(ctx, state.task, state.model, state.mode, state.template, state.verbalizer, rep,
+                           ctx.cfg.finetune.mlm_weight)
     return state.record("finetune", rep, model=model, finetune=rep["chosen"], classifier=None,
                         pretuned=state.model)

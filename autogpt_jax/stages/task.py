@@ -6,7 +6,7 @@ from __future__ import annotations
 from autogpt_jax.data.task import prepare_task
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.prompts.search import parse_label_words
-from autogpt_jax.prompts.templates import Template, rule_prompts
+from autogpt_jax.prompts.templates import Template, fill_task, rule_prompts
 from autogpt_jax.stages.context import RunContext, SeedState
 from autogpt_jax.training.loop import is_main
 
@@ -63,21 +63,44 @@ def check_levers(ctx: RunContext, task, mode: str, n_templates: int):
                               "column) or --data.unlabeled NAME")
 
 
+def check_description(ctx: RunContext):
+    """``task.description`` must leave room for the text in the prompt (before anything trains)."""
+    desc, max_len = ctx.cfg.task.description, ctx.cfg.prompt.max_length
+    if not desc:
+        return
+    n = len(ctx.tokenizer(desc, add_special_tokens=False)["input_ids"])
+    model = ctx.backbone.model
+    context = getattr(model, "max_positions", None)
+    if n >= max_len // 2:
+        raise ConfigError(f"task.description is {n} tokens long; a prompt holds prompt.max_length={max_len} tokens "
+                          f"(the model's context: {context or 'unknown'}) and the text needs room: describe the task "
+                          "in one short sentence")
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     cfg, seed = ctx.cfg, state.seed
     task = prepare_task(cfg, seed, ctx.out / "splits" / f"seed-{seed}" if is_main() else None)
     pmode = prompt_mode(ctx)
     mode = pmode if cfg.finetune.mode == "prompt" else "head"
-    chat = ctx.kind == "decoder" and bool(getattr(ctx.tokenizer, "chat_template", None))
-    rule_templates, rule_verb = rule_prompts(cfg.prompt.task_type, task.names, chat=chat)
+    decoder = ctx.kind == "decoder"
+    if cfg.finetune.mode in ("probe", "setfit") and decoder:
+        raise ConfigError(f"finetune.mode {cfg.finetune.mode} fits a head on a sentence encoder's embeddings; "
+                          f"{ctx.backbone.source} is a decoder: use finetune.mode prompt")
+    if cfg.finetune.mode == "auto":
+        mode = pmode  # the prompt is searched; fine-tuning screens it against the embedding head
+    check_description(ctx)
+    chat = decoder and bool(getattr(ctx.tokenizer, "chat_template", None))
+    rule_templates, rule_verb = rule_prompts(cfg.prompt.task_type, task.names, decoder=decoder, chat=chat,
+                                             description=cfg.task.description)
     verb = parse_label_words(cfg.prompt.label_words, task.names) or rule_verb
-    candidates = tuple([cfg.prompt.template] if cfg.prompt.template else rule_templates)
+    candidates = tuple([fill_task(cfg.prompt.template, verb, cfg.task.description)] if cfg.prompt.template
+                       else rule_templates)
     n_templates = min(len(candidates), cfg.prompt.candidates) if "prompt" in cfg.stage_list else 1
     check_levers(ctx, task, mode, n_templates)
     template = Template(candidates[0])
     state = state.replace(task=task, mode=mode, prompt_mode=pmode, template=template, verbalizer=verb,
                           template_candidates=candidates, rule_verbalizer=rule_verb)
-    state = state.record("seed", seed).record("sizes", task.sizes())
+    state = state.record("seed", seed).record("sizes", task.sizes()).record("classes", list(task.names))
     if mode != "head":  # the prompt as it stands; the prompt stage, when it runs, records its search
         state = state.record("prompt", {"scoring": scoring_name(ctx, mode), "template": template.source,
                                         "label_words": verb.to_json()})

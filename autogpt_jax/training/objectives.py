@@ -61,12 +61,17 @@ def weighted_ce(logits_NxC: Array, labels_N: Array, weights_N: Array) -> tuple[A
 def task_ce(logits_BxC: Array, batch: dict) -> tuple[Array, Array]:
     """The task loss's sum and count: cross-entropy against ``soft_labels`` (B × C target
     distributions: self-training's pseudo-labels, one-hot for labelled examples) when the batch
-    carries them, else against the integer ``labels``."""
+    carries them, else against the integer ``labels``; each example weighted by ``weights`` when the
+    batch carries them."""
     if "soft_labels" in batch:
         logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32), axis=-1)
         ce_B = -jnp.sum(batch["soft_labels"].astype(jnp.float32) * logp_BxC, axis=-1)
+        if "weights" in batch:
+            return jnp.sum(ce_B * batch["weights"]), jnp.sum(batch["weights"].astype(jnp.float32))
         return jnp.sum(ce_B), jnp.asarray(ce_B.shape[0], jnp.float32)
-    return weighted_ce(logits_BxC, batch["labels"], jnp.ones(batch["labels"].shape, jnp.float32))
+    # ``weights``: per-example class weights (finetune.balance on an imbalanced label set)
+    w_B = batch["weights"] if "weights" in batch else jnp.ones(batch["labels"].shape, jnp.float32)
+    return weighted_ce(logits_BxC, batch["labels"], w_B)
 
 
 def _mean(total: Array, count: Array) -> Array:

@@ -69,7 +69,7 @@ def levers(cfg: Config) -> dict[str, Any]:
     if "prompt" in stages:
         on["prompt search"] = {"templates": "config" if pc.template else f"rule candidates ({pc.candidates})",
                                "label_words": "config" if pc.label_words else "search",
-                               "paraphrases": pc.paraphrases}
+                               "paraphrases": pc.paraphrases, "written": pc.written}
     if pc.demonstrations:
         on["demonstrations"] = pc.demonstrations
     if "adapt" in stages:

@@ -268,3 +268,52 @@ def test_bad_input_stops_with_one_clear_error_before_training(tmp_path, tiny_ber
     assert code == 2 and want in cap.err, cap.err
     assert len(cap.err.strip().splitlines()) == 1
     assert not (out / "checkpoints").exists() and not (out / "export").exists()
+
+
+def test_the_decoder_writes_instructions_that_join_the_ranked_candidates(tmp_path, tiny_llama_dir, monkeypatch):
+    """The model-based prompt generator: the decoder reads labelled rows and writes the task's
+    instruction; usable replies become templates listing the classes, ranked on dev with the rule
+    ones. (The tiny random model's own replies are noise: its generation is stubbed.)"""
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.prompts import search
+
+    seen = []
+
+    def fake_generate(model, tok, prompts, **kw):
+        seen.append(prompts[0])
+        return ["Decide which banking topic the customer message is about.", "{bad}", "short"][: len(prompts)]
+
+    monkeypatch.setattr(search, "generate_text", fake_generate)
+    names = TOPICS[:3]
+    train = _csv(tmp_path / "train.csv", _rows(names, 6))
+    rep = run_pipeline(load_config(["--data.train_file", train, "--model.name_or_path", str(tiny_llama_dir),
+                                    "--stages", "prompt", "--prompt.written", "2", "--prompt.label_words", "names",
+                                    "--output_dir", str(tmp_path / "run"), *TINY, "--prompt.max_length", "128"]))
+    prompt = rep["seeds"][0]["prompt"]
+    assert "Category: card delivery" in seen[0] and "Category: billing" in seen[0]  # it read labelled rows
+    assert prompt["written"] == ["Decide which banking topic the customer message is about.\nCategories: billing, "
+                                 "card delivery or exchange rate.\nText: {text}{answer}Category: {mask}"]
+    assert prompt["written"][0] in [c["template"] for c in prompt["template_candidates"]]
+    assert len(prompt["template_candidates"]) == 3  # two rule templates and the written one
+
+
+@pytest.mark.slow
+def test_probe_learns_the_pools_confident_texts_class_balanced(tmp_path, tiny_bert_dir):
+    """finetune.pool_labels: the fitted head labels the pool; its most confident texts of each class
+    (the same number for every class) join the head's rows, kept only when dev accuracy holds."""
+    from autogpt_jax.pipeline import run_pipeline
+
+    names = TOPICS[:3]
+    train = _csv(tmp_path / "train.csv", _rows(names, 6))
+    pool = _csv(tmp_path / "pool.csv", [(t,) for t, _ in _rows(names, 10, seed=5)], header=("text",))
+    rep = run_pipeline(load_config(["--data.train_file", train, "--data.unlabeled_file", pool,
+                                    "--model.name_or_path", str(tiny_bert_dir), "--finetune.mode", "probe",
+                                    "--finetune.pool_labels", "2", "--stages", "finetune",
+                                    "--output_dir", str(tmp_path / "run"), *TINY]))
+    ft = rep["seeds"][0]["finetune"]
+    assert ft["pool_labels"]["rows"] == 2 * len(names)
+    if ft["pool_labels"]["kept"]:
+        assert ft["chosen"]["best_dev_accuracy"] == ft["pool_labels"]["dev_accuracy"]
+    else:
+        assert ft["chosen"]["best_dev_accuracy"] > ft["pool_labels"]["dev_accuracy"] or \
+            ft["chosen"]["best_dev_log_loss"] < ft["pool_labels"]["dev_log_loss"]

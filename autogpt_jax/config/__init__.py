@@ -2,8 +2,9 @@
 (``schema``) and its command line (``cli``)."""
 
 from autogpt_jax.config.cli import load_config, to_dict, valid_keys
-from autogpt_jax.config.recipe import (FINETUNE_MODES, HEAD_MODES, PEFT_METHODS, AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig,
-                                       PeftConfig, PretrainConfig, PromptConfig, SelftrainConfig)
+from autogpt_jax.config.pool import DistillConfig, SelftrainConfig
+from autogpt_jax.config.recipe import (FINETUNE_MODES, HEAD_MODES, PEFT_METHODS, AdaptConfig, EvalConfig, FinetuneConfig,
+                                       PeftConfig, PretrainConfig, PromptConfig)
 from autogpt_jax.config.schema import STAGES, Config
 from autogpt_jax.config.sections import (DTYPES, CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
                                          OptimConfig, SelectConfig, TaskConfig)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from autogpt_jax.config.recipe import (AdaptConfig, DistillConfig, EvalConfig, FinetuneConfig, PeftConfig,
-                                       PretrainConfig, PromptConfig, SelftrainConfig)
+from autogpt_jax.config.pool import DistillConfig, SelftrainConfig
+from autogpt_jax.config.recipe import (AdaptConfig, EvalConfig, FinetuneConfig, PeftConfig, PretrainConfig,
+                                       PromptConfig)
 from autogpt_jax.config.sections import (CheckpointConfig, DataConfig, LoggingConfig, MeshConfig, ModelConfig,
                                          SelectConfig, TaskConfig, check)
 from autogpt_jax.config.support import HandoverConfig, RetrievalConfig

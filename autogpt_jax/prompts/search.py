@@ -232,6 +232,49 @@ def paraphrase_templates(model, tok, templates: list[str], per_template: int, se
     return [t for t in dict.fromkeys(out) if t not in templates]
 
 
+INSTRUCTION_REQUEST = ("Here are some texts, each with its category.\n\n{examples}\n\nWrite one short instruction "
+                       "that tells a reader how to choose the category of a text like these. Reply with the "
+                       "instruction only.")
+WRITTEN_TEMPLATE = "{instruction}\nCategories: {labels}.\nText: {text}{answer}Category: {mask}"
+
+
+def usable_instruction(text: str) -> str | None:
+    """The first line of a written instruction, when it can stand in a template: 15-200 characters,
+    no braces, no echoed example."""
+    line = text.strip().split("\n")[0].strip().strip('"').strip()
+    for prefix in ("Instruction:", "Instructions:"):
+        if line.lower().startswith(prefix.lower()):
+            line = line[len(prefix):].strip()
+    if not 15 <= len(line) <= 200 or "{" in line or "}" in line or line.lower().startswith(("text:", "category:")):
+        return None
+    return line
+
+
+def written_templates(model, tok, train, names: list[str], n: int, seed: int, *, per_class: int = 2,
+                      tries: int = 3) -> list[str]:
+    """The model-based prompt generator (decoders): the model reads ``per_class`` labelled rows of
+    each class (a seeded draw, at most 24 rows) and writes ``n`` instructions for the task (sampled
+    at temperature 0.8, a few tries); each becomes a chat template listing the classes."""
+    if not is_decoder(model):
+        raise ConfigError("prompt.written needs a decoder (it writes the instructions); set prompt.written 0")
+    labels = np.asarray(train["label"])
+    texts = list(train["text"])
+    order = np.random.default_rng(seed + 4217).permutation(len(labels))
+    picked = [i for c in range(len(names)) for i in [j for j in order if labels[j] == c][:per_class]][:24]
+    examples = "\n\n".join(f"Text: {' '.join(texts[i].split()[:40])}\nCategory: {names[labels[i]]}" for i in picked)
+    request = INSTRUCTION_REQUEST.format(examples=examples)
+    found: list[str] = []
+    for t in range(tries):
+        for reply in generate_text(model, tok, [request] * n, max_new_tokens=40, temperature=0.8, top_p=0.95,
+                                   seed=seed + 131 * t):
+            line = usable_instruction(reply)
+            if line is not None and line not in found and len(found) < n:
+                found.append(line)
+        if len(found) >= n:
+            break
+    return [WRITTEN_TEMPLATE.replace("{instruction}", line) for line in found]
+
+
 def pick_demonstrations(train, verb: Verbalizer, per_class: int, seed: int, model) -> list[tuple[str, str]]:
     """``per_class`` training examples of each class (a seeded draw), each with its class's first
     label word, interleaved class by class; decoders only."""

@@ -15,6 +15,7 @@ from autogpt_jax import embedding_head as eh
 from autogpt_jax.config import OptimConfig
 from autogpt_jax.data import batching
 from autogpt_jax.data.task import Task
+from autogpt_jax.pseudolabels import pool_subset, select_confident
 from autogpt_jax.stages import finetune
 from autogpt_jax.stages.context import RunContext, SeedState
 from autogpt_jax.training.fit import fit
@@ -25,13 +26,17 @@ def _embed(ctx: RunContext, model, texts: list[str]) -> np.ndarray:
 
 
 def probe(ctx: RunContext, task: Task, model, *, l2: float | None = None,
-          data: tuple[list[str], np.ndarray] | None = None) -> tuple[Any, dict]:
+          data: tuple[list[str], np.ndarray] | None = None,
+          extra: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Any, dict]:
     """``model`` with a logistic head fitted on its frozen embeddings of the train rows (or
-    ``data``), the L2 strength chosen on dev (or ``l2``); its dev figures."""
+    ``data``; ``extra``: more rows as (embeddings, labels), the pool's pseudo-labelled texts), the
+    L2 strength chosen on dev (or ``l2``); its dev figures."""
     fc = ctx.cfg.finetune
     texts, labels = data or (list(task.train["text"]), np.asarray(task.train["label"], np.int64))
     C = len(task.names)
     X = _embed(ctx, model, texts)
+    if extra is not None:
+        X, labels = np.concatenate([X, extra[0]]), np.concatenate([np.asarray(labels), extra[1]])
     if l2 is None:
         f, grid = eh.choose_probe(X, np.asarray(labels), _embed(ctx, model, list(task.dev["text"])),
                                   np.asarray(task.dev["label"]), C, fc.probe_l2_grid, balance=fc.balance)
@@ -41,7 +46,23 @@ def probe(ctx: RunContext, task: Task, model, *, l2: float | None = None,
     m = eh.with_head(model, f)
     dev = finetune.dev_figures(ctx.classifier("head", m, task, None, None), task, ctx.cfg.eval.batch_size)
     return m, {"l2": f.l2, "l2_grid": grid, "best_dev_accuracy": dev["dev_accuracy"],
-               "best_dev_log_loss": dev["dev_log_loss"], "rows": len(texts)}
+               "best_dev_log_loss": dev["dev_log_loss"], "rows": len(labels)}
+
+
+def pool_rows(ctx: RunContext, task: Task, model) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """The pool texts the head of ``model`` labels most confidently, ``finetune.pool_labels`` of each
+    class (class-balanced), as (texts, their embeddings, labels); None without a pool."""
+    fc = ctx.cfg.finetune
+    texts = pool_subset(task.pool, fc.pool_max, task.seed)
+    if not texts:
+        return None
+    X = _embed(ctx, model, texts)
+    clf = ctx.classifier("head", model, task, None, None)
+    logits = clf.logits(texts, ctx.cfg.eval.batch_size, progress=ctx.bar("finetune: labelling the pool"))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    sel = select_confident(probs, fc.pool_labels, 0.0)
+    return ([texts[i] for i in sel], X[sel], probs[sel].argmax(-1)) if len(sel) else None
 
 
 def contrastive(ctx: RunContext, task: Task, model, data: tuple[list[str], np.ndarray] | None = None,
@@ -86,13 +107,27 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     best, chosen = found[name]
     rep: dict[str, Any] = {"mode": name, "screened": {n: r for n, (_, r) in found.items()}, "chosen": chosen}
     mode = "head" if name in ("probe", "setfit") else state.prompt_mode
+    pseudo = None
+    if mode == "head" and fc.pool_labels and task.pool:  # the head also learns the pool's confident texts
+        pseudo = pool_rows(ctx, task, best)
+        if pseudo is not None:
+            m2, r2 = probe(ctx, task, best, l2=chosen["l2"], extra=pseudo[1:])
+            kept = (r2["best_dev_accuracy"], -r2["best_dev_log_loss"]) >= (chosen["best_dev_accuracy"],
+                                                                           -chosen["best_dev_log_loss"])
+            rep["pool_labels"] = {"rows": int(len(pseudo[2])), "dev_accuracy": r2["best_dev_accuracy"],
+                                  "dev_log_loss": r2["best_dev_log_loss"], "kept": kept}
+            if kept:
+                best, chosen = m2, {**chosen, **{k: r2[k] for k in ("best_dev_accuracy", "best_dev_log_loss")}}
+            else:
+                pseudo = None
     if task.dev_held_out and fc.refit:  # the chosen recipe again, on every labelled row
         data = task.all_labelled()
         if name == "probe":
-            best, r = probe(ctx, task, model, l2=chosen["l2"], data=data)
+            best, r = probe(ctx, task, model, l2=chosen["l2"], data=data, extra=pseudo and pseudo[1:])
         elif name == "setfit":
             tuned, run_ = contrastive(ctx, task, model, data=data, stage="setfit-refit")
-            best, r = probe(ctx, task, tuned, l2=chosen["l2"], data=data)
+            extra = pseudo and (_embed(ctx, tuned, pseudo[0]), pseudo[2])  # the tuned encoder's embeddings
+            best, r = probe(ctx, task, tuned, l2=chosen["l2"], data=data, extra=extra)
         else:
             best, r = finetune.refit(ctx, task, model, mode, state.template, state.verbalizer,
                                      {"chosen": chosen}, fc.mlm_weight)

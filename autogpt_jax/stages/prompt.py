@@ -8,8 +8,8 @@ from typing import Any
 
 from autogpt_jax.evaluation import evaluate
 from autogpt_jax.prompts.search import (paraphrase_templates, pick_demonstrations, rank_templates, search_label_words,
-                                        search_label_words_similarity)
-from autogpt_jax.prompts.templates import Template
+                                        search_label_words_similarity, written_templates)
+from autogpt_jax.prompts.templates import Template, fill_task
 from autogpt_jax.stages.context import RunContext, SeedState
 from autogpt_jax.stages.finetune import train_classifier
 from autogpt_jax.stages.task import scoring_name
@@ -35,6 +35,10 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     else:
         source = "rules (the MLM head is untrained)"
     candidates = list(state.template_candidates[: cfg.prompt.candidates])
+    if cfg.prompt.written:
+        rep["written"] = [fill_task(t, verb, cfg.task.description) for t in written_templates(
+            model, tok, task.train, [w[0] for w in verb.words], cfg.prompt.written, cfg.seed)]
+        candidates += [t for t in rep["written"] if t not in candidates]
     if cfg.prompt.paraphrases:
         written = paraphrase_templates(model, tok, candidates, cfg.prompt.paraphrases, cfg.seed)
         rep["paraphrases"] = written

@@ -40,6 +40,9 @@ def label_word_sets(ctx: RunContext, mode: str) -> int:
 def check_levers(ctx: RunContext, task, mode: str, n_templates: int):
     """The ensemble and self-training settings that cannot work, before anything trains."""
     pc = ctx.cfg.prompt
+    if pc.written and ctx.kind != "decoder":
+        raise ConfigError("prompt.written: the instructions are written by a decoder (GPT-2 or Llama family); "
+                          "set prompt.written 0 for an encoder")
     if pc.paraphrases and ctx.kind != "decoder":
         raise ConfigError("prompt.paraphrases: the paraphrases are written by a decoder (GPT-2 or Llama family); "
                           "set prompt.paraphrases 0 for an encoder")
@@ -47,7 +50,7 @@ def check_levers(ctx: RunContext, task, mode: str, n_templates: int):
         if mode == "head":
             raise ConfigError("prompt.ensemble combines prompts; finetune.mode head reads none. Use finetune.mode "
                               "prompt or prompt.ensemble 1")
-        n = n_templates * (1 + pc.paraphrases) * label_word_sets(ctx, mode) * pc.ensemble_seeds
+        n = (n_templates * (1 + pc.paraphrases) + pc.written) * label_word_sets(ctx, mode) * pc.ensemble_seeds
         if pc.ensemble > n:
             raise ConfigError(f"prompt.ensemble {pc.ensemble} is larger than its {n} candidates ({n_templates} "
                               f"template(s) × {1 + pc.paraphrases} with paraphrases × {label_word_sets(ctx, mode)} "

@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import scipy.optimize
 from flax import nnx
 
 from autogpt_jax.data import batching
@@ -67,43 +67,31 @@ def balanced_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def fit_logistic(X_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, l2: float, weights_N: np.ndarray | None = None,
-                 iters: int = 300) -> tuple[np.ndarray, np.ndarray]:
+                 iters: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression: (W D × C, b C) minimising Σ wᵢ·CE(xᵢW + b, yᵢ) + l2/2 · ‖W‖²
-    (scikit-learn's objective with C = 1/l2), by L-BFGS on standardised features (mapped back)."""
+    (scikit-learn's objective with C = 1/l2, the intercept not penalised), by L-BFGS in float64
+    (scipy, a dependency of jax). optax's L-BFGS in float32 stopped at twice the optimum's loss on
+    640 MiniLM embeddings (89.2% against scikit-learn's 92.1% on the same rows)."""
     X = np.asarray(X_NxD, np.float64)
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    Z = jnp.asarray((X - mu) / sd, jnp.float32)
-    y = jnp.asarray(y_N, jnp.int32)
-    w = jnp.asarray(np.ones(len(y_N)) if weights_N is None else weights_N, jnp.float32)
-    D = Z.shape[1]
-    # The penalty is on the original scale's W (= V / sd): ‖V / sd‖².
-    inv_sd2 = jnp.asarray(1.0 / sd**2, jnp.float32)[:, None]
-    W, b = _lbfgs(Z, y, w, inv_sd2, jnp.float32(l2), n_classes, D, iters)
-    W = np.asarray(W, np.float64) / sd[:, None]
-    b = np.asarray(b, np.float64) - mu @ W
+    y = np.asarray(y_N, np.int64)
+    w = np.ones(len(y)) if weights_N is None else np.asarray(weights_N, np.float64)
+    N, D = X.shape
+    Y = np.zeros((N, n_classes))
+    Y[np.arange(N), y] = 1.0
+
+    def objective(theta):
+        W, b = theta[: D * n_classes].reshape(D, n_classes), theta[D * n_classes:]
+        z = X @ W + b
+        z -= z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        loss = -np.sum(w * logp[np.arange(N), y]) + 0.5 * l2 * np.sum(W * W)
+        g_z = (np.exp(logp) - Y) * w[:, None]
+        return loss, np.concatenate([(X.T @ g_z + l2 * W).ravel(), g_z.sum(0)])
+
+    res = scipy.optimize.minimize(objective, np.zeros(D * n_classes + n_classes), jac=True, method="L-BFGS-B",
+                                  options={"maxiter": iters, "gtol": 1e-6})
+    W, b = res.x[: D * n_classes].reshape(D, n_classes), res.x[D * n_classes:]
     return W.astype(np.float32), b.astype(np.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("n_classes", "dim", "iters"))
-def _lbfgs(Z, y, w, inv_sd2, l2, n_classes: int, dim: int, iters: int):
-    def objective(params):
-        V, b = params
-        logits = Z @ V + b
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        return jnp.sum(w * ce) + 0.5 * l2 * jnp.sum(inv_sd2 * V * V)
-
-    params = (jnp.zeros((dim, n_classes), jnp.float32), jnp.zeros((n_classes,), jnp.float32))
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    def step(carry, _):
-        p, s = carry
-        value, grad = value_and_grad(p, state=s)
-        updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=objective)
-        return (optax.apply_updates(p, updates), s), None
-
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=iters)
-    return params
 
 
 @dataclasses.dataclass(frozen=True)

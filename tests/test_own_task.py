@@ -317,3 +317,37 @@ def test_probe_learns_the_pools_confident_texts_class_balanced(tmp_path, tiny_be
     else:
         assert ft["chosen"]["best_dev_accuracy"] > ft["pool_labels"]["dev_accuracy"] or \
             ft["chosen"]["best_dev_log_loss"] < ft["pool_labels"]["dev_log_loss"]
+
+
+@pytest.mark.slow
+def test_the_candidates_ensemble_is_exported_whole_when_it_wins_on_dev(tmp_path, tiny_bert_dir, monkeypatch):
+    """finetune.combine: the screened candidates (probe, setfit, prompt) as one ensemble; when it wins
+    on dev (forced here: the tiny random model decides nothing), each member is trained again on
+    every row, and the export holds all three, which predict serves as the run scored them."""
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.pipeline import run_pipeline
+    from autogpt_jax.stages import embedding
+
+    real, calls = embedding.combined, []
+
+    def winning(*a, **kw):
+        ens, rep = real(*a, **kw)
+        calls.append(rep)
+        return ens, ({**rep, "dev_accuracy": 2.0} if len(calls) == 1 else rep)
+
+    monkeypatch.setattr(embedding, "combined", winning)
+    names = TOPICS[:3]
+    train = _csv(tmp_path / "train.csv", _rows(names, 6))
+    out = tmp_path / "run"
+    run = run_pipeline(load_config(["--data.train_file", train, "--model.name_or_path", str(tiny_bert_dir),
+                                    "--finetune.mode", "auto", "--finetune.combine", "true",
+                                    "--stages", "prompt,finetune,evaluate,export", "--output_dir", str(out), *TINY]),
+                       return_run=True)
+    ft = run.report["seeds"][0]["finetune"]
+    assert ft["mode"] == "ensemble" and ft["ensemble"]["members"] == ["probe", "setfit", "prompt"]
+    assert ft["refit"]["rows"] == 18 and len(calls) == 2
+    meta = json.loads((out / "export" / "autogpt_jax.json").read_text())
+    assert [m["recipe"] for m in meta["ensemble"]["members"]] == ["probe", "setfit", "prompt"]
+    texts = ["refund money back", "invoice bill", "card arrive post"]
+    np.testing.assert_allclose(load_classifier(out / "export").probabilities(texts),
+                               run.classifier.probabilities(texts), atol=1e-5)

@@ -159,6 +159,9 @@ class FinetuneConfig:
     # pool_max pool texts.
     pool_labels: int = 0
     pool_max: int = 4000
+    # auto: also the ensemble of the screened candidates (log-probabilities averaged, weighted by dev
+    # accuracy), the task model when it beats the best single candidate on dev.
+    combine: bool = False
     steps: int = 120
     batch_size: int = 8
     # The grid (LM-BFF protocol: best on dev): comma-separated values.

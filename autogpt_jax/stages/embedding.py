@@ -15,6 +15,8 @@ from autogpt_jax import embedding_head as eh
 from autogpt_jax.config import OptimConfig
 from autogpt_jax.data import batching
 from autogpt_jax.data.task import Task
+from autogpt_jax.ensemble import Ensemble, member_weights
+from autogpt_jax.evaluation import evaluate
 from autogpt_jax.pseudolabels import pool_subset, select_confident
 from autogpt_jax.stages import finetune
 from autogpt_jax.stages.context import RunContext, SeedState
@@ -89,6 +91,47 @@ def setfit(ctx: RunContext, task: Task, model) -> tuple[Any, dict]:
     return m, {**rep, "contrastive": run}
 
 
+def _classifier(ctx: RunContext, state: SeedState, name: str, model):
+    if name in ("probe", "setfit"):
+        return ctx.classifier("head", model, state.task, None, None)
+    return ctx.classifier(state.prompt_mode, model, state.task, state.template, state.verbalizer)
+
+
+def combined(ctx: RunContext, state: SeedState, models: dict[str, Any], found: dict[str, tuple[Any, dict]]
+             ) -> tuple[Ensemble, dict]:
+    """The screened candidates as one ensemble: their class log-probabilities averaged, weighted by
+    their dev accuracy; its dev figures."""
+    names = list(models)
+    info = [{"recipe": n, "dev_accuracy": found[n][1]["best_dev_accuracy"]} for n in names]
+    ens = Ensemble([_classifier(ctx, state, n, models[n]) for n in names],
+                   member_weights([e["dev_accuracy"] for e in info], "dev"), "dev", info)
+    dev = evaluate(ens, state.task.dev, ctx.cfg.eval.batch_size)
+    return ens, {"members": names, "dev_accuracy": dev["accuracy"], "dev_log_loss": dev["log_loss"]}
+
+
+def _combined_result(ctx: RunContext, state: SeedState, found: dict[str, tuple[Any, dict]], rep: dict) -> SeedState:
+    """The ensemble of the candidates as the task model; each member trained again on every
+    labelled row first when dev was held out."""
+    task, fc, model = state.task, ctx.cfg.finetune, state.model
+    models = {n: m for n, (m, _) in found.items()}
+    if task.dev_held_out and fc.refit:
+        data = task.all_labelled()
+        for n, (_, r) in found.items():
+            if n == "probe":
+                models[n] = probe(ctx, task, model, l2=r["l2"], data=data)[0]
+            elif n == "setfit":
+                models[n] = probe(ctx, task, contrastive(ctx, task, model, data=data, stage="setfit-refit")[0],
+                                  l2=r["l2"], data=data)[0]
+            else:
+                models[n] = finetune.refit(ctx, task, model, state.prompt_mode, state.template, state.verbalizer,
+                                           {"chosen": r}, fc.mlm_weight)[0]
+        rep["refit"] = {"rows": len(data[0])}
+    ens, _ = combined(ctx, state, models, found)
+    first = ens.members[0]
+    return state.record("finetune", rep, model=first.model, finetune=rep["chosen"], classifier=ens, ensemble=ens,
+                        pretuned=model, mode=first.mode if first.mode == "head" else state.prompt_mode)
+
+
 def run(ctx: RunContext, state: SeedState) -> SeedState:
     fc, task, model = ctx.cfg.finetune, state.task, state.model
     encoder = ctx.kind == "encoder" and getattr(model, "classifier", None) is not None
@@ -107,6 +150,13 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
     best, chosen = found[name]
     rep: dict[str, Any] = {"mode": name, "screened": {n: r for n, (_, r) in found.items()}, "chosen": chosen}
     mode = "head" if name in ("probe", "setfit") else state.prompt_mode
+    if fc.mode == "auto" and fc.combine and len(found) > 1:
+        ens, ens_rep = combined(ctx, state, {n: m for n, (m, _) in found.items()}, found)
+        rep["ensemble"] = ens_rep
+        if (ens_rep["dev_accuracy"], -ens_rep["dev_log_loss"]) > (chosen["best_dev_accuracy"],
+                                                                  -(chosen["best_dev_log_loss"] or 0.0)):
+            rep["mode"] = "ensemble"
+            return _combined_result(ctx, state, found, rep)
     pseudo = None
     if mode == "head" and fc.pool_labels and task.pool:  # the head also learns the pool's confident texts
         pseudo = pool_rows(ctx, task, best)

@@ -126,18 +126,19 @@ def run_ours(data: Path, out: Path, extra: list[str]) -> tuple[dict, list[str]]:
             "f1": seed["test"]["f1"]}, cmd
 
 
-def minilm_row(task: str, seed: int, work: Path, override: list[str]) -> tuple[dict, list[str]]:
+def minilm_row(task: str, seed: int, data: Path, runs: Path, override: list[str], tag: str = ""
+               ) -> tuple[dict, list[str]]:
     """MiniLM alone through the same command. Where ours screened nothing but the encoder recipe (the
     decoder recipe is screened up to its select.max_classes), ours was this very command: its row is reused."""
-    ours = result_path(task, "ours", seed)
-    rep = work / "ours" / "report.json"
-    if ours.is_file() and rep.is_file():
+    ours = result_path(task, "ours", seed, tag)
+    rep = runs / "ours" / "report.json"
+    if ours.is_file() and rep.is_file() and ours.stat().st_mtime >= rep.stat().st_mtime - 60:
         sel = json.loads(rep.read_text()).get("backbone_selection") or {}
         if not sel.get("candidates") and sel.get("chosen", "").endswith("encoder.yaml"):
             r = json.loads(ours.read_text())
             return {k: r[k] for k in ("accuracy", "macro_f1", "recipe", "backbone", "f1")} | {
                 "same_run_as": "ours (the decoder recipe was not screened)"}, r["run"].split()
-    return run_ours(work / "data", work / "minilm", ["--model.name_or_path", "minilm-l6", *override])
+    return run_ours(data, runs / "minilm", ["--model.name_or_path", "minilm-l6", *override])
 
 
 def _scores(pred, gold, names) -> dict:
@@ -193,14 +194,24 @@ def run_peer(data: Path, seed: int) -> dict:
     return _scores([names[i] for i in pred], ty, names)
 
 
-def result_path(task: str, method: str, seed: int) -> Path:
-    return RESULTS / f"issue38_{task}_{method}_seed{seed}.json"
+def git_commit() -> str:
+    """The commit the run used, with "+changes" when the checkout differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+def result_path(task: str, method: str, seed: int, tag: str = "") -> Path:
+    return RESULTS / f"issue38_{task}_{method}{'_' + tag if tag else ''}_seed{seed}.json"
 
 
 def report(seed: int) -> None:
     rows = {}
     for f in sorted(RESULTS.glob(f"issue38_*_seed{seed}.json")):
         r = json.loads(f.read_text())
+        if r.get("tag"):  # a lever's row (--tag): in docs/benchmarks.md, not in the table
+            continue
         rows.setdefault(r["task"], {})[r["method"]] = r
     if not rows:
         print("no results yet")
@@ -236,6 +247,7 @@ def main():
     ap.add_argument("--work", default="runs/bench_tasks")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--override", action="append", default=[], help="an extra argument for ours and minilm")
+    ap.add_argument("--tag", default="", help="a lever's name: its rows are written beside the table's, not in it")
     args = ap.parse_args()
     if args.report:
         report(args.seed)
@@ -243,6 +255,7 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.tasks.split(","):
         work = Path(args.work) / f"{task}_seed{args.seed}"
+        runs = work / args.tag if args.tag else work
         sizes = make_task(task, args.seed, work / "data")
         print(f"== {task}: {sizes['classes']} classes, {sizes['train']} labelled rows, {sizes['test']} test, "
               f"{sizes['pool']} unlabelled", flush=True)
@@ -250,9 +263,9 @@ def main():
             t0 = time.perf_counter()
             cmd = None
             if method == "ours":
-                res, cmd = run_ours(work / "data", work / "ours", args.override)
+                res, cmd = run_ours(work / "data", runs / "ours", args.override)
             elif method == "minilm":
-                res, cmd = minilm_row(task, args.seed, work, args.override)
+                res, cmd = minilm_row(task, args.seed, work / "data", runs, args.override, args.tag)
             elif method == "probe":
                 res = run_probe(work / "data")
             elif method == "setfit":
@@ -261,12 +274,14 @@ def main():
                 res = run_peer(work / "data", args.seed)
             else:
                 raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
-            res.update(task=task, method=method, seed=args.seed, sizes=sizes, minutes=(time.perf_counter() - t0) / 60,
+            res.update(task=task, method=method, seed=args.seed, sizes=sizes, tag=args.tag, minutes=(time.perf_counter() - t0) / 60,
                        date=datetime.date.today().isoformat(),
                        command=" ".join(["python", "scripts/bench_tasks.py", "--tasks", task, "--methods", method,
-                                         "--seed", str(args.seed), *[f"--override={o}" for o in args.override]]),
+                                         "--seed", str(args.seed), *[f"--override={o}" for o in args.override],
+                                         *(["--tag", args.tag] if args.tag else [])]),
+                       commit=git_commit(),
                        run=cmd and " ".join(str(c) for c in cmd))
-            result_path(task, method, args.seed).write_text(json.dumps(res, indent=1) + "\n")
+            result_path(task, method, args.seed, args.tag).write_text(json.dumps(res, indent=1) + "\n")
             print(f"   {method}: accuracy {100 * res['accuracy']:.1f}, macro-F1 {100 * res['macro_f1']:.1f}, "
                   f"{res['minutes']:.1f} min", flush=True)
     report(args.seed)

@@ -26,7 +26,7 @@ from autogpt_jax.config import load_config
 from autogpt_jax.errors import DataError
 from autogpt_jax.export_format import load_classifier
 from autogpt_jax.pipeline import run_pipeline
-from autogpt_jax.selection import with_default_recipe
+from autogpt_jax.selection import cli_value, with_default_recipe
 
 
 def _column(x: Any, what: str) -> list:
@@ -78,7 +78,7 @@ class FewShotClassifier:
         for key, path in files.items():
             argv += [f"--data.{key}", str(path)]
         for key, v in self.recipe.items():
-            argv += [f"--{key}", "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)]
+            argv += [f"--{key}", cli_value(v)]
         return with_default_recipe(argv)
 
     def fit(self, texts: Iterable[str], labels: Iterable, unlabeled: Iterable[str] | None = None,

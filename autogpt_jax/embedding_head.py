@@ -27,6 +27,7 @@ from flax import nnx
 
 from autogpt_jax.data import batching
 from autogpt_jax.errors import ConfigError
+from autogpt_jax.evaluation import log_loss
 from autogpt_jax.training import objectives
 
 Array = jax.Array
@@ -105,6 +106,12 @@ def logits(fit: ProbeFit, X_NxD: np.ndarray) -> np.ndarray:
     return np.asarray(X_NxD, np.float32) @ fit.W + fit.b
 
 
+def head_logits(model, X_NxD: np.ndarray) -> np.ndarray:
+    """What ``model``'s classification head gives for mean-pooled embeddings ``X_NxD`` (no dropout)."""
+    W, b = (np.asarray(jax.device_get(v[...]), np.float32) for v in (model.classifier.kernel, model.classifier.bias))
+    return logits(ProbeFit(W, b, 0.0), X_NxD)
+
+
 def choose_probe(X_tr, y_tr, X_dev, y_dev, n_classes: int, l2_grid: tuple[float, ...], *, balance: bool
                  ) -> tuple[ProbeFit, list[dict]]:
     """The logistic head of each L2 strength fitted on train, the best on dev kept (accuracy, ties
@@ -115,9 +122,8 @@ def choose_probe(X_tr, y_tr, X_dev, y_dev, n_classes: int, l2_grid: tuple[float,
         W, b = fit_logistic(X_tr, y_tr, n_classes, l2=l2, weights_N=w)
         f = ProbeFit(W, b, l2)
         lg = logits(f, X_dev)
-        logp = np.asarray(jax.nn.log_softmax(jnp.asarray(lg), axis=-1))
         acc = float((lg.argmax(-1) == y_dev).mean()) if len(y_dev) else 0.0
-        ll = float(-logp[np.arange(len(y_dev)), y_dev].mean()) if len(y_dev) else 0.0
+        ll = log_loss(lg, y_dev)
         rows.append({"l2": l2, "dev_accuracy": acc, "dev_log_loss": ll})
         key = (acc, -ll)
         if best_key is None or key > best_key:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autogpt_jax.config import Config, load_config
-from autogpt_jax.config.cli import valid_keys
 from autogpt_jax.data.task import class_names
 from autogpt_jax.errors import ConfigError
 from autogpt_jax.models import hub
@@ -38,13 +37,13 @@ OWN_KEYS = ("output_dir", "stages", "eval.seeds")
 
 def recipe_path(entry: str) -> str:
     """A select.configs entry: a config file, or the name of a packaged recipe (encoder, decoder)."""
+    if Path(entry).is_file():
+        return entry
     packaged = RECIPES_DIR / f"{entry}.yaml"
-    if not Path(entry).is_file() and packaged.is_file():
+    if packaged.is_file():
         return str(packaged)
-    if not Path(entry).is_file():
-        names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-        raise ConfigError(f"select.configs: {entry!r} is neither a config file nor a packaged recipe ({names})")
-    return entry
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"select.configs: {entry!r} is neither a config file nor a packaged recipe ({names})")
 
 
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet")
@@ -82,7 +81,8 @@ def candidates(cfg: Config) -> list[str]:
     return [recipe_path(c) for c in AUTO_RECIPES]
 
 
-def _cli_value(v: Any) -> str:
+def cli_value(v: Any) -> str:
+    """A config value as the command line writes it."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -92,8 +92,7 @@ def _cli_value(v: Any) -> str:
 
 def forwarded(cfg: Config) -> list[str]:
     """The selecting config's given settings as command-line overrides for a candidate."""
-    keys = set(valid_keys())
-    out: list[str] = []
+    out: list[str] = []  # cfg.given holds only keys load_config validated
     for key in cfg.given:
         if key.startswith("select.") or key in OWN_KEYS:
             continue
@@ -103,9 +102,7 @@ def forwarded(cfg: Config) -> list[str]:
                               "that model, or drop model.name_or_path to screen the candidates")
         if key == "model.name_or_path":
             continue
-        if key not in keys:
-            raise ConfigError(f"{key} cannot be forwarded to the candidates of select.configs")
-        out += [f"--{key}", _cli_value(config_values(cfg, (key,))[key])]
+        out += [f"--{key}", cli_value(config_values(cfg, (key,))[key])]
     return out
 
 

@@ -218,18 +218,27 @@ def paraphrase_templates(model, tok, templates: list[str], per_template: int, se
         line = instruction_line(source)
         if line is None:
             continue
-        found: list[str] = []
-        for t in range(tries):
-            replies = generate_text(model, tok, [PARAPHRASE_REQUEST.format(line=line)] * per_template,
-                                    max_new_tokens=48, temperature=0.8, top_p=0.95, seed=seed + 101 * t)
-            for r in replies:
-                p_ = usable_paraphrase(r, line)
-                if p_ is not None and p_ not in found and len(found) < per_template:
-                    found.append(p_)
-            if len(found) >= per_template:
-                break
+        found = generate_usable(model, tok, PARAPHRASE_REQUEST.format(line=line), per_template,
+                                lambda r: usable_paraphrase(r, line), seed=seed, seed_step=101, tries=tries,
+                                max_new_tokens=48)
         out += [source.replace(line, p_, 1) for p_ in found]
     return [t for t in dict.fromkeys(out) if t not in templates]
+
+
+def generate_usable(model, tok, request: str, n: int, usable: Callable[[str], str | None], *, seed: int,
+                    seed_step: int, tries: int, max_new_tokens: int) -> list[str]:
+    """Up to ``n`` distinct usable lines the model writes for ``request`` (``n`` replies sampled at
+    temperature 0.8 per try, each kept when ``usable`` returns a line, at most ``tries`` tries)."""
+    found: list[str] = []
+    for t in range(tries):
+        for reply in generate_text(model, tok, [request] * n, max_new_tokens=max_new_tokens, temperature=0.8,
+                                   top_p=0.95, seed=seed + seed_step * t):
+            line = usable(reply)
+            if line is not None and line not in found and len(found) < n:
+                found.append(line)
+        if len(found) >= n:
+            break
+    return found
 
 
 INSTRUCTION_REQUEST = ("Here are some texts, each with its category.\n\n{examples}\n\nWrite one short instruction "
@@ -263,15 +272,8 @@ def written_templates(model, tok, train, names: list[str], n: int, seed: int, *,
     picked = [i for c in range(len(names)) for i in [j for j in order if labels[j] == c][:per_class]][:24]
     examples = "\n\n".join(f"Text: {' '.join(texts[i].split()[:40])}\nCategory: {names[labels[i]]}" for i in picked)
     request = INSTRUCTION_REQUEST.format(examples=examples)
-    found: list[str] = []
-    for t in range(tries):
-        for reply in generate_text(model, tok, [request] * n, max_new_tokens=40, temperature=0.8, top_p=0.95,
-                                   seed=seed + 131 * t):
-            line = usable_instruction(reply)
-            if line is not None and line not in found and len(found) < n:
-                found.append(line)
-        if len(found) >= n:
-            break
+    found = generate_usable(model, tok, request, n, usable_instruction, seed=seed, seed_step=131, tries=tries,
+                            max_new_tokens=40)
     return [WRITTEN_TEMPLATE.replace("{instruction}", line) for line in found]
 
 

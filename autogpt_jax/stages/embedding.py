@@ -16,7 +16,7 @@ from autogpt_jax.config import OptimConfig
 from autogpt_jax.data import batching
 from autogpt_jax.data.task import Task
 from autogpt_jax.ensemble import Ensemble, member_weights
-from autogpt_jax.evaluation import evaluate
+from autogpt_jax.evaluation import evaluate, log_softmax
 from autogpt_jax.pseudolabels import pool_subset, select_confident
 from autogpt_jax.stages import finetune
 from autogpt_jax.stages.context import RunContext, SeedState
@@ -59,10 +59,7 @@ def pool_rows(ctx: RunContext, task: Task, model) -> tuple[list[str], np.ndarray
     if not texts:
         return None
     X = _embed(ctx, model, texts)
-    clf = ctx.classifier("head", model, task, None, None)
-    logits = clf.logits(texts, ctx.cfg.eval.batch_size, progress=ctx.bar("finetune: labelling the pool"))
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+    probs = np.exp(log_softmax(eh.head_logits(model, X)))  # the head's logits: linear in the pooled embeddings
     sel = select_confident(probs, fc.pool_labels, 0.0)
     return ([texts[i] for i in sel], X[sel], probs[sel].argmax(-1)) if len(sel) else None
 
@@ -91,6 +88,22 @@ def setfit(ctx: RunContext, task: Task, model) -> tuple[Any, dict]:
     return m, {**rep, "contrastive": run}
 
 
+def refit_candidate(ctx: RunContext, state: SeedState, name: str, chosen: dict, data: tuple[list[str], np.ndarray],
+                    pseudo: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> tuple[Any, dict]:
+    """Candidate ``name`` trained again on ``data`` (every labelled row) with what dev chose for it
+    (``pseudo``: the kept pool texts, their embeddings and labels); the model and what it ran."""
+    task, model, fc = state.task, state.model, ctx.cfg.finetune
+    if name == "probe":
+        return probe(ctx, task, model, l2=chosen["l2"], data=data, extra=pseudo and pseudo[1:])
+    if name == "setfit":
+        tuned, _ = contrastive(ctx, task, model, data=data, stage="setfit-refit")
+        extra = pseudo and (_embed(ctx, tuned, pseudo[0]), pseudo[2])  # the tuned encoder's embeddings
+        return probe(ctx, task, tuned, l2=chosen["l2"], data=data, extra=extra)
+    m, r = finetune.refit(ctx, task, model, state.prompt_mode, state.template, state.verbalizer, {"chosen": chosen},
+                          fc.mlm_weight)
+    return m, r["refit"]
+
+
 def _classifier(ctx: RunContext, state: SeedState, name: str, model):
     if name in ("probe", "setfit"):
         return ctx.classifier("head", model, state.task, None, None)
@@ -116,15 +129,7 @@ def _combined_result(ctx: RunContext, state: SeedState, found: dict[str, tuple[A
     models = {n: m for n, (m, _) in found.items()}
     if task.dev_held_out and fc.refit:
         data = task.all_labelled()
-        for n, (_, r) in found.items():
-            if n == "probe":
-                models[n] = probe(ctx, task, model, l2=r["l2"], data=data)[0]
-            elif n == "setfit":
-                models[n] = probe(ctx, task, contrastive(ctx, task, model, data=data, stage="setfit-refit")[0],
-                                  l2=r["l2"], data=data)[0]
-            else:
-                models[n] = finetune.refit(ctx, task, model, state.prompt_mode, state.template, state.verbalizer,
-                                           {"chosen": r}, fc.mlm_weight)[0]
+        models = {n: refit_candidate(ctx, state, n, r, data)[0] for n, (_, r) in found.items()}
         rep["refit"] = {"rows": len(data[0])}
     ens, _ = combined(ctx, state, models, found)
     first = ens.members[0]
@@ -172,15 +177,6 @@ def run(ctx: RunContext, state: SeedState) -> SeedState:
                 pseudo = None
     if task.dev_held_out and fc.refit:  # the chosen recipe again, on every labelled row
         data = task.all_labelled()
-        if name == "probe":
-            best, r = probe(ctx, task, model, l2=chosen["l2"], data=data, extra=pseudo and pseudo[1:])
-        elif name == "setfit":
-            tuned, run_ = contrastive(ctx, task, model, data=data, stage="setfit-refit")
-            extra = pseudo and (_embed(ctx, tuned, pseudo[0]), pseudo[2])  # the tuned encoder's embeddings
-            best, r = probe(ctx, task, tuned, l2=chosen["l2"], data=data, extra=extra)
-        else:
-            best, r = finetune.refit(ctx, task, model, mode, state.template, state.verbalizer,
-                                     {"chosen": chosen}, fc.mlm_weight)
-            r = r["refit"]
+        best, r = refit_candidate(ctx, state, name, chosen, data, pseudo)
         rep["refit"] = {"rows": len(data[0]), **{k: v for k, v in r.items() if k in ("l2", "steps", "wall_time_s")}}
     return state.record("finetune", rep, model=best, finetune=chosen, classifier=None, pretuned=model, mode=mode)

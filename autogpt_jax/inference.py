@@ -27,8 +27,8 @@ MEMO = 4  # the logits of the last few text lists each classifier keeps (evaluat
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode", "pooling", "scale"))
-def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, protos, prefix, *,
-                  mode, pooling, scale):
+def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_ids, label_wts, protos, prefix, tree,
+                  *, mode, pooling, scale):
     # Module-level and keyed on the graph definition: every Classifier over the same architecture
     # (each evaluation during fine-tuning builds one) reuses the compiled function per shape.
     model = nnx.merge(graphdef, state)
@@ -36,7 +36,7 @@ def _class_logits(graphdef, state, input_ids, attention_mask, mask_pos, label_id
         return objectives.similarity_logits(model, input_ids, attention_mask, protos, scale)
     if mode == "prompt":
         return objectives.prompt_class_logits(model, input_ids, attention_mask, mask_pos, label_ids, label_wts,
-                                              prefix_P=prefix)
+                                              prefix_P=prefix, tree=tree)
     h = model(input_ids, attention_mask)
     return model.classify(h, attention_mask, pooling=pooling)
 
@@ -85,8 +85,10 @@ class Classifier:
         self._wts = None if self.label_word_weights is None else jnp.asarray(self.label_word_weights)
         self._protos = None
         self._prefix = None  # decoders: the prompt prefix shared by every input, run once per batch
+        self._tree = None  # decoders' multi-token label words: their continuation tree
         if self.mode == "prompt" and is_decoder(self.model):
             self._prefix = jnp.asarray(self.template.causal_prefix(self.tokenizer))
+            self._tree = objectives.table_tree(self.label_word_ids)
         if self.mode == "similarity":
             if self.descriptions is None:
                 raise ValueError("similarity mode needs the class descriptions")
@@ -128,15 +130,15 @@ class Classifier:
         return shd.put_rows(arrays, self.mesh, rows)
 
     def _tables(self) -> tuple:
-        tables = (self._ids, self._wts, self._protos, self._prefix)
+        tables = (self._ids, self._wts, self._protos, self._prefix, self._tree)
         if self.mesh is None:
             return tables
         rep = shd.replicated(self.mesh)
-        return tuple(None if t is None else jax.device_put(t, rep) for t in tables)
+        return tuple(None if t is None else jax.tree.map(lambda a: jax.device_put(a, rep), t) for t in tables)
 
     def _logits(self, seqs, mask_pos, out, pad: int, batch_size: int, bar) -> np.ndarray:
         div = 1 if self.mesh is None else shd.batch_divisor(self.mesh)
-        ids, wts, protos, prefix = self._tables()
+        ids, wts, protos, prefix, tree = self._tables()
         if self.pack and self._prefix is not None and self._ids.shape[-1] == 1:
             row_len = max(128, batching.bucket_length(max(len(s_) for s_ in seqs), batching.EVAL_BUCKETS))
             # about as many tokens per call as padded batches
@@ -152,7 +154,7 @@ class Classifier:
             src = np.where(real, idx, idx[0])
             b = self._put({**b, "mask_pos": mask_pos[src]}, bs)
             lg = _class_logits(self._graphdef, self._state, b["input_ids"], b["attention_mask"], b["mask_pos"], ids,
-                               wts, protos, prefix, mode=self.mode, pooling=self.pooling, scale=float(self.scale))
+                               wts, protos, prefix, tree, mode=self.mode, pooling=self.pooling, scale=float(self.scale))
             out[idx[real]] = shd.to_host(lg)[real]
             bar.update(int(real.sum()))
         return out

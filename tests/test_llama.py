@@ -14,6 +14,7 @@ from autogpt_jax.errors import ModelLoadError
 from autogpt_jax.models import hf
 from autogpt_jax.models.generation import generate, generate_text
 from autogpt_jax.models.scan import stack_layers
+from autogpt_jax.training import objectives
 
 
 def _torch_logits(path, ids, mask=None, gguf_file=None):
@@ -250,14 +251,18 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
 
     for i, (s, p) in enumerate(zip(seqs, pos)):
         np.testing.assert_allclose(fast[i], full_logits(s)[p, ids[:, 0, 0]], atol=1e-4)
-    # Multi-token words (two classes may share a first token): each word scores its whole
-    # log-likelihood, computed in one pass with the words as a tree of continuations; a class
-    # scores the mean over its words.
-    verb = Verbalizer((("terribly awful", "bad"), ("goodish", "good")))
+    # Multi-token words (two classes may share a first token, words may share a beginning): each
+    # word scores its whole log-likelihood, every step's distribution taken over the words' own
+    # tokens, computed in one pass with the words as a tree of continuations (shared beginnings
+    # run once); a class scores the mean over its words.
+    verb = Verbalizer((("terribly awful", "terribly bad indeed", "bad"), ("goodish", "good", "terribly good")))
     ids, w = verb.sequence_table(smollm2_tokenizer, leading_space=True)
-    assert ids.shape[2] >= 2
+    assert ids.shape[2] >= 3
+    tree = objectives.table_tree(ids)
+    assert tree.cont_M.shape[0] < int((ids[..., 1:] >= 0).sum())  # shared beginnings: fewer nodes than tokens
     clf = Classifier(model, smollm2_tokenizer, ["neg", "pos"], "prompt", t, ids, w, max_length=64)
     fast = clf.logits(texts)
+    vocab = np.unique(ids[ids >= 0])
     for i, (s, p) in enumerate(zip(seqs, pos)):
         want = []
         for c in range(2):
@@ -265,8 +270,8 @@ def test_shared_prefix_scoring_equals_full_sequences(tiny_llama_dir, smollm2_tok
             for word in verb.words[c]:
                 wt = smollm2_tokenizer(" " + word, add_special_tokens=False)["input_ids"]
                 full = np.concatenate([s[: p + 1], wt]).astype(np.int32)
-                lp = np.asarray(jax.nn.log_softmax(jnp.asarray(full_logits(full)), -1))
-                lls.append(sum(lp[p + j, t_] for j, t_ in enumerate(wt)))
+                lp = np.asarray(jax.nn.log_softmax(jnp.asarray(full_logits(full)[:, vocab]), -1))
+                lls.append(sum(lp[p + j, np.searchsorted(vocab, t_)] for j, t_ in enumerate(wt)))
             want.append(np.mean(lls))
         np.testing.assert_allclose(fast[i], want, atol=1e-4)
 

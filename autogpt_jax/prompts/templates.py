@@ -138,9 +138,10 @@ class Template:
 
     def _encode_causal(self, tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], np.ndarray]:
         head, lead, tail = self._causal_split(tokenizer)
-        # max_length bounds each input's own prompt: the shared demonstrations do not count.
-        own = len(dataclasses.replace(self, demos=())._causal_split(tokenizer)[0]) if self.demos else len(head)
-        budget = max_length - own - len(tail)
+        # max_length bounds each input's own tokens: the text, what follows it, and the last shared
+        # token. The shared prefix (chat preamble, instructions, a label list, demonstrations) runs
+        # once per batch (``causal_prefix``) and does not count.
+        budget = max_length - 1 - len(tail)
         if budget < 1:
             raise ConfigError(f"template {self.source!r} leaves no room for the text at max_length {max_length}")
         body = tokenizer([lead + t for t in texts], add_special_tokens=False, truncation=True,

@@ -8,7 +8,7 @@ the label words only.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,46 +142,98 @@ def _decoder_hidden(model, input_ids_BxL: Array, attention_mask_BxL: Array, rngs
     return model(input_ids_BxL, attention_mask_BxL, cache=cache, rngs=rngs, **kw)[0]
 
 
-def word_logprobs(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, words_NxT: Array, rngs=None,
-                  prefix_P: Array | None = None) -> Array:
-    """log P(word | prompt) B×N of N candidate words of up to T tokens (padded with -1) as the
-    decoder's continuation after position ``pos_B``: the sum of each token's log-probability.
+def table_tree(label_ids) -> "ContinuationTree | None":
+    """The continuation tree of a decoder's multi-token label-word table (C × W × T, T > 1), else None."""
+    a = np.asarray(label_ids)
+    return continuation_tree(a.reshape(-1, a.shape[-1])) if a.ndim == 3 and a.shape[-1] > 1 else None
 
-    One forward pass: every word's first T−1 tokens are appended to each row and attend to the
-    prompt and to their own word's earlier tokens only (a tree of continuations), at the positions
-    they would have after the prompt.
+
+class ContinuationTree(NamedTuple):
+    """N label words of up to T tokens as one tree of continuations after the prompt (built from a
+    concrete table by :func:`continuation_tree`; its arrays may then be traced).
+
+    cont_M, depth_M: the M tree nodes -- every distinct proper prefix of a word, by its last token
+    and its distance from the prompt's end (words that share a beginning share its nodes);
+    anc_MxM: node m attends to node a (a is m or an ancestor); read_NxT: where word n's token t is
+    predicted (0: the prompt's last position, 1 + m: node m); vocab_U: the distinct tokens of the
+    words; tok_NxT: each token's index in vocab_U (-1: padding)."""
+
+    cont_M: Array
+    depth_M: Array
+    anc_MxM: Array
+    read_NxT: Array
+    vocab_U: Array
+    tok_NxT: Array
+
+
+def continuation_tree(words_NxT) -> ContinuationTree:
+    w = np.asarray(words_NxT)
+    N, T = w.shape
+    node: dict[tuple[int, ...], int] = {}
+    cont, depth, parent = [], [], []
+    read = np.zeros((N, T), np.int32)
+    for n in range(N):
+        seq = [int(x) for x in w[n] if x >= 0]
+        for t in range(1, len(seq)):
+            key = tuple(seq[:t])
+            if key not in node:
+                node[key] = len(cont)
+                cont.append(seq[t - 1])
+                depth.append(t - 1)
+                parent.append(node.get(key[:-1], -1))
+            read[n, t] = 1 + node[key]
+    anc = np.zeros((len(cont), len(cont)), bool)
+    for m in range(len(cont)):
+        a = m
+        while a >= 0:
+            anc[m, a] = True
+            a = parent[a]
+    vocab, inv = np.unique(np.where(w >= 0, w, -1), return_inverse=True)
+    tok = np.where(w >= 0, inv.reshape(N, T) - int(vocab[0] < 0), -1).astype(np.int32)
+    return ContinuationTree(np.asarray(cont, np.int32), np.asarray(depth, np.int32), anc, read,
+                            vocab[vocab >= 0].astype(np.int32), tok)
+
+
+def word_logprobs(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, tree: ContinuationTree,
+                  rngs=None, prefix_P: Array | None = None) -> Array:
+    """log P(word | prompt) B×N of the tree's N words as the decoder's continuation after position
+    ``pos_B``: the sum of each token's log-probability, each step's distribution taken over the
+    words' own tokens (U of them) rather than the whole vocabulary -- as single-token words are
+    scored (their logits, softmaxed over the classes) -- so the LM head costs U rows, not V.
+
+    One forward pass: the tree's M nodes are appended to each row and attend to the prompt and to
+    their ancestors only, at the positions they would have after the prompt; words that begin
+    alike share those nodes.
     """
     B, L = input_ids_BxL.shape
-    N, T = words_NxT.shape
-    M = N * (T - 1)
-    cont_M = jnp.maximum(words_NxT[:, :-1], 0).reshape(-1)
+    cont_M, depth_M, anc_MxM, read_NxT, vocab_U, tok_NxT = (jnp.asarray(a) for a in tree)
+    M = cont_M.shape[0]
     ids = jnp.concatenate([input_ids_BxL, jnp.broadcast_to(cont_M[None], (B, M)).astype(input_ids_BxL.dtype)], 1)
     mask = jnp.concatenate([attention_mask_BxL.astype(jnp.int32), jnp.ones((B, M), jnp.int32)], 1)
-    word_M, step_M = jnp.repeat(jnp.arange(N), T - 1), jnp.tile(jnp.arange(T - 1), N)
     pos_BxL = jnp.maximum(jnp.cumsum(attention_mask_BxL.astype(jnp.int32), axis=1) - 1, 0)
-    positions = jnp.concatenate([pos_BxL, pos_B[:, None].astype(jnp.int32) + 1 + step_M[None]], 1)
+    positions = jnp.concatenate([pos_BxL, pos_B[:, None].astype(jnp.int32) + 1 + depth_M[None]], 1)
     causal_LxL = jnp.tril(jnp.ones((L, L), bool))
-    tree_MxM = (word_M[:, None] == word_M[None]) & (step_M[None] <= step_M[:, None])
-    block = jnp.block([[causal_LxL, jnp.zeros((L, M), bool)], [jnp.ones((M, L), bool), tree_MxM]])
+    block = jnp.block([[causal_LxL, jnp.zeros((L, M), bool)], [jnp.ones((M, L), bool), anc_MxM]])
     h_BxSxD = _decoder_hidden(model, ids, mask, rngs, prefix_P, positions_BxL=positions,
                               block_mask_BxLxL=jnp.broadcast_to(block[None], (B, L + M, L + M)))
     h_first_BxD = jnp.take_along_axis(h_BxSxD, pos_B[:, None, None].astype(jnp.int32), axis=1)[:, 0]
-    h_BxNxTxD = jnp.concatenate([h_first_BxD[:, None, None].repeat(N, 1),
-                                 h_BxSxD[:, L:].reshape(B, N, T - 1, -1)], axis=2)
-    logp_BxNxTxV = jax.nn.log_softmax(model.logits(h_BxNxTxD), axis=-1)
-    tok_NxT = jnp.maximum(words_NxT, 0)
-    lp_BxNxT = jnp.take_along_axis(logp_BxNxTxV, jnp.broadcast_to(tok_NxT[None, ..., None], (B, N, T, 1)), -1)[..., 0]
-    return jnp.sum(jnp.where(words_NxT[None] >= 0, lp_BxNxT, 0.0), axis=-1)
+    h_Bx1MxD = jnp.concatenate([h_first_BxD[:, None], h_BxSxD[:, L:]], axis=1)
+    logp_Bx1MxU = jax.nn.log_softmax(model.logits(h_Bx1MxD, vocab_U), axis=-1)
+    lp_BxNxT = logp_Bx1MxU[:, read_NxT, jnp.maximum(tok_NxT, 0)]
+    return jnp.sum(jnp.where(tok_NxT[None] >= 0, lp_BxNxT, 0.0), axis=-1)
 
 
 def prompt_class_logits(model, input_ids_BxL: Array, attention_mask_BxL: Array, pos_B: Array, label_ids: Array,
-                        label_wts: Array | None, rngs=None, prefix_P: Array | None = None) -> Array:
+                        label_wts: Array | None, rngs=None, prefix_P: Array | None = None,
+                        tree: ContinuationTree | None = None) -> Array:
     """Class scores B×C of a prompt: the label words' logits at the mask (encoders) or as the next
     token (decoders, ``label_ids`` C×W×T). Decoders' multi-token words (T > 1) score their whole
-    log-likelihood (``word_logprobs``); single-token words their next-token logit."""
+    log-likelihood (``word_logprobs``; ``tree``: the table's continuation tree, built from a
+    concrete table when not given); single-token words their next-token logit."""
     if label_ids.ndim == 3 and label_ids.shape[-1] > 1:
         C, W, T = label_ids.shape
-        lp_BxCxW = word_logprobs(model, input_ids_BxL, attention_mask_BxL, pos_B, label_ids.reshape(C * W, T), rngs,
+        tree = tree if tree is not None else continuation_tree(np.asarray(label_ids).reshape(C * W, T))
+        lp_BxCxW = word_logprobs(model, input_ids_BxL, attention_mask_BxL, pos_B, tree, rngs,
                                  prefix_P).reshape(-1, C, W)
         w_CxW = jnp.ones((C, W)) if label_wts is None else label_wts
         w_CxW = w_CxW / jnp.maximum(w_CxW.sum(-1, keepdims=True), 1e-9)
@@ -247,10 +299,11 @@ def cloze_class_logits(label_word_ids, label_word_weights, prefix_P=None) -> Cal
     (input_ids, attention_mask, mask_pos), the label-word table a constant."""
     ids, wts = jnp.asarray(label_word_ids), jnp.asarray(label_word_weights)
     prefix = None if prefix_P is None else jnp.asarray(prefix_P, jnp.int32)
+    tree = table_tree(label_word_ids)
 
     def fn(model, batch: dict, rngs=None) -> Array:
         return prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids, wts,
-                                   rngs, prefix)
+                                   rngs, prefix, tree)
 
     return keyed(fn, "cloze_logits", ids, wts, prefix)
 
@@ -303,13 +356,14 @@ def make_cloze_loss(label_word_ids_CxW, label_word_weights_CxW, prefix_P=None) -
     ids = jnp.asarray(label_word_ids_CxW)
     wts = jnp.asarray(label_word_weights_CxW)
     prefix = None if prefix_P is None else jnp.asarray(prefix_P, jnp.int32)
+    tree = table_tree(label_word_ids_CxW)
 
     def loss(model, batch: dict, rngs=None) -> tuple[Array, dict]:
         if "segments" in batch:  # decoder examples packed into rows (data.batching.PackedExampleBatches)
             logits_BxC = packed_class_logits(model, batch, ids, wts, rngs, prefix)
         else:
             logits_BxC = prompt_class_logits(model, batch["input_ids"], batch["attention_mask"], batch["mask_pos"], ids,
-                                             wts, rngs, prefix)
+                                             wts, rngs, prefix, tree)
         total, count = task_ce(logits_BxC, batch)
         return _mean(total, count), {"task_loss_sum": total, "count": count}
 

@@ -85,6 +85,16 @@ def write_meta(out_dir: str | Path, *, source_model: str, architecture: str, cla
     return path
 
 
+def join_ensemble(export_dir: str | Path, ensemble: dict) -> Path:
+    """Make the export in ``export_dir`` (member 0, at the top) an ensemble's: its metadata gains
+    ``ensemble`` (each member's directory relative to ``export_dir``, weight and provenance)."""
+    path = Path(export_dir) / META_FILE
+    meta = json.loads(path.read_text())
+    meta["ensemble"] = ensemble
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
 def load_classifier(model_dir: str | Path, *, scan_layers: bool | None = None) -> Classifier | Ensemble:
     """The exported model with its task metadata (labels, template, label words, head, bias); its
     layers scanned as ``model.scan_layers`` would (None: auto, by depth). An ensemble's export

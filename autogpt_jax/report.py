@@ -15,6 +15,11 @@ def print_report(report: dict) -> None:
         skipped = "; ".join(f"{c['config']} skipped ({c['reason']})" for c in sel.get("skipped", []))
         lines.append(f"backbone: {sel['model']} ({sel['chosen']})"
                      + (f"; screen dev accuracy %: {screened}" if screened else "") + (f"; {skipped}" if skipped else ""))
+        combo = sel.get("combination")
+        if combo:
+            lines.append(f"combination of the screened candidates: dev accuracy {100 * combo['dev_accuracy']:.1f}% "
+                         + ("(at least the best one's): every candidate trained, exported as one ensemble"
+                            if combo["chosen"] else "(below the best one's): the best one alone"))
     pre = report.get("pretrain")
     if pre:
         first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")
@@ -48,6 +53,10 @@ def print_report(report: dict) -> None:
                 + (f"; trained again on all {ft['refit']['rows']} labelled rows" if ft.get("refit") else ""))
         elif ft.get("refit"):
             lines.append(f"trained again on all {ft['refit']['rows']} labelled rows after choosing on dev")
+        if last.get("members"):
+            lines.append("ensemble of " + ", ".join(
+                f"{m['model']} (weight {m['weight']:.2f}" + (f", test {100 * m['test']:.1f}%" if m.get("test") is not None
+                                                              else "") + ")" for m in last["members"]))
         if "dev" in last and "test" not in last:
             lines.append(f"dev accuracy {100 * last['dev']['accuracy']:.1f}% (no --data.test_file: no test figure)")
         if last.get("prompt") and ft.get("mode", "prompt") not in ("probe", "setfit"):

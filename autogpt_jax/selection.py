@@ -8,20 +8,33 @@ task, prompt, any key) reaches every candidate, or the run stops naming the key 
 A candidate whose fixed label words do not fit the task's classes is refused before anything
 trains, never run on a task of its own.
 
+With ``select.combine`` the screened candidates, weighted by dev accuracy, are combined into one
+ensemble when the combination's dev accuracy is at least the best single one's: each then runs its
+own config (the best into output_dir, the others under output_dir/members/) and the export holds
+them all.
+
 ``run_one(cfg, reuse=None) -> PipelineRun`` runs one pipeline; it is passed in (by
 ``pipeline.run_pipeline``) so that this module does not import the pipeline that imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
+from autogpt_jax import export_format
 from autogpt_jax.config import Config, load_config
 from autogpt_jax.data.task import class_names
+from autogpt_jax.ensemble import Ensemble, combine, member_weights
 from autogpt_jax.errors import ConfigError
+from autogpt_jax.evaluation import evaluate, log_loss, mean_std
 from autogpt_jax.models import hub
 from autogpt_jax.prompts.search import parse_label_words
 from autogpt_jax.stages.context import config_values
@@ -140,15 +153,23 @@ def select_backbone(cfg: Config, run_one: Callable[..., Any]):
         plans.append((path, cand))
     if not plans:
         raise ConfigError(f"select: no candidate fits a task of {len(names)} classes ({skipped})")
+    combining, devs = cfg.select.combine and len(plans) > 1, {}
     # One candidate left of the packaged ones: nothing to choose, so no screen (a listed config is screened).
     for path, cand in plans if len(plans) > 1 or cfg.select.config_list else []:
         t = time.perf_counter()
+        # With select.combine the screen also scores dev once more (stage evaluate, no test rows), so
+        # that the candidates' combination can be scored on the same rows.
         screen = load_config(["--config_path", path, *common, "--output_dir", str(out / "select" / Path(path).stem),
-                              "--stages", "finetune", "--eval.compare", "false", "--finetune.refit", "false",
+                              "--stages", "finetune,evaluate" if combining else "finetune", "--data.max_test", "0",
+                              "--eval.compare", "false", "--finetune.refit", "false",
                               "--finetune.learning_rates", repr(cand.finetune.lr_grid[0]),
                               "--finetune.steps", str(cfg.select.steps or cand.finetune.steps)])
         srun = run_one(screen)
         chosen = srun.exported.finetune
+        if combining:
+            s_ = srun.exported
+            devs[path] = (s_.classifier.logits(list(s_.task.dev["text"]), cfg.eval.batch_size),
+                          np.asarray(s_.task.dev["label"]))
         # The winner's own run can start from this screen when the screen is exactly its first grid
         # point: same steps, no adaptation or joint loss before it, fixed template and label words.
         if (screen.finetune.steps == cand.finetune.steps and "adapt" not in cand.stage_list
@@ -162,14 +183,75 @@ def select_backbone(cfg: Config, run_one: Callable[..., Any]):
         del srun
         log.warning("select: %s (%s) dev accuracy %.3f", path, rows[-1]["model"], chosen["best_dev_accuracy"])
     # Dev accuracy moves in steps of 1/|dev|: ties go to the lower dev log-loss (then the earlier).
-    best = max(rows, key=lambda r: (r["dev_accuracy"], -(r["dev_log_loss"] or 0.0))) if rows else {
-        "config": plans[0][0], "model": plans[0][1].model.name_or_path}
+    ranked = sorted(rows, key=lambda r: (r["dev_accuracy"], -(r["dev_log_loss"] or 0.0)), reverse=True)
+    best = ranked[0] if rows else {"config": plans[0][0], "model": plans[0][1].model.name_or_path}
+    combo = _combination(ranked, devs) if combining else None
     extra = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
     if cfg.stages is not None:  # stages set on the selecting config (or its command line) win
         extra += ["--stages", cfg.stages]
     run = run_one(load_config(["--config_path", best["config"], *common, *extra, "--output_dir", str(out)]),
                   reuse=screens.pop(best["config"], None))
-    run.report["backbone_selection"] = {"chosen": best["config"], "model": best["model"], "candidates": rows,
-                                        "skipped": skipped, "forwarded": forwarded(cfg)}
+    sel = {"chosen": best["config"], "model": best["model"], "candidates": rows, "skipped": skipped,
+           "forwarded": forwarded(cfg)}
+    if combo is not None:
+        sel["combination"] = combo
+        if combo["chosen"]:
+            others = [run_one(load_config(["--config_path", r["config"], *common, *extra, "--output_dir",
+                                           str(out / "members" / Path(r["config"]).stem)])) for r in ranked[1:]]
+            run = combined_run([run, *others], combo["weights"], cfg.eval.batch_size)
+    run.report["backbone_selection"] = sel
     run.write_report()
     return run
+
+
+def _combination(ranked: list[dict], devs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The screened candidates (best first) as one ensemble weighted by dev accuracy, scored on the
+    screen's dev rows; chosen when its dev accuracy is at least the best single candidate's."""
+    weights = member_weights([r["dev_accuracy"] for r in ranked], "dev")
+    logits = combine([devs[r["config"]][0] for r in ranked], weights)
+    gold = devs[ranked[0]["config"]][1]
+    acc = float((logits.argmax(-1) == gold).mean())
+    return {"configs": [r["config"] for r in ranked], "weights": [float(w) for w in weights], "dev_accuracy": acc,
+            "dev_log_loss": log_loss(logits, gold), "chosen": acc >= ranked[0]["dev_accuracy"]}
+
+
+def combined_run(runs: list, weights: list[float], batch_size: int):
+    """One task model from several finished runs (the first ran into the output directory): their
+    classifiers as one ensemble, weighted (an ensemble member's own weight scaled by its run's),
+    evaluated on the first run's test and dev rows. The other runs' exports move under the first's
+    export/members/; its ``autogpt_jax.json`` lists every member."""
+    first = runs[0]
+    export = first.out / "export"
+    members, mweights, entries = [], [], []
+    for k, (r, a) in enumerate(zip(runs, weights)):
+        base = "."
+        if k:
+            base = f"members/backbone{k}"
+            shutil.rmtree(export / base, ignore_errors=True)
+            shutil.move(str(r.out / "export"), str(export / base))
+        meta = export_format.read_meta(export / base)
+        clf = r.classifier
+        inner = meta.get("ensemble")
+        parts = list(zip(clf.members, clf.weights, inner["members"])) if inner else [(clf, 1.0, {"dir": "."})]
+        for m, w, e in parts:
+            members.append(m)
+            mweights.append(a * float(w))
+            entries.append({**{k_: v for k_, v in e.items() if k_ not in ("dir", "weight")}, "backbone": r.report["model"],
+                            "dir": os.path.normpath(os.path.join(base, e["dir"]))})
+    ens = Ensemble(members, np.asarray(mweights), "dev", entries)
+    export_format.join_ensemble(export, {"weighting": "dev", "members": [
+        {**e, "weight": float(w)} for e, w in zip(entries, ens.weights)]})
+    state = first.exported
+    task, rep = state.task, first.report
+    seed = next(s for s in rep["seeds"] if s["seed"] == state.seed)
+    seed["members"] = [{"model": r.report["model"], "weight": float(a),
+                        **{k: (r.report["seeds"][0].get(k) or {}).get("accuracy") for k in ("test", "dev")}}
+                       for r, a in zip(runs, weights)]
+    if len(task.test):
+        seed["test"] = evaluate(ens, task.test, batch_size)
+        rep.setdefault("summary", {}).update(test_accuracy=mean_std([seed["test"]["accuracy"]]),
+                                             test_macro_f1=mean_std([seed["test"]["macro_f1"]]))
+    seed["dev"] = {**evaluate(ens, task.dev, batch_size), **({"note": seed["dev"]["note"]} if "note" in seed.get(
+        "dev", {}) else {})}
+    rep.setdefault("export", {})["ensemble_members"] = len(members)
+    return dataclasses.replace(first, exported=state.replace(classifier=ens, ensemble=ens))

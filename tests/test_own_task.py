@@ -351,3 +351,46 @@ def test_the_candidates_ensemble_is_exported_whole_when_it_wins_on_dev(tmp_path,
     texts = ["refund money back", "invoice bill", "card arrive post"]
     np.testing.assert_allclose(load_classifier(out / "export").probabilities(texts),
                                run.classifier.probabilities(texts), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_backbones_combine_into_one_exported_ensemble(tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):
+    """select.combine: the screened backbones (an encoder whose own export is an ensemble of its
+    recipes, and a decoder) as one ensemble when the combination holds on dev (forced here: tiny
+    random models decide nothing); both run their configs, the export lists every member of both,
+    and predict serves it as the run scored it."""
+    from autogpt_jax import selection
+    from autogpt_jax.export_format import load_classifier
+    from autogpt_jax.pipeline import run_pipeline
+
+    from autogpt_jax.stages import embedding
+
+    real, inner = selection._combination, embedding.combined
+    monkeypatch.setattr(selection, "_combination", lambda *a: {**real(*a), "chosen": True})
+    monkeypatch.setattr(embedding, "combined", lambda *a, **kw: (lambda e, r: (e, {**r, "dev_accuracy": 2.0}))(
+        *inner(*a, **kw)))
+    names = TOPICS[:3]
+    train = _csv(tmp_path / "train.csv", _rows(names, 6))
+    test = _csv(tmp_path / "test.csv", _rows(names, 2, seed=1))
+    enc, dec = tmp_path / "encoder.yaml", tmp_path / "decoder.yaml"
+    enc.write_text(f"model:\n  name_or_path: {tiny_bert_dir}\nfinetune:\n  mode: auto\n  combine: true\n")
+    dec.write_text(f"model:\n  name_or_path: {tiny_llama_dir}\nprompt:\n  label_words: names\n")
+    out = tmp_path / "run"
+    run = run_pipeline(load_config(["--select.configs", f"{enc},{dec}", "--data.train_file", train,
+                                    "--data.test_file", test, "--stages", "finetune,evaluate,export",
+                                    "--output_dir", str(out), *TINY]), return_run=True)
+    sel = run.report["backbone_selection"]
+    assert sel["combination"]["chosen"] and len(sel["combination"]["weights"]) == 2
+    seed = run.report["seeds"][0]
+    assert [m["model"] for m in seed["members"]] == [str(tiny_bert_dir), str(tiny_llama_dir)] or \
+        [m["model"] for m in seed["members"]] == [str(tiny_llama_dir), str(tiny_bert_dir)]
+    meta = json.loads((out / "export" / "autogpt_jax.json").read_text())
+    members = meta["ensemble"]["members"]
+    assert {m["backbone"] for m in members} == {str(tiny_bert_dir), str(tiny_llama_dir)}
+    assert len(members) == 4 and abs(sum(m["weight"] for m in members) - 1) < 1e-6  # 3 encoder recipes + the decoder
+    texts = ["refund money back", "invoice bill", "card arrive post"]
+    np.testing.assert_allclose(load_classifier(out / "export").probabilities(texts),
+                               run.classifier.probabilities(texts), atol=1e-5)
+    gold = [names.index(n) for _, n in _rows(names, 2, seed=1)]
+    assert seed["test"]["accuracy"] == pytest.approx(
+        float(np.mean(run.classifier.probabilities([t for t, _ in _rows(names, 2, seed=1)]).argmax(-1) == gold)))

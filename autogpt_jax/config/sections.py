@@ -82,7 +82,8 @@ class DataConfig:
     # then trains again on all the rows, so a user with 32 labels trains on 32.
     dev_share: float = 0.25
     # Evaluate on at most this many test examples: a fixed random subset, the same for every split
-    # seed (null: the whole test split). For quick runs; reported figures use the whole split.
+    # seed (null: the whole test split; 0: none, as backbone selection's screens use). For quick
+    # runs; reported figures use the whole split.
     max_test: Optional[int] = None
 
     def __post_init__(self):
@@ -93,7 +94,7 @@ class DataConfig:
 
         check(0.0 <= self.eval_fraction < 0.5, f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
         check(self.max_unlabeled is None or self.max_unlabeled >= 1, "data.max_unlabeled must be >= 1 or null")
-        check(self.max_test is None or self.max_test >= 1, "data.max_test must be >= 1 or null")
+        check(self.max_test is None or self.max_test >= 0, "data.max_test must be >= 0 or null")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +186,10 @@ class SelectConfig:
     # Read from a candidate config: screen it only for tasks with at most this many classes (null:
     # any). The decoder recipe sets it, its step time growing with the number of label words.
     max_classes: Optional[int] = None
+    # Combine the screened candidates (two or more) into one ensemble, weighted by their dev
+    # accuracy, when the combination's dev accuracy is at least the best single candidate's: every
+    # candidate then runs its own config and the export holds them all (false: the best one only).
+    combine: bool = True
 
     def __post_init__(self):
         check(self.steps >= 0, f"select.steps must be >= 0, got {self.steps}")

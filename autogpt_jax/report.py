@@ -18,8 +18,9 @@ def print_report(report: dict) -> None:
         combo = sel.get("combination")
         if combo:
             lines.append(f"combination of the screened candidates: dev accuracy {100 * combo['dev_accuracy']:.1f}% "
-                         + ("(at least the best one's): every candidate trained, exported as one ensemble"
-                            if combo["chosen"] else "(below the best one's): the best one alone"))
+                         + ("(at least the best one's)" if combo["holds_on_dev"] else "(below the best one's)")
+                         + (": every candidate trained, exported as one ensemble" if combo["chosen"]
+                            else ": the best one alone"))
     pre = report.get("pretrain")
     if pre:
         first, best = pre.get("first_eval_loss"), (pre.get("best") or {}).get("eval_loss")
@@ -73,6 +74,9 @@ def print_report(report: dict) -> None:
                          f"({100 * t['in_scope_answered']:.1f}% answered)"
                          + (f", out-of-scope recall {fmt('handover_out_of_scope_recall')} on "
                             f"{t['out_of_scope_queries']} {ho['out_of_scope']} queries" if "out_of_scope_recall" in t else ""))
+    data = (report.get("config") or {}).get("data") or {}
+    if (data.get("unlabeled_file") or data.get("unlabeled")) and "adapt" not in report.get("stages", []):
+        lines.append("unlabelled text: not used for adaptation (this recipe's adapt.steps is 0, or --stages has no adapt)")
     if report.get("levers"):
         lines.append("levers: " + "; ".join(f"{k} {v}" if not isinstance(v, dict) else
                                             f"{k} ({', '.join(f'{a} {b}' for a, b in v.items())})"

@@ -356,17 +356,15 @@ def test_the_candidates_ensemble_is_exported_whole_when_it_wins_on_dev(tmp_path,
 @pytest.mark.slow
 def test_backbones_combine_into_one_exported_ensemble(tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):
     """select.combine: the screened backbones (an encoder whose own export is an ensemble of its
-    recipes, and a decoder) as one ensemble when the combination holds on dev (forced here: tiny
-    random models decide nothing); both run their configs, the export lists every member of both,
-    and predict serves it as the run scored it."""
-    from autogpt_jax import selection
+    recipes, and a decoder) as one ensemble (always, here: tiny random models decide nothing on
+    dev); both run their configs, the export lists every member of both, and predict serves it as
+    the run scored it."""
     from autogpt_jax.export_format import load_classifier
     from autogpt_jax.pipeline import run_pipeline
 
     from autogpt_jax.stages import embedding
 
-    real, inner = selection._combination, embedding.combined
-    monkeypatch.setattr(selection, "_combination", lambda *a: {**real(*a), "chosen": True})
+    inner = embedding.combined
     monkeypatch.setattr(embedding, "combined", lambda *a, **kw: (lambda e, r: (e, {**r, "dev_accuracy": 2.0}))(
         *inner(*a, **kw)))
     names = TOPICS[:3]
@@ -376,7 +374,8 @@ def test_backbones_combine_into_one_exported_ensemble(tmp_path, tiny_bert_dir, t
     enc.write_text(f"model:\n  name_or_path: {tiny_bert_dir}\nfinetune:\n  mode: auto\n  combine: true\n")
     dec.write_text(f"model:\n  name_or_path: {tiny_llama_dir}\nprompt:\n  label_words: names\n")
     out = tmp_path / "run"
-    run = run_pipeline(load_config(["--select.configs", f"{enc},{dec}", "--data.train_file", train,
+    run = run_pipeline(load_config(["--select.configs", f"{enc},{dec}", "--select.combine", "always",
+                                    "--data.train_file", train,
                                     "--data.test_file", test, "--stages", "finetune,evaluate,export",
                                     "--output_dir", str(out), *TINY]), return_run=True)
     sel = run.report["backbone_selection"]

@@ -118,6 +118,7 @@ class PromptConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
+    # 0: no adaptation (a run with unlabelled text and no --stages then skips the adapt stage)
     steps: int = 150
     batch_size: int = 16
     seq_len: int = 96
@@ -135,6 +136,7 @@ class AdaptConfig:
         check(self.masking in ("prompt_aware", "whole_word", "random"),
                f"adapt.masking must be prompt_aware, whole_word or random, got {self.masking!r}")
         check(0 < self.label_word_rate <= 1 and 0 < self.mask_rate < 1, "adapt rates must be in (0, 1]")
+        check(self.steps >= 0, f"adapt.steps must be >= 0 (0: no adaptation), got {self.steps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,8 @@ class Config:
         bad = [s for s in self.stage_list if s not in STAGES]
         check(not bad, f"unknown stage(s) {bad} in --stages; choose from {','.join(STAGES)}")
         check(bool(self.stage_list), "--stages is empty")
+        check("adapt" not in self.stage_list or self.adapt.steps > 0,
+              "the adapt stage runs adapt.steps steps, and adapt.steps is 0: set adapt.steps or drop adapt from --stages")
         check(not (self.finetune.fgm_epsilon > 0 and self.peft.method != "none"),
                "finetune.fgm_epsilon perturbs the trained word embeddings; with peft.method "
                f"{self.peft.method} they are frozen. Use one or the other")
@@ -74,6 +76,6 @@ class Config:
             d = self.data
             if not (d.train_file or d.dataset):
                 return ("pretrain",)
-            adapt = ("adapt",) if (d.unlabeled_file or d.unlabeled) else ()
+            adapt = ("adapt",) if (d.unlabeled_file or d.unlabeled) and self.adapt.steps > 0 else ()
             return ("prompt", *adapt, "finetune", "evaluate", "export")
         return tuple(s.strip() for s in self.stages.split(",") if s.strip())

@@ -186,14 +186,17 @@ class SelectConfig:
     # Read from a candidate config: screen it only for tasks with at most this many classes (null:
     # any). The decoder recipe sets it, its step time growing with the number of label words.
     max_classes: Optional[int] = None
-    # Combine the screened candidates (two or more) into one ensemble, weighted by their dev
-    # accuracy, when the combination's dev accuracy is at least the best single candidate's: every
-    # candidate then runs its own config and the export holds them all (false: the best one only).
-    combine: bool = True
+    # The screened candidates (two or more) as one ensemble, weighted by their dev accuracy: dev
+    # (when the combination's dev accuracy is at least the best single candidate's), always, or
+    # never (the best one only). Combined, every candidate runs its own config and the export
+    # holds them all.
+    combine: str = "dev"
 
     def __post_init__(self):
         check(self.steps >= 0, f"select.steps must be >= 0, got {self.steps}")
         check(self.max_classes is None or self.max_classes >= 2, "select.max_classes must be >= 2 or null")
+        check(self.combine in ("dev", "always", "never"),
+              f"select.combine must be dev, always or never, got {self.combine!r}")
 
     @property
     def config_list(self) -> list[str]:

@@ -252,6 +252,10 @@ def combined_run(runs: list, weights: list[float], batch_size: int):
                        for r, a in zip(runs, weights)]
     if len(task.test):
         seed["test"] = evaluate(ens, task.test, batch_size)
+        # each member's test logits (memoised by its own run's evaluation), for studying the weighting
+        np.savez_compressed(first.out / "members_test_logits.npz", gold=np.asarray(task.test["label"]),
+                            weights=ens.weights, **{f"member{i}": m.logits(list(task.test["text"]), batch_size)
+                                                    for i, m in enumerate(ens.members)})
         rep.setdefault("summary", {}).update(test_accuracy=mean_std([seed["test"]["accuracy"]]),
                                              test_macro_f1=mean_std([seed["test"]["macro_f1"]]))
     seed["dev"] = {**evaluate(ens, task.dev, batch_size), **({"note": seed["dev"]["note"]} if "note" in seed.get(

@@ -123,9 +123,11 @@ def run_ours(data: Path, out: Path, extra: list[str]) -> tuple[dict, list[str]]:
     rep = json.loads((out / "report.json").read_text())
     seed = rep["seeds"][0]
     ft = seed.get("finetune") or {}
+    sel = rep.get("backbone_selection") or {}
     return {"accuracy": seed["test"]["accuracy"], "macro_f1": seed["test"]["macro_f1"],
-            "recipe": ft.get("mode"), "backbone": (rep.get("backbone_selection") or {}).get("model", rep["model"]),
-            "f1": seed["test"]["f1"]}, cmd
+            "recipe": ft.get("mode"), "backbone": sel.get("model", rep["model"]), "f1": seed["test"]["f1"],
+            # a combination of backbones: each member's own test accuracy, and whether it held on dev
+            "members": seed.get("members"), "combination": sel.get("combination")}, cmd
 
 
 def minilm_row(task: str, seed: int, data: Path, runs: Path, override: list[str], tag: str = ""

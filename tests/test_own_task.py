@@ -393,3 +393,23 @@ def test_backbones_combine_into_one_exported_ensemble(tmp_path, tiny_bert_dir, t
     gold = [names.index(n) for _, n in _rows(names, 2, seed=1)]
     assert seed["test"]["accuracy"] == pytest.approx(
         float(np.mean(run.classifier.probabilities([t for t, _ in _rows(names, 2, seed=1)]).argmax(-1) == gold)))
+
+
+def test_a_recipe_without_adaptation_leaves_the_stage_out_and_says_so(tmp_path, capsys):
+    """adapt.steps 0 (the decoder recipe): a run with an unlabelled file derives no adapt stage (it
+    would otherwise adapt for 0 steps, or fail), the printed summary says the file was not used for
+    adaptation, and asking for the stage with 0 steps is one clear error."""
+    from autogpt_jax.report import print_report
+    from autogpt_jax.selection import recipe_path
+
+    train = _csv(tmp_path / "train.csv", _rows(TOPICS[:2], 4))
+    pool = _csv(tmp_path / "pool.csv", [(t,) for t, _ in _rows(TOPICS[:2], 3, seed=2)], header=("text",))
+    common = ["--data.train_file", train, "--data.unlabeled_file", pool]
+    assert "adapt" in load_config(["--config_path", recipe_path("encoder"), *common]).stage_list
+    cfg = load_config(["--config_path", recipe_path("decoder"), *common])
+    assert cfg.stage_list == ("prompt", "finetune", "evaluate", "export")
+    print_report({"model": "m", "parameters": 1, "devices": {"count": 1, "platform": "cpu", "mesh": {}},
+                  "stages": list(cfg.stage_list), "config": {"data": {"unlabeled_file": pool}}})
+    assert "not used for adaptation" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="adapt.steps is 0"):
+        load_config(["--config_path", recipe_path("decoder"), *common, "--stages", "prompt,adapt,finetune"])

@@ -8,9 +8,9 @@ task, prompt, any key) reaches every candidate, or the run stops naming the key 
 A candidate whose fixed label words do not fit the task's classes is refused before anything
 trains, never run on a task of its own.
 
-With ``select.combine`` (dev, always, never) the screened candidates, weighted by dev accuracy, are
-combined into one ensemble (dev: when the combination's dev accuracy is at least the best single
-one's): each then runs its
+With ``select.combine`` (auto, dev, always, never) the screened candidates, weighted by dev
+accuracy, are combined into one ensemble (dev: when the combination's dev accuracy is at least the
+best single one's; auto: always for the packaged recipes, dev for listed configs): each then runs its
 own config (the best into output_dir, the others under output_dir/members/) and the export holds
 them all.
 
@@ -186,7 +186,8 @@ def select_backbone(cfg: Config, run_one: Callable[..., Any]):
     # Dev accuracy moves in steps of 1/|dev|: ties go to the lower dev log-loss (then the earlier).
     ranked = sorted(rows, key=lambda r: (r["dev_accuracy"], -(r["dev_log_loss"] or 0.0)), reverse=True)
     best = ranked[0] if rows else {"config": plans[0][0], "model": plans[0][1].model.name_or_path}
-    combo = _combination(ranked, devs, cfg.select.combine) if combining else None
+    rule = cfg.select.combine if cfg.select.combine != "auto" else ("dev" if cfg.select.config_list else "always")
+    combo = _combination(ranked, devs, rule) if combining else None
     extra = ["--eval.seeds", cfg.eval.seeds] if cfg.eval.seeds else []  # the screen uses data.split_seed only
     if cfg.stages is not None:  # stages set on the selecting config (or its command line) win
         extra += ["--stages", cfg.stages]
@@ -215,7 +216,7 @@ def _combination(ranked: list[dict], devs: dict[str, tuple[np.ndarray, np.ndarra
     acc = float((logits.argmax(-1) == gold).mean())
     return {"configs": [r["config"] for r in ranked], "weights": [float(w) for w in weights], "dev_accuracy": acc,
             "dev_log_loss": log_loss(logits, gold), "holds_on_dev": acc >= ranked[0]["dev_accuracy"],
-            "chosen": rule == "always" or acc >= ranked[0]["dev_accuracy"]}
+            "rule": rule, "chosen": rule == "always" or acc >= ranked[0]["dev_accuracy"]}
 
 
 def combined_run(runs: list, weights: list[float], batch_size: int):

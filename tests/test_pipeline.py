@@ -264,8 +264,8 @@ def test_bad_task_input_fails_before_training(tmp_path, capsys):
     assert code == 2 and "name the class of each set of words" in err and "negative=word" in err
     code, err = _cli(capsys, "--finetune.lerning_rates", "1e-4", "--output_dir", str(tmp_path / "d"))
     assert code == 2 and "did you mean 'finetune.learning_rates'" in err
-    code, err = _cli(capsys, "--data.max_test", "0", "--output_dir", str(tmp_path / "e"))
-    assert code == 2 and "data.max_test must be >= 1" in err
+    code, err = _cli(capsys, "--data.max_test", "-1", "--output_dir", str(tmp_path / "e"))
+    assert code == 2 and "data.max_test must be >= 0" in err
 
 
 def test_distill_stage_trains_and_exports_a_student(sentiment_run, tiny_bert_dir):

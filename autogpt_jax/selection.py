@@ -214,9 +214,10 @@ def _combination(ranked: list[dict], devs: dict[str, tuple[np.ndarray, np.ndarra
     logits = combine([devs[r["config"]][0] for r in ranked], weights)
     gold = devs[ranked[0]["config"]][1]
     acc = float((logits.argmax(-1) == gold).mean())
+    holds = acc >= ranked[0]["dev_accuracy"]
     return {"configs": [r["config"] for r in ranked], "weights": [float(w) for w in weights], "dev_accuracy": acc,
-            "dev_log_loss": log_loss(logits, gold), "holds_on_dev": acc >= ranked[0]["dev_accuracy"],
-            "rule": rule, "chosen": rule == "always" or acc >= ranked[0]["dev_accuracy"]}
+            "dev_log_loss": log_loss(logits, gold), "holds_on_dev": holds, "rule": rule,
+            "chosen": rule == "always" or holds}
 
 
 def combined_run(runs: list, weights: list[float], batch_size: int):
@@ -252,11 +253,12 @@ def combined_run(runs: list, weights: list[float], batch_size: int):
                         **{k: (r.report["seeds"][0].get(k) or {}).get("accuracy") for k in ("test", "dev")}}
                        for r, a in zip(runs, weights)]
     if len(task.test):
-        seed["test"] = evaluate(ens, task.test, batch_size)
-        # each member's test logits (memoised by its own run's evaluation), for studying the weighting
+        # each member's test logits (memoised by its own run's evaluation): scored once, combined,
+        # and saved for studying the weighting
+        lgs = ens.member_logits(list(task.test["text"]), batch_size)
+        seed["test"] = evaluate(ens, task.test, batch_size, logits=combine(lgs, ens.weights))
         np.savez_compressed(first.out / "members_test_logits.npz", gold=np.asarray(task.test["label"]),
-                            weights=ens.weights, **{f"member{i}": m.logits(list(task.test["text"]), batch_size)
-                                                    for i, m in enumerate(ens.members)})
+                            weights=ens.weights, **{f"member{i}": lg for i, lg in enumerate(lgs)})
         rep.setdefault("summary", {}).update(test_accuracy=mean_std([seed["test"]["accuracy"]]),
                                              test_macro_f1=mean_std([seed["test"]["macro_f1"]]))
     seed["dev"] = {**evaluate(ens, task.dev, batch_size), **({"note": seed["dev"]["note"]} if "note" in seed.get(
